@@ -1,0 +1,3 @@
+from models.summary import main
+
+main()

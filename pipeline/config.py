@@ -1,0 +1,421 @@
+"""Typed configuration: one schema for YAML files and command-line overrides.
+
+Every entry point is configured the same way: a YAML file supplies values, `key.sub=value`
+arguments override them, and both go through the schema below (types converted and checked,
+unknown keys and impossible values rejected with the key named) before any work starts.
+
+    python -m pipeline.config configs/quickstart.yaml train.epochs=5   # print the resolved config
+    python -m pipeline.config --markdown                               # the README's reference
+
+Each section is a pydantic model (a typed dataclass with validation); each field carries its
+default, its meaning and its unit. Components receive only their own section
+(`build_loader(cfg.data, ...)`, `build_optimizer(cfg.optim, ...)`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration value a user supplied is wrong; the message names the key."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _f(default: Any, doc: str, **constraints: Any) -> Any:
+    """A field with its default, a one-line meaning (with unit) and optional bounds (gt=0, ...)."""
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda d=default: type(d)(d), description=doc, **constraints)
+    return Field(default, description=doc, **constraints)
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    """The network (a registry name from `models`)."""
+
+    name: str = _f("squeezenet_bypass", "registry name: squeezenet_bypass | squeezenet1_0 | squeezenet1_1")
+    num_classes: int = _f(10, "number of output classes", gt=1)
+    dropout: float = _f(0.5, "dropout probability before the classifier", ge=0.0, lt=1.0)
+
+
+# ---------------------------------------------------------------------------------------- data
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "random"]
+
+
+class TrainAugmentConfig(Section):
+    """Training augmentation: random-side resize, random crop, flip, per-image standardization."""
+
+    min_side: int = _f(124, "smallest resized shorter side, drawn uniformly from [min_side, max_side] (px)", gt=0)
+    max_side: int = _f(132, "largest resized shorter side (px)", gt=0)
+    crop: int = _f(122, "side of the random square crop fed to the network (px)", gt=0)
+    flip_prob: float = _f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
+    interpolation: Interpolation = _f(
+        "bilinear", "resize filter; 'random' picks nearest/bilinear/bicubic per image as the reference did"
+    )
+
+
+class EvalAugmentConfig(Section):
+    """Evaluation preprocessing: deterministic resize, center crop, per-image standardization."""
+
+    size: int = _f(128, "resized shorter side (px); square images become size x size", gt=0)
+    crop: int = _f(128, "side of the center crop (px); equal to size means no crop", gt=0)
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = _f("bilinear", "resize filter")
+
+
+class DataConfig(Section):
+    """Input pipeline: where images come from and how DALI prepares them."""
+
+    source: Literal["sample", "cifar10", "imagefolder", "synthetic"] = _f(
+        "sample",
+        "sample: CIFAR-10 subset shipped in data/; cifar10: official python archive in root; "
+        "imagefolder: class-per-folder JPEG/PNG tree in root; synthetic: random images",
+    )
+    root: str = _f("", "data directory (cifar10: holds cifar-10-python.tar.gz; imagefolder: holds the splits)")
+    train_split: str = _f("train", "imagefolder: sub-folder with the training images")
+    eval_split: str = _f("auto", "imagefolder: validation sub-folder; auto = the first of val, test, validation")
+    download: bool = _f(False, "cifar10: download the archive (checksum verified) when root lacks it")
+    device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available")
+    num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0)
+    prefetch_queue_depth: int = _f(2, "batches DALI prepares ahead of the training step", gt=0)
+    std_eps: float = _f(1e-5, "added to the per-image variance before the square root (pixel units^2)", ge=0.0)
+    check_images: Literal["off", "error", "skip"] = _f(
+        "off",
+        "up-front decode of every file: off = no scan (a bad file still fails with its path named); "
+        "error = scan and fail listing bad files; skip = scan and leave bad files out, with a count",
+    )
+    synthetic_images: int = _f(50_000, "synthetic: images per epoch", gt=0)
+    synthetic_side: int = _f(32, "synthetic: side of the random source images (px)", gt=0)
+    train: TrainAugmentConfig = Field(default_factory=TrainAugmentConfig, description="training augmentation")
+    eval: EvalAugmentConfig = Field(default_factory=EvalAugmentConfig, description="evaluation preprocessing")
+
+
+# --------------------------------------------------------------------------------- optimisation
+
+
+class OptimConfig(Section):
+    """SGD with momentum; the learning rate scales with batch size if lr_scaling = linear."""
+
+    lr: float = _f(0.1, "peak learning rate at reference_batch_size (per step)", gt=0.0)
+    momentum: float = _f(0.9, "momentum coefficient (classical unless nesterov)", ge=0.0, lt=1.0)
+    nesterov: bool = _f(False, "use Nesterov momentum")
+    weight_decay: float = _f(1e-4, "L2 penalty added to the gradient", ge=0.0)
+    decay_norm_and_bias: bool = _f(True, "also decay BatchNorm weights and biases (the reference does)")
+    lr_scaling: Literal["none", "linear"] = _f("none", "linear: lr x global_batch_size / reference_batch_size")
+    reference_batch_size: int = _f(64, "global batch size at which lr applies unscaled (images)", gt=0)
+    impl: Literal["auto", "foreach", "fused", "apex"] = _f(
+        "auto", "SGD kernel: auto = fused on CUDA, else foreach; apex = NVIDIA apex FusedSGD (optional install)"
+    )
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, stepped every iteration; epochs may be fractional."""
+
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = _f("multistep", "schedule shape")
+    milestones: list[float] = _f([150, 225], "multistep: epochs after which lr is multiplied by gamma")
+    gamma: float = _f(0.1, "multistep: factor applied at each milestone", gt=0.0, le=1.0)
+    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs); 0 = none", ge=0.0)
+    warmup_start_factor: float = _f(0.1, "lr factor at the first warm-up step", ge=0.0, le=1.0)
+    min_lr_factor: float = _f(0.0, "cosine: final lr as a fraction of the peak", ge=0.0, le=1.0)
+    pct_start: float = _f(0.25, "onecycle: fraction of training spent rising to the peak", gt=0.0, lt=1.0)
+    div_factor: float = _f(25.0, "onecycle: peak lr / starting lr", ge=1.0)
+    final_div_factor: float = _f(1e4, "onecycle: starting lr / final lr", ge=1.0)
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+class TrainConfig(Section):
+    """The training loop."""
+
+    epochs: int = _f(300, "number of passes over the training set", gt=0)
+    global_batch_size: int = _f(64, "images per optimizer step over all processes", gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
+        "auto", "autocast dtype: auto = bf16 on CUDA, fp32 on CPU; fp16 adds a GradScaler"
+    )
+    compile: bool = _f(False, "wrap the model in torch.compile")
+    seed: int = _f(0, "base seed: data order, weights, augmentation (rank r uses seed + r)", ge=0)
+    deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0.0, lt=1.0)
+    ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
+    max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
+    nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
+    debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
+
+
+class EvalConfig(Section):
+    """Evaluation on the validation split."""
+
+    every: int = _f(1, "evaluate every N epochs (the last epoch always); 0 = only at the end", ge=0)
+    batch_size: int = _f(256, "images per evaluation step per process", gt=0)
+    use_ema: bool = _f(True, "evaluate the EMA weights when train.ema_decay > 0")
+
+
+class DistConfig(Section):
+    """Distributed data parallel (one process per GPU under torchrun)."""
+
+    backend: Literal["auto", "nccl", "gloo"] = _f("auto", "auto = nccl with CUDA, gloo on CPU")
+    sync_bn: bool = _f(False, "SyncBatchNorm: batch statistics over all processes (small per-GPU batches)")
+    timeout_s: int = _f(1800, "collective-operation timeout (s)", gt=0)
+
+
+class LoggingConfig(Section):
+    """Run directory, console output and metrics files."""
+
+    runs_dir: str = _f("runs", "parent directory of run directories")
+    run_name: str = _f("", "run directory name under runs_dir; empty = <name>-<timestamp>")
+    log_every: int = _f(50, "steps between metric lines, progress updates and throughput windows", gt=0)
+    perf_warmup_steps: int = _f(20, "steps excluded from throughput at the start of each epoch", ge=0)
+    progress: Literal["auto", "bar", "lines", "off"] = _f("auto", "auto = bar on a terminal, lines otherwise")
+
+
+class WandbConfig(Section):
+    """Weights & Biases tracking, from rank 0 only. The API key comes from WANDB_API_KEY, never from here."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = _f(
+        "auto", "auto = online with an API key configured, else offline"
+    )
+    project: str = _f("squeezenet-dali", "W&B project")
+    entity: str = _f("", "W&B team or user; empty = the key's default")
+    group: str = _f("", "run group; empty = the experiment name, so variants sit side by side")
+    tags: list[str] = _f([], "run tags")
+    name: str = _f("", "W&B run name; empty = the run directory name")
+
+
+class CheckpointConfig(Section):
+    """Checkpoints in the run directory: written atomically, loaded with weights_only=True."""
+
+    resume: str = _f("auto", "auto = continue from the run's latest good checkpoint; never; or a file path")
+    every_epochs: int = _f(1, "write 'last' every N epochs", gt=0)
+    every_steps: int = _f(0, "also write a mid-epoch checkpoint every N steps; 0 = off", ge=0)
+    keep_last: int = _f(2, "step checkpoints kept (older ones deleted)", gt=0)
+    save_best: bool = _f(True, "keep a copy of the best-top-1 checkpoint as 'best'")
+
+
+# ------------------------------------------------------------------------------------------ root
+
+
+class Config(Section):
+    """The whole job."""
+
+    name: str = _f("", "experiment name; empty = the YAML file's stem. Names run directories and the W&B group")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="network")
+    data: DataConfig = Field(default_factory=DataConfig, description="input pipeline")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training loop")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
+    dist: DistConfig = Field(default_factory=DistConfig, description="distributed training")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="run directory and logs")
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (dicts, lists, str, numbers): what goes into config.yaml, W&B and checkpoints."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def check_world_size(self, world_size: int) -> None:
+        """Checks that depend on the number of processes, known only at launch."""
+        if self.train.global_batch_size % world_size:
+            raise ConfigError(
+                f"train.global_batch_size: {self.train.global_batch_size} is not divisible by the "
+                f"{world_size} processes of this run"
+            )
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _format_error(err: dict[str, Any], section: type[BaseModel]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = section
+        for part in err["loc"][:-1]:
+            ann = parent.model_fields[str(part)].annotation if isinstance(part, str) else None
+            parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if parent is None:
+                break
+        hint = ""
+        if parent is not None:
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(parent.model_fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{key}: unknown key{hint}"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Rules that involve several fields; each error names the key to change."""
+    aug = cfg.data.train
+    if aug.max_side < aug.min_side:
+        raise ConfigError(f"data.train.max_side: {aug.max_side} is smaller than data.train.min_side {aug.min_side}")
+    if aug.crop > aug.min_side:
+        raise ConfigError(
+            f"data.train.crop: a {aug.crop}px crop does not fit the smallest resized side "
+            f"data.train.min_side = {aug.min_side}px"
+        )
+    if cfg.data.eval.crop > cfg.data.eval.size:
+        raise ConfigError(f"data.eval.crop: {cfg.data.eval.crop} is larger than data.eval.size {cfg.data.eval.size}")
+    if cfg.data.source in ("cifar10", "imagefolder") and not cfg.data.root:
+        raise ConfigError(f"data.root: required for data.source = {cfg.data.source}")
+    sched, epochs = cfg.schedule, cfg.train.epochs
+    if sched.name == "multistep":
+        ms = sched.milestones
+        if any(m <= 0 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ConfigError(f"schedule.milestones: must be positive and increasing (got {ms})")
+        if ms and ms[-1] >= epochs:
+            raise ConfigError(
+                f"schedule.milestones: milestone {ms[-1]} is not before the last epoch (train.epochs = {epochs})"
+            )
+    if sched.warmup_epochs >= epochs:
+        raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs}")
+    name = cfg.logging.run_name
+    if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
+        raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir)")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["optim.lr=0.2", "schedule.milestones=[10,20]"]` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: '{part}' is both a value and a section in the overrides")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Validate plain data against the schema; raise ConfigError naming every bad key."""
+    try:
+        cfg = Config.model_validate(values)
+    except ValidationError as exc:
+        lines = [_format_error(e, Config) for e in exc.errors()]
+        raise ConfigError("; ".join(lines)) from None
+    _check_consistency(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- `key=value` overrides, validated as one; the name defaults to the file stem."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
+        values = loaded or {}
+    values = _merge(values, parse_overrides(overrides or []))
+    if not values.get("name"):
+        values["name"] = path.stem if path is not None else "default"
+    return from_dict(values)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(cfg.to_yaml())
+
+
+# ------------------------------------------------------------------------------- documentation
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in typing.get_args(annotation))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _bounds(info: Any) -> str:
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    parts = []
+    for meta in info.metadata:
+        for attr, symbol in symbols.items():
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{symbol} {value}")
+    return ", ".join(parts)
+
+
+def markdown_reference() -> str:
+    """The configuration reference as a Markdown table, generated from the schema."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            default = info.get_default(call_default_factory=True)
+            kind = _type_name(ann)
+            bounds = _bounds(info)
+            if bounds:
+                kind += f" ({bounds})"
+            rows.append(f"| `{key}` | {kind} | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {info.description} |")
+
+    walk(Config, "")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--markdown"]:
+        sys.stdout.write(markdown_reference())
+        return 0
+    path = argv.pop(0) if argv and "=" not in argv[0] else None
+    try:
+        cfg = load_config(path, argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(cfg.to_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
