@@ -98,8 +98,7 @@ class DataConfig(Section):
         "up-front decode of every file: off = no scan (a bad file still fails with its path named); "
         "error = scan and fail listing bad files; skip = scan and leave bad files out, with a count",
     )
-    synthetic_images: int = _f(50_000, "synthetic: images per epoch", gt=0)
-    synthetic_side: int = _f(32, "synthetic: side of the random source images (px)", gt=0)
+    synthetic_images: int = _f(50_000, "synthetic: training images per epoch (random, already at crop size)", gt=0)
     train: TrainAugmentConfig = Field(default_factory=TrainAugmentConfig, description="training augmentation")
     eval: EvalAugmentConfig = Field(default_factory=EvalAugmentConfig, description="evaluation preprocessing")
 

@@ -1,0 +1,1 @@
+"""Training machinery: typed config, DALI input pipelines, the distributed trainer and benchmarks."""

@@ -1,0 +1,233 @@
+"""Loaders: one interface for every input backend.
+
+Iterating a loader yields one epoch of `(images, labels)` already on the training device: images
+NCHW in channels_last memory in the training dtype, labels int64. `len(loader)` is the number of
+steps per epoch on this rank. Loaders that support exact resume expose `state_dict()` and accept
+that state back when they are built.
+
+    loader = build_loader(cfg.data, split="train", batch_size=64, rank=0, world_size=1, seed=0,
+                          device=torch.device("cpu"), dtype=torch.float32)
+    for images, labels in loader: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.data.dali_graph import AugmentSpec, build_pipeline
+from pipeline.data.images import BadImageError, find_bad_images
+from pipeline.data.sampler import ShardedBatches
+from pipeline.data.sources import DataError, ImageSet, open_source
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Loader(Protocol):
+    """What the trainer and the benchmarks rely on."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+class _BatchSource:
+    """DALI external-source callable: batch `iteration` of `epoch_idx` for this rank.
+
+    It depends only on (epoch, iteration), which is what lets DALI checkpoint and restore the
+    position exactly. The last few index batches are kept so a decode failure can be traced
+    to its file.
+    """
+
+    def __init__(self, images: ImageSet, plan: ShardedBatches, epoch_offset: int, history: int) -> None:
+        self.images, self.plan, self.epoch_offset = images, plan, epoch_offset
+        self.recent: deque[np.ndarray] = deque(maxlen=history)
+
+    def __call__(self, info: Any) -> tuple[Any, np.ndarray]:
+        if info.iteration >= len(self.plan):
+            raise StopIteration
+        idx = self.plan.indices(self.epoch_offset + info.epoch_idx, info.iteration)
+        self.recent.append(idx)
+        if self.images.is_encoded:
+            samples = [self.images.fetch_encoded(int(i)) for i in idx]
+        else:
+            samples = self.images.fetch_arrays(idx)
+        return samples, self.images.labels[idx]
+
+
+class DaliLoader:
+    """DALI pipeline + sharded index plan behind the loader interface."""
+
+    def __init__(
+        self,
+        images: ImageSet,
+        plan: ShardedBatches,
+        spec: AugmentSpec,
+        *,
+        device: torch.device,
+        dali_device: str,
+        dtype: torch.dtype,
+        num_threads: int,
+        prefetch_queue_depth: int,
+        seed: int,
+        state: dict[str, Any] | None = None,
+        start_epoch: int = 0,
+    ) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self.images, self.plan, self.spec, self.device, self.dtype = images, plan, spec, device, dtype
+        checkpoint = state["dali"] if state else None
+        # A restored DALI checkpoint carries its own epoch counter; a fresh pipeline counts from 0.
+        self._source = _BatchSource(images, plan, 0 if checkpoint else start_epoch, prefetch_queue_depth + 2)
+        self._pipe = build_pipeline(
+            self._source, spec, encoded=images.is_encoded, device=dali_device,
+            device_id=device.index if dali_device == "gpu" else None,
+            batch_size=plan.batch_size, num_threads=num_threads,
+            prefetch_queue_depth=prefetch_queue_depth, seed=seed, checkpoint=checkpoint,
+        )
+        self._iter = DALIGenericIterator([self._pipe], ["images", "labels"], auto_reset=False)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            for out in self._iter:
+                yield self._to_torch(out[0])
+        except RuntimeError as exc:
+            raise self._diagnose(exc) from exc
+        self._iter.reset()  # starts prefetching the next epoch
+
+    def _to_torch(self, out: dict[str, torch.Tensor]) -> Batch:
+        # HWC batch -> NCHW view whose strides are already channels_last: no copy.
+        images = out["images"].permute(0, 3, 1, 2)
+        if images.dtype != self.dtype:
+            images = images.to(self.dtype)  # bfloat16: DALI has no such type; keeps channels_last
+        return images, out["labels"].view(-1)
+
+    def _diagnose(self, exc: RuntimeError) -> Exception:
+        """Turn DALI's opaque decode failure into an error that names the file(s)."""
+        if not self.images.is_encoded:
+            return exc
+        candidates = sorted({int(i) for idx in self._source.recent for i in idx})
+        bad = find_bad_images(candidates, self.images.read_encoded, self.images.names)
+        if bad:
+            return BadImageError(
+                "undecodable image(s): " + "; ".join(msg for _, msg in bad)
+                + " (remove them, or set data.check_images=skip to leave bad files out)"
+            )
+        names = ", ".join(self.images.names[i] for i in candidates[:8])
+        return DataError(f"DALI failed on a batch drawn from: {names} ...: {str(exc).strip().splitlines()[-1]}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position and random state of the pipeline, to restore this loader exactly."""
+        return {"dali": self._iter.checkpoints()[0]}
+
+
+class SyntheticLoader:
+    """Random images already at the network's input size, resident on the device: the input ceiling."""
+
+    def __init__(self, steps: int, batch_size: int, side: int, num_classes: int, *,
+                 device: torch.device, dtype: torch.dtype, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        images = torch.randn(batch_size, side, side, 3, generator=gen).to(device=device, dtype=dtype)
+        self.images = images.permute(0, 3, 1, 2)  # channels_last, like the DALI output
+        self.labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        for _ in range(self.steps):
+            yield self.images, self.labels
+
+
+# ------------------------------------------------------------------------------------ builders
+
+
+def resolve_dali_device(data_device: str) -> str:
+    if data_device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if data_device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("data.device: gpu was asked for but CUDA is not available (use cpu or auto)")
+    return data_device
+
+
+def dali_output_dtype(dtype: torch.dtype) -> str:
+    """float16 straight from DALI; bfloat16 is cast from float32 in torch (DALI has no bfloat16)."""
+    return "float16" if dtype == torch.float16 else "float32"
+
+
+def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
+    """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan."""
+    train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
+                             data_cfg.download)
+    if data_cfg.check_images != "off":
+        train, val = (scan_image_set(s, data_cfg.check_images) for s in (train, val))
+    return train, val
+
+
+def scan_image_set(images: ImageSet, mode: str) -> ImageSet:
+    """Decode every file up front (Pillow); `error`: fail naming them, `skip`: leave them out."""
+    if not images.is_encoded:
+        return images
+    t0 = time.perf_counter()
+    bad = find_bad_images(range(len(images)), images.read_encoded, images.names)
+    log.info("checked %d images in %.1f s: %d undecodable", len(images), time.perf_counter() - t0, len(bad))
+    if not bad:
+        return images
+    if mode == "error":
+        shown = "; ".join(msg for _, msg in bad[:20])
+        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+        raise BadImageError(f"{len(bad)} undecodable image(s): {shown}{more}")
+    keep = np.setdiff1d(np.arange(len(images)), [i for i, _ in bad])
+    log.warning("data.check_images=skip: left out %d undecodable file(s), e.g. %s", len(bad), bad[0][1])
+    return images.subset(keep)
+
+
+def build_loader(
+    data_cfg: Any,
+    *,
+    images: ImageSet | None,
+    train: bool,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    num_classes: int = 10,
+    max_steps: int = 0,
+    state: dict[str, Any] | None = None,
+    start_epoch: int = 0,
+) -> Loader:
+    """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
+
+    Training batches are a per-epoch permutation sharded by global rank with the remainder dropped;
+    evaluation covers every image exactly once across ranks. `seed` orders the data (same on
+    all ranks); augmentation draws from seed + rank.
+    """
+    if data_cfg.source == "synthetic":
+        aug = data_cfg.train if train else data_cfg.eval
+        n = data_cfg.synthetic_images if train else max(data_cfg.synthetic_images // 5, batch_size * world_size)
+        plan = ShardedBatches(n, batch_size, rank, world_size, shuffle=False, drop_last=train, max_steps=max_steps)
+        return SyntheticLoader(len(plan), batch_size, aug.crop, num_classes, device=device, dtype=dtype,
+                               seed=seed + rank)
+    assert images is not None, "image sets come from load_image_sets()"
+    plan = ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train,
+                          seed=seed, max_steps=max_steps)
+    make_spec = AugmentSpec.for_train if train else AugmentSpec.for_eval
+    spec = make_spec(data_cfg.train if train else data_cfg.eval, data_cfg.std_eps, dali_output_dtype(dtype))
+    return DaliLoader(
+        images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
+        num_threads=data_cfg.num_threads, prefetch_queue_depth=data_cfg.prefetch_queue_depth,
+        seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
+    )

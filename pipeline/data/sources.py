@@ -1,0 +1,283 @@
+"""Where images come from: image-folder trees (on disk or in an archive), CIFAR-10 arrays, the sample.
+
+Every source becomes an `ImageSet`: a list of samples (encoded image bytes or decoded uint8 HWC
+arrays), their integer labels and class names, and a printable name per sample so that an error
+can say which file is bad. Sources only list and fetch; DALI does the decoding and augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+import numpy as np
+
+from pipeline.data.images import IMAGE_EXTENSIONS, BadImageError, check_encoded
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_ARCHIVE = REPO_ROOT / "data" / "cifar10-sample.tar.gz"
+EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+class DataError(ValueError):
+    """The data on disk is missing or malformed; the message names the path."""
+
+
+@dataclass
+class ImageSet:
+    """One split. Exactly one of `files`, `encoded` or `arrays` holds the samples."""
+
+    names: list[str]  # printable name of each sample (a path, or archive:member)
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+    files: list[str] | None = None  # encoded images read from disk at fetch time
+    encoded: list[np.ndarray] | None = None  # encoded images held in memory (uint8 1-D)
+    arrays: np.ndarray | None = None  # decoded images (N, H, W, 3) uint8
+    skipped: list[str] = field(default_factory=list)  # names left out by check_images=skip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def is_encoded(self) -> bool:
+        return self.arrays is None
+
+    def read_encoded(self, index: int) -> np.ndarray:
+        """The encoded bytes of one sample as stored (raises OSError if the file is unreadable)."""
+        if self.encoded is not None:
+            return self.encoded[index]
+        return np.fromfile(self.files[index], dtype=np.uint8)
+
+    def fetch_encoded(self, index: int) -> np.ndarray:
+        """The encoded bytes of one sample, checked cheaply (non-empty, a known image signature)."""
+        try:
+            data = self.read_encoded(index)
+        except OSError as exc:
+            raise BadImageError(f"{self.names[index]}: cannot read ({exc.strerror or exc})") from None
+        check_encoded(data, self.names[index])
+        return data
+
+    def fetch_arrays(self, indices: np.ndarray) -> np.ndarray:
+        return self.arrays[indices]
+
+    def subset(self, keep: np.ndarray) -> "ImageSet":
+        """The samples at `keep` (indices), e.g. after a scan dropped undecodable files."""
+        dropped = sorted(set(range(len(self))) - set(keep.tolist()))
+        return ImageSet(
+            names=[self.names[i] for i in keep],
+            labels=self.labels[keep],
+            classes=self.classes,
+            files=[self.files[i] for i in keep] if self.files is not None else None,
+            encoded=[self.encoded[i] for i in keep] if self.encoded is not None else None,
+            arrays=self.arrays[keep] if self.arrays is not None else None,
+            skipped=self.skipped + [self.names[i] for i in dropped],
+        )
+
+
+# ---------------------------------------------------------------------------------- image folders
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def _label_tree(entries: dict[str, list[str]], where: str, classes: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Turn {class: [names]} into (names, labels, classes); classes sorted by folder name.
+
+    With `classes` given (the training split's), this split must use a subset of them and its
+    labels follow that order, so train and validation agree on what label 3 means.
+    """
+    if not entries:
+        raise DataError(f"{where}: no class folders (expected {where}/<class>/<image>)")
+    empty = [c for c, files in entries.items() if not files]
+    if empty:
+        raise DataError(f"{where}/{empty[0]}: class folder has no image files")
+    own = sorted(entries)
+    if classes is None:
+        classes = own
+    else:
+        unknown = [c for c in own if c not in classes]
+        if unknown:
+            raise DataError(f"{where}: classes {unknown} do not exist in the training split")
+    index = {c: i for i, c in enumerate(classes)}
+    names, labels = [], []
+    for c in own:
+        for name in sorted(entries[c]):
+            names.append(name)
+            labels.append(index[c])
+    return names, np.asarray(labels, dtype=np.int64), classes
+
+
+def _split_error(where: str, split: str, found: list[str]) -> DataError:
+    return DataError(f"{where}: split folder '{split}' not found (found: {', '.join(sorted(found)) or 'nothing'})")
+
+
+def resolve_eval_split(available: list[str], requested: str, where: str) -> str:
+    if requested != "auto":
+        return requested
+    for name in EVAL_SPLIT_CANDIDATES:
+        if name in available:
+            return name
+    raise DataError(f"{where}: no validation split (looked for {', '.join(EVAL_SPLIT_CANDIDATES)}); set data.eval_split")
+
+
+def list_folder_split(root: Path, split: str, classes: list[str] | None = None) -> ImageSet:
+    """A class-per-folder split on disk: root/split/<class>/<image>. Files are read at fetch time."""
+    base = root / split
+    if not base.is_dir():
+        found = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        raise _split_error(str(root), split, found)
+    entries: dict[str, list[str]] = {}
+    for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = []
+        with os.scandir(class_dir) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue  # .DS_Store and friends
+                if not entry.is_file():
+                    continue
+                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise DataError(
+                        f"{entry.path}: not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                    )
+                files.append(entry.path)
+        entries[class_dir.name] = files
+    names, labels, classes = _label_tree(entries, str(base), classes)
+    return ImageSet(names=names, labels=labels, classes=classes, files=list(names))
+
+
+class _ArchiveTree:
+    """An image-folder tree inside a .tar/.tar.gz, read into memory once (small data sets only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.members: dict[str, bytes] = {}
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for m in tar:
+                    if m.isfile():
+                        self.members[m.name] = tar.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: cannot read the archive ({exc})") from None
+        # The tree may sit under a top-level folder (cifar10/train/...): find the split folders.
+        self.splits: dict[str, dict[str, dict[str, bytes]]] = {}
+        for name, data in self.members.items():
+            parts = name.split("/")
+            if len(parts) < 3:
+                continue
+            split, cls, fname = parts[-3], parts[-2], parts[-1]
+            if fname.startswith(".") or cls.startswith("."):
+                continue
+            self.splits.setdefault(split, {}).setdefault(cls, {})[name] = data
+
+    def split(self, split: str, classes: list[str] | None = None) -> ImageSet:
+        if split not in self.splits:
+            raise _split_error(str(self.path), split, list(self.splits))
+        entries: dict[str, list[str]] = {}
+        for cls, files in self.splits[split].items():
+            for name in files:
+                if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise DataError(f"{self.path}:{name}: not an image file")
+            entries[cls] = list(files)
+        names, labels, classes = _label_tree(entries, f"{self.path}:{split}", classes)
+        data = {n: d for files in self.splits[split].values() for n, d in files.items()}
+        return ImageSet(
+            names=[f"{self.path}:{n}" for n in names],
+            labels=labels,
+            classes=classes,
+            encoded=[np.frombuffer(data[n], dtype=np.uint8) for n in names],
+        )
+
+
+def load_imagefolder(root: str | Path, train_split: str, eval_split: str) -> tuple[ImageSet, ImageSet]:
+    """Train and validation splits of an image-folder tree: a directory or a .tar/.tar.gz of one."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data.root: {root} does not exist")
+    if root.is_file():
+        if not _is_archive(root):
+            raise DataError(f"data.root: {root} is a file but not a .tar/.tar.gz archive of an image folder")
+        tree = _ArchiveTree(root)
+        if not tree.splits:
+            raise DataError(f"{root}: the archive holds no <split>/<class>/<image> files")
+        train = tree.split(train_split)
+        return train, tree.split(resolve_eval_split(list(tree.splits), eval_split, str(root)), train.classes)
+    subdirs = [p.name for p in root.iterdir() if p.is_dir()]
+    if not subdirs:
+        raise DataError(f"data.root: {root} is empty (expected {root}/{train_split}/<class>/<image>)")
+    train = list_folder_split(root, train_split)
+    return train, list_folder_split(root, resolve_eval_split(subdirs, eval_split, str(root)), train.classes)
+
+
+def load_sample() -> tuple[ImageSet, ImageSet]:
+    """The CIFAR-10 subset shipped in the repository (500 train + 100 test images per class)."""
+    if not SAMPLE_ARCHIVE.is_file():
+        raise DataError(f"{SAMPLE_ARCHIVE}: the shipped sample is missing (rebuild it with scripts/make_sample.py)")
+    return load_imagefolder(SAMPLE_ARCHIVE, "train", "test")
+
+
+# ------------------------------------------------------------------------------------ CIFAR-10
+
+
+def _read_cifar_batches(tar: tarfile.TarFile, names: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+    images, labels = [], []
+    for name in names:
+        if name not in members:
+            raise DataError(f"{where}: member {name} missing (not the official python-format archive?)")
+        try:
+            batch = pickle.load(tar.extractfile(members[name]), encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except Exception as exc:  # a damaged pickle can raise almost anything
+            raise DataError(f"{where}:{name}: unreadable CIFAR batch ({exc})") from None
+        # Rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major.
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-10 from the official python-format archive, decoded once to uint8 arrays (N, 32, 32, 3)."""
+    root = Path(root).expanduser()
+    archive = root / CIFAR10_ARCHIVE if root.suffix != ".gz" else root
+    if not archive.is_file():
+        if not download:
+            raise DataError(f"data.root: {archive} not found (set data.download=true to fetch it)")
+        from torchvision.datasets.utils import download_url  # checks the MD5 after downloading
+
+        download_url(CIFAR10_URL, str(archive.parent), archive.name, md5=CIFAR10_MD5)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            train_x, train_y = _read_cifar_batches(tar, [f"data_batch_{i}" for i in range(1, 6)], str(archive))
+            test_x, test_y = _read_cifar_batches(tar, ["test_batch"], str(archive))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{archive}: cannot read the archive ({exc})") from None
+
+    def as_set(x: np.ndarray, y: np.ndarray, split: str) -> ImageSet:
+        names = [f"{archive}:{split}[{i}]" for i in range(len(y))]
+        return ImageSet(names=names, labels=y, classes=list(CIFAR10_CLASSES), arrays=x)
+
+    return as_set(train_x, train_y, "train"), as_set(test_x, test_y, "test")
+
+
+# ------------------------------------------------------------------------------------ dispatch
+
+
+def open_source(source: str, root: str = "", train_split: str = "train", eval_split: str = "auto",
+                download: bool = False) -> tuple[ImageSet, ImageSet]:
+    """(train, eval) image sets of a `data.source` other than synthetic."""
+    if source == "sample":
+        return load_sample()
+    if source == "imagefolder":
+        return load_imagefolder(root, train_split, eval_split)
+    if source == "cifar10":
+        return load_cifar10(root, download)
+    raise ValueError(f"data.source: {source!r} has no image set")
