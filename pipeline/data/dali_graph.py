@@ -116,7 +116,7 @@ def build_pipeline(
             source=source, num_outputs=2, batch=True, batch_info=True,
             layout=[None if encoded else "HWC", None],
         )
-        shape = fn.peek_image_shape(samples) if encoded else fn.shapes(samples)
+        shape = fn.peek_image_shape(samples) if encoded else samples.shape()
         start, size = _crop_window(shape, spec)
         if encoded:
             # Decode only the crop window (nvJPEG/libjpeg-turbo ROI decoding where supported).

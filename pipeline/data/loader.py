@@ -92,7 +92,9 @@ class DaliLoader:
             batch_size=plan.batch_size, num_threads=num_threads,
             prefetch_queue_depth=prefetch_queue_depth, seed=seed, checkpoint=checkpoint,
         )
-        self._iter = DALIGenericIterator([self._pipe], ["images", "labels"], auto_reset=False)
+        # prepare_first_batch=False: the first batch runs inside __iter__, where errors are diagnosed.
+        self._iter = DALIGenericIterator([self._pipe], ["images", "labels"], auto_reset=False,
+                                         prepare_first_batch=False)
 
     def __len__(self) -> int:
         return len(self.plan)

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny data sets written by the tests themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+# Keep W&B and the console quiet and offline in every test process.
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_data = pytest.mark.skip(reason=f"needs {SHARED_CIFAR_JPEG} (absent on this machine)")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "cifar10_jpeg" in item.keywords and not SHARED_CIFAR_JPEG.is_file():
+            item.add_marker(skip_data)
+
+
+def encode_image(array: np.ndarray, fmt: str = "JPEG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+def smooth_image(rng: np.random.Generator, side: int = 32) -> np.ndarray:
+    """A low-frequency colour image (uint8 HWC): small sub-pixel shifts change it only a little."""
+    y, x = np.mgrid[0:side, 0:side] / side
+    channels = []
+    for _ in range(3):
+        a, b, c, d = rng.uniform(0.5, 2.5, 4)
+        channels.append(np.sin(a * np.pi * x + b) * np.cos(c * np.pi * y + d))
+    img = np.stack(channels, -1)
+    img = (img - img.min()) / (img.max() - img.min())
+    return (img * 200 + 20).astype(np.uint8)
+
+
+def write_imagefolder(root: Path, splits: dict[str, dict[str, int]], side: int = 24, seed: int = 0,
+                      fmt: str = "JPEG") -> Path:
+    """root/<split>/<class>/<i>.jpg with `count` random images per class."""
+    rng = np.random.default_rng(seed)
+    ext = ".png" if fmt == "PNG" else ".jpg"
+    for split, classes in splits.items():
+        for cls, count in classes.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                (folder / f"{i:03d}{ext}").write_bytes(encode_image(smooth_image(rng, side), fmt))
+    return root
+
+
+def write_cifar_archive(path: Path, n_train_per_batch: int = 6, n_test: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny archive in the official python format; returns (first train batch's images HWC, labels)."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as tar:
+        first = None
+
+        def add(name: str, n: int):
+            nonlocal first
+            data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+            labels = rng.integers(0, 10, n).tolist()
+            if first is None:
+                first = (data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels))
+            blob = pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+        for i in range(1, 6):
+            add(f"data_batch_{i}", n_train_per_batch)
+        add("test_batch", n_test)
+    return first
+
+
+@pytest.fixture
+def tiny_tree(tmp_path) -> Path:
+    """3 classes; train 7 + 6 + 8 = 21 images (odd), val 3 + 4 + 4 = 11."""
+    return write_imagefolder(
+        tmp_path / "tree",
+        {"train": {"ant": 7, "bee": 6, "cat": 8}, "val": {"ant": 3, "bee": 4, "cat": 4}},
+    )

@@ -1,0 +1,386 @@
+"""DALI input pipelines on the CPU: shapes, statistics, augmentation, sharding, sources, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO, SHARED_CIFAR_JPEG, encode_image, smooth_image, write_cifar_archive, write_imagefolder
+from pipeline.config import load_config
+from pipeline.data import BadImageError, DataError, ImageSet, build_loader, load_image_sets
+from pipeline.data.sources import SAMPLE_ARCHIVE
+
+CPU = torch.device("cpu")
+
+
+def data_cfg(*overrides: str):
+    return load_config(None, list(overrides)).data
+
+
+def loader(cfg, images, *, train=True, batch=8, rank=0, world=1, seed=0, dtype=torch.float32, state=None):
+    return build_loader(cfg, images=images, train=train, batch_size=batch, rank=rank, world_size=world,
+                        seed=seed, device=CPU, dtype=dtype, state=state)
+
+
+def array_set(images: np.ndarray, labels=None) -> ImageSet:
+    n = len(images)
+    labels = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    return ImageSet(names=[f"mem[{i}]" for i in range(n)], labels=labels, classes=[str(i) for i in range(n)],
+                    arrays=np.ascontiguousarray(images))
+
+
+def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + eps)
+
+
+def reference_resize(img: np.ndarray, side: int) -> torch.Tensor:
+    """torch's bilinear resize (pixel centres, no antialiasing) of an HWC uint8 image -> CHW float."""
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)[0]
+
+
+def first_batch(ld):
+    return next(iter(ld))
+
+
+# ------------------------------------------------------------------------ shapes, dtype, layout
+
+
+def assert_batch(images, labels, side, dtype, batch):
+    assert images.shape == (batch, 3, side, side)
+    assert images.dtype == dtype
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.dtype == torch.int64 and labels.shape == (batch,)
+    assert torch.isfinite(images.float()).all()
+
+
+SMALL = ("data.train.min_side=34", "data.train.max_side=38", "data.train.crop=32", "data.eval.size=36",
+         "data.eval.crop=36")
+
+
+def sources(tmp_path):
+    tree = write_imagefolder(tmp_path / "tree", {"train": {"a": 5, "b": 5}, "val": {"a": 2, "b": 3}})
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="mytree")
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    return {
+        "sample": ["data.source=sample"],
+        "imagefolder_dir": ["data.source=imagefolder", f"data.root={tree}"],
+        "imagefolder_tar": ["data.source=imagefolder", f"data.root={archive}"],
+        "cifar10": ["data.source=cifar10", f"data.root={tmp_path}"],
+    }
+
+
+@pytest.mark.parametrize("name", ["sample", "imagefolder_dir", "imagefolder_tar", "cifar10"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_batches_of_every_source(tmp_path, name, dtype):
+    cfg = data_cfg(*sources(tmp_path)[name], *SMALL)
+    train, val = load_image_sets(cfg)
+    images, labels = first_batch(loader(cfg, train, batch=4, dtype=dtype))
+    assert_batch(images, labels, 32, dtype, 4)
+    images, labels = first_batch(loader(cfg, val, train=False, batch=4, dtype=dtype))
+    assert_batch(images, labels, 36, dtype, 4)
+
+
+def test_synthetic_source_batches():
+    cfg = data_cfg("data.source=synthetic", "data.synthetic_images=64", *SMALL)
+    ld = build_loader(cfg, images=None, train=True, batch_size=8, rank=0, world_size=2, seed=0, device=CPU,
+                      dtype=torch.bfloat16)
+    assert len(ld) == 64 // 16
+    batches = list(ld)
+    assert len(batches) == 4
+    assert_batch(*batches[0], 32, torch.bfloat16, 8)
+
+
+def test_hwc_output_becomes_channels_last_without_a_copy():
+    cfg = data_cfg(*SMALL)
+    ld = loader(cfg, array_set(np.zeros((8, 32, 32, 3), np.uint8)))
+    hwc = torch.randn(2, 5, 5, 3)
+    images, _ = ld._to_torch({"images": hwc, "labels": torch.zeros(2, dtype=torch.int64)})
+    assert images.data_ptr() == hwc.data_ptr() and images.is_contiguous(memory_format=torch.channels_last)
+
+
+# -------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_per_image_standardization(dtype):
+    rng = np.random.default_rng(0)
+    imgs = np.stack([smooth_image(rng) for _ in range(16)])
+    imgs[3] = 7  # a constant image: zero variance must not produce NaN
+    cfg = data_cfg()  # the reference sizes: 124..132 -> 122
+    x, y = first_batch(loader(cfg, array_set(imgs), batch=16, dtype=dtype))
+    x = x.float()
+    means, stds = x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3), unbiased=False)
+    assert torch.isfinite(x).all()
+    assert means.abs().max() < 1e-2
+    constant = y == 3  # labels are the sample indices
+    assert torch.allclose(stds[~constant], torch.ones(15), atol=1e-2)
+    assert x[constant].abs().max() < 1e-2  # resize rounding only, amplified by 1/sqrt(eps)
+
+
+def test_flip_happens_in_about_half_the_images():
+    rng = np.random.default_rng(1)
+    img = smooth_image(rng)
+    img[:, :8] = 255  # clearly asymmetric: a bright band on the left
+    imgs = np.repeat(img[None], 200, axis=0)
+    fixed = ("data.train.min_side=32", "data.train.max_side=32", "data.train.crop=32")  # no crop: window = image
+    unflipped, _ = first_batch(loader(data_cfg(*fixed, "data.train.flip_prob=0"), array_set(imgs[:4]), batch=4))
+    ref = unflipped[0]
+    out, _ = first_batch(loader(data_cfg(*fixed), array_set(imgs), batch=200))
+    same = (out - ref).abs().flatten(1).amax(1) < 1e-4
+    mirrored = (out - ref.flip(-1)).abs().flatten(1).amax(1) < 1e-4
+    assert bool((same ^ mirrored).all()), "every image is either the unflipped crop or its mirror"
+    assert 70 <= int(mirrored.sum()) <= 130  # Binomial(200, 0.5): 5.6 sigma either side
+
+
+def best_window(out: torch.Tensor, img: np.ndarray, crop: int, sides: range) -> tuple[float, int, int, int]:
+    """(error, side, top, left) of the resize-then-crop view that best explains `out`."""
+    best = (float("inf"), 0, 0, 0)
+    for side in sides:
+        resized = reference_resize(img, side)
+        for top in range(side - crop + 1):
+            for left in range(side - crop + 1):
+                view = standardize(resized[:, top:top + crop, left:left + crop])
+                err = (view - out).pow(2).mean().item()
+                best = min(best, (err, side, top, left))
+    return best
+
+
+def test_random_resize_crop_matches_resize_then_crop_and_varies():
+    rng = np.random.default_rng(2)
+    img = smooth_image(rng)
+    cfg = data_cfg("data.train.min_side=26", "data.train.max_side=30", "data.train.crop=24",
+                   "data.train.flip_prob=0")
+    out, _ = first_batch(loader(cfg, array_set(np.repeat(img[None], 24, axis=0)), batch=24))
+    fits = [best_window(o, img, 24, range(26, 31)) for o in out]
+    # Each output is a resize-then-crop view up to the sub-pixel crop offset the ROI resize allows.
+    assert max(f[0] for f in fits) < 0.02, fits
+    assert len({f[1] for f in fits}) >= 3, "resize sides do not vary across the batch"
+    assert len({(f[2], f[3]) for f in fits}) >= 6, "crop positions do not vary across the batch"
+
+
+def test_eval_is_deterministic_and_matches_a_reference_resize():
+    rng = np.random.default_rng(3)
+    imgs = np.stack([smooth_image(rng) for _ in range(6)])
+    cfg = data_cfg()  # eval: 32 -> 128 x 128
+    ld = loader(cfg, array_set(imgs), train=False, batch=4)
+    first = torch.cat([x for x, _ in ld])
+    second = torch.cat([x for x, _ in ld])
+    assert torch.equal(first, second)
+    for out, img in zip(first, imgs):
+        ref = standardize(reference_resize(img, 128))
+        assert (out - ref).abs().max() < 0.05
+
+
+def test_random_interpolation_option_runs():
+    rng = np.random.default_rng(4)
+    imgs = np.stack([smooth_image(rng) for _ in range(8)])
+    x, _ = first_batch(loader(data_cfg("data.train.interpolation=random"), array_set(imgs)))
+    assert x.shape == (8, 3, 122, 122) and torch.isfinite(x).all()
+
+
+def test_labels_match_the_folders(tmp_path):
+    # Each class is one pure colour, so a batch's dominant channel tells its folder.
+    colours = {"0red": 0, "1green": 1, "2blue": 2}
+    for cls, channel in colours.items():
+        folder = tmp_path / "t" / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(5):
+            img = np.full((20, 20, 3), 20, np.uint8)
+            img[..., channel] = 230
+            img[i, i] = 0  # variety
+            (folder / f"{i}.png").write_bytes(encode_image(img, "PNG"))
+    shutil.copytree(tmp_path / "t" / "train", tmp_path / "t" / "val")
+    cfg = data_cfg("data.source=imagefolder", f"data.root={tmp_path / 't'}", *SMALL)
+    train, _ = load_image_sets(cfg)
+    assert train.classes == ["0red", "1green", "2blue"]
+    seen = 0
+    for x, y in loader(cfg, train, batch=3):
+        dominant = x.float().mean(dim=(2, 3)).argmax(1)
+        assert torch.equal(dominant, y)
+        seen += len(y)
+    assert seen == 15
+
+
+# -------------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_dali_eval_shards_disjoint_and_complete(world):
+    imgs = np.zeros((21, 32, 32, 3), np.uint8)
+    cfg = data_cfg(*SMALL)
+    seen = []
+    for rank in range(world):
+        for _, y in loader(cfg, array_set(imgs), train=False, batch=4, rank=rank, world=world):
+            seen += y.tolist()
+    assert sorted(seen) == list(range(21))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_dali_train_equal_steps_no_repeats(world):
+    imgs = np.zeros((21, 32, 32, 3), np.uint8)
+    cfg = data_cfg(*SMALL)
+    loaders = [loader(cfg, array_set(imgs), batch=2, rank=r, world=world) for r in range(world)]
+    assert len({len(ld) for ld in loaders}) == 1
+    for _epoch in range(2):
+        labels = [y.tolist() for ld in loaders for _, y in ld]
+        assert all(len(b) == 2 for b in labels)
+        assert len(labels) == world * len(loaders[0])
+        flat = sum(labels, [])
+        assert len(flat) == len(set(flat))
+
+
+def test_epochs_reshuffle_deterministically_and_ranks_augment_differently():
+    rng = np.random.default_rng(5)
+    imgs = np.stack([smooth_image(rng) for _ in range(16)])
+    cfg = data_cfg(*SMALL)
+    a, b = loader(cfg, array_set(imgs), batch=4, seed=7), loader(cfg, array_set(imgs), batch=4, seed=7)
+    a0, b0 = [y.tolist() for _, y in a], [y.tolist() for _, y in b]
+    a1 = [y.tolist() for _, y in a]
+    assert a0 == b0 and a0 != a1
+    # Same sample order (data seed), different augmentation: rank 1 draws from seed + 1.
+    x_r0 = first_batch(loader(cfg, array_set(imgs[:4]), batch=4, world=1, seed=0))[0]
+    x_r1 = first_batch(loader(cfg, array_set(imgs[:4]), batch=4, world=1, seed=1))[0]
+    assert not torch.equal(x_r0, x_r1)
+
+
+def test_loader_state_resumes_mid_epoch_exactly():
+    rng = np.random.default_rng(6)
+    imgs = np.stack([smooth_image(rng) for _ in range(40)])
+    cfg = data_cfg(*SMALL)
+    ref = loader(cfg, array_set(imgs), batch=4, seed=3)
+    it = iter(ref)
+    for _ in range(3):
+        next(it)
+    state = ref.state_dict()
+    rest = list(it) + list(ref)  # the rest of epoch 0, then epoch 1
+    resumed = loader(cfg, array_set(imgs), batch=4, seed=3, state=state)
+    again = list(resumed) + list(resumed)
+    assert len(again) == len(rest)
+    for (x1, y1), (x2, y2) in zip(rest, again):
+        assert torch.equal(y1, y2) and torch.equal(x1, x2)
+
+
+# -------------------------------------------------------------------------------- sources
+
+
+def test_cifar10_archive_is_read_in_the_official_layout(tmp_path):
+    images, labels = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", n_train_per_batch=6, n_test=10)
+    train, val = load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}"))
+    assert (len(train), len(val)) == (30, 10)
+    assert train.arrays.shape == (30, 32, 32, 3) and train.arrays.dtype == np.uint8
+    assert np.array_equal(train.arrays[:6], images) and np.array_equal(train.labels[:6], labels)
+    assert train.classes[0] == "airplane" and train.classes[9] == "truck"
+
+
+def test_cifar10_missing_archive_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz not found.*data.download=true"):
+        load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}"))
+
+
+def test_imagefolder_labels_and_split_detection(tiny_tree):
+    train, val = load_image_sets(data_cfg("data.source=imagefolder", f"data.root={tiny_tree}"))
+    assert train.classes == ["ant", "bee", "cat"] and len(train) == 21 and len(val) == 11
+    assert Counter(train.labels.tolist()) == {0: 7, 1: 6, 2: 8}
+    assert all(f"/{train.classes[lab]}/" in name for name, lab in zip(train.names, train.labels))
+
+
+def test_shipped_sample_is_balanced_cifar10():
+    train, val = load_image_sets(data_cfg("data.source=sample"))
+    assert SAMPLE_ARCHIVE.stat().st_size < 4_000_000
+    assert Counter(train.labels.tolist()) == {c: 500 for c in range(10)}
+    assert Counter(val.labels.tolist()) == {c: 100 for c in range(10)}
+    assert train.classes[3] == "cat"
+
+
+@pytest.mark.cifar10_jpeg
+def test_shipped_sample_rebuilds_byte_for_byte(tmp_path):
+    out = tmp_path / "sample.tar.gz"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample.py"), str(SHARED_CIFAR_JPEG), str(out)],
+                   check=True, capture_output=True)
+    assert out.read_bytes() == SAMPLE_ARCHIVE.read_bytes()
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def folder_cfg(root: Path, *extra: str):
+    return data_cfg("data.source=imagefolder", f"data.root={root}", *SMALL, *extra)
+
+
+def iterate_all(cfg):
+    train, val = load_image_sets(cfg)
+    for _ in loader(cfg, train, batch=3):
+        pass
+
+
+@pytest.mark.parametrize(
+    "make, pattern",
+    [
+        (lambda r: r / "missing", r"data.root: .*/missing does not exist"),
+        (lambda r: r.mkdir() or r, r"data.root: .* is empty"),
+        (lambda r: (r / "train").mkdir(parents=True) or r, r"/train: no class folders"),
+        (lambda r: (r / "train" / "cat").mkdir(parents=True) or r, r"/train/cat: class folder has no image files"),
+        (lambda r: (r / "val" / "x").mkdir(parents=True) or r, r"split folder 'train' not found \(found: val\)"),
+    ],
+    ids=["missing", "empty", "no-classes", "empty-class", "no-train-split"],
+)
+def test_bad_trees_name_the_path(tmp_path, make, pattern):
+    root = make(tmp_path / "data")
+    with pytest.raises(DataError, match=pattern):
+        load_image_sets(folder_cfg(root))
+
+
+def test_non_image_file_is_named(tiny_tree):
+    (tiny_tree / "train" / "bee" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"train/bee/notes.txt: not an image file"):
+        load_image_sets(folder_cfg(tiny_tree))
+
+
+def corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "zero-byte":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        rng = np.random.default_rng(0)
+        path.write_bytes(data[:200] + rng.integers(0, 256, len(data) - 200, dtype=np.uint8).tobytes())
+    elif how == "text-named-jpg":
+        path.write_text("this is not a JPEG")
+
+
+@pytest.mark.parametrize("how", ["zero-byte", "truncated", "garbage", "text-named-jpg"])
+def test_undecodable_image_is_named(tiny_tree, how):
+    bad = tiny_tree / "train" / "bee" / "003.jpg"
+    corrupt(bad, how)
+    with pytest.raises(BadImageError, match=rf"{bad}: "):
+        iterate_all(folder_cfg(tiny_tree))
+
+
+def test_check_images_error_lists_bad_files_up_front(tiny_tree):
+    corrupt(tiny_tree / "train" / "ant" / "001.jpg", "truncated")
+    corrupt(tiny_tree / "val" / "cat" / "000.jpg", "zero-byte")
+    with pytest.raises(BadImageError, match=r"1 undecodable image\(s\): .*/train/ant/001.jpg: cannot decode"):
+        load_image_sets(folder_cfg(tiny_tree, "data.check_images=error"))
+
+
+def test_check_images_skip_leaves_bad_files_out(tiny_tree):
+    corrupt(tiny_tree / "train" / "ant" / "001.jpg", "garbage")
+    corrupt(tiny_tree / "train" / "cat" / "002.jpg", "zero-byte")
+    train, val = load_image_sets(folder_cfg(tiny_tree, "data.check_images=skip"))
+    assert len(train) == 19 and len(val) == 11
+    assert sorted(Path(n).name for n in train.skipped) == ["001.jpg", "002.jpg"]
+    batches = list(loader(folder_cfg(tiny_tree), train, batch=3))
+    assert len(batches) == 19 // 3
