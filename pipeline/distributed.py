@@ -1,0 +1,113 @@
+"""Process-group setup for torchrun (or a plain single process) and the few collectives we use.
+
+Reads RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT through torch's env:// rendezvous).
+One process per GPU on `cuda:LOCAL_RANK` with NCCL; CPU processes use gloo. A separate gloo
+group carries the small host-side messages (metric sums at logging boundaries, stop requests,
+checkpoint gathering) so they never touch the GPU stream.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int  # global rank
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+_control_group: Any = None
+
+
+def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
+    """Join the process group torchrun describes in the environment (none for a single process)."""
+    global _control_group
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl" and device.type != "cuda":
+            raise ValueError("dist.backend: nccl needs CUDA; use gloo (or auto) on CPU")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+        _control_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def destroy() -> None:
+    global _control_group
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _control_group = None
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier(group=_control_group)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks, in place (host values read at logging boundaries)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=_control_group)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of a small CPU tensor over ranks, in place."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control_group)
+    return tensor
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (a CPU message; no GPU sync)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group)
+    return bool(t.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=_control_group)
+    return box[0]
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj`, in rank order, on `dst` (None elsewhere)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst, group=_control_group)
+    return out

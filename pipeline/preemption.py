@@ -1,0 +1,42 @@
+"""SIGTERM/SIGINT handling: finish the current step, checkpoint, exit; a second signal exits at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Set by the first SIGTERM/SIGINT; the training loop polls `requested` between steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> "StopRequest":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            os.write(2, f"second {signal.Signals(signum).name}: exiting now without a checkpoint\n".encode())
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s received: stopping after the current step and writing a checkpoint "
+                    "(send it again to exit at once)", signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None

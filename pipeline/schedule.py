@@ -1,0 +1,64 @@
+"""Learning-rate schedules in closed form, stepped every iteration.
+
+`lr_factor(step)` multiplies the peak learning rate. Epoch positions may be fractional
+(`step / steps_per_epoch`). An optional linear warm-up replaces the first `warmup_epochs`: it
+rises from `warmup_start_factor` times the schedule's value at the end of the warm-up to that
+value; the schedule shapes below then run over the remaining steps.
+
+- multistep: x gamma after each milestone epoch (the reference: x0.1 after epochs 150 and 225)
+- cosine:    half-cosine from 1 to min_lr_factor
+- onecycle:  torch's OneCycleLR shape (cosine up over pct_start, cosine down)
+- constant:  1
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+import torch
+
+
+def _cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
+
+
+def shape_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int, warmup_steps: int) -> float:
+    """The schedule's multiplier at `step`, ignoring warm-up."""
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "multistep":
+        epoch = step / steps_per_epoch
+        return cfg.gamma ** bisect.bisect_right(cfg.milestones, epoch)
+    span = max(total_steps - warmup_steps, 1)
+    pct = min(max(step - warmup_steps, 0) / span, 1.0)
+    if cfg.name == "cosine":
+        return _cos(1.0, cfg.min_lr_factor, pct)
+    if cfg.name == "onecycle":
+        initial = 1.0 / cfg.div_factor
+        final = initial / cfg.final_div_factor
+        # torch.optim.lr_scheduler.OneCycleLR (anneal_strategy="cos", two phases) over `span` steps.
+        up_end = cfg.pct_start * span - 1
+        pos = max(step - warmup_steps, 0)
+        if pos <= up_end:
+            return _cos(initial, 1.0, pos / up_end if up_end > 0 else 1.0)
+        return _cos(1.0, final, min((pos - up_end) / (span - 1 - up_end), 1.0))
+    raise ValueError(f"schedule.name: unknown schedule {cfg.name!r}")
+
+
+def lr_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        target = shape_factor(cfg, warmup_steps, total_steps, steps_per_epoch, warmup_steps)
+        ramp = cfg.warmup_start_factor + (1 - cfg.warmup_start_factor) * step / warmup_steps
+        return target * ramp
+    return shape_factor(cfg, step, total_steps, steps_per_epoch, warmup_steps)
+
+
+def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+    """A LambdaLR stepped once per iteration; its state_dict is just the step counter."""
+    total = epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step, total, steps_per_epoch)
+    )
