@@ -106,7 +106,7 @@ def latest_good(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         except CheckpointError as exc:
             log.warning("skipping a checkpoint: %s", exc)
             continue
-        if newest is None or ckpt["global_step"] > newest[1]["global_step"]:
+        if newest is None or ckpt["counters"]["global_step"] > newest[1]["counters"]["global_step"]:
             newest = (path, ckpt)
     return newest
 

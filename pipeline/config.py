@@ -162,6 +162,7 @@ class EvalConfig(Section):
     every: int = _f(1, "evaluate every N epochs (the last epoch always); 0 = only at the end", ge=0)
     batch_size: int = _f(256, "images per evaluation step per process", gt=0)
     use_ema: bool = _f(True, "evaluate the EMA weights when train.ema_decay > 0")
+    only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
 
 
 class DistConfig(Section):
@@ -284,6 +285,8 @@ def _check_consistency(cfg: Config) -> None:
             )
     if sched.warmup_epochs >= epochs:
         raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs}")
+    if cfg.eval.only and cfg.checkpoint.resume == "never":
+        raise ConfigError("eval.only: needs a checkpoint (checkpoint.resume = auto or a file path)")
     name = cfg.logging.run_name
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
         raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir)")

@@ -96,6 +96,18 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step each
+    rank still holds the statistics of its own last batch. Evaluation and checkpoints must all
+    use the same ones.
+    """
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not dist.is_initialized():
         return obj

@@ -23,10 +23,13 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> N
         ax_acc.plot(epochs, [100 * r["val/top1"] for r in val], marker="o", ms=3, label="top-1")
         ax_acc.plot(epochs, [100 * r["val/top5"] for r in val], marker=".", ms=3, alpha=0.6, label="top-5")
         best = max(val, key=lambda r: r["val/top1"])
-        ax_acc.annotate(f"best {100 * best['val/top1']:.2f}% (epoch {best['epoch']:g})",
-                        (best["epoch"], 100 * best["val/top1"]), textcoords="offset points", xytext=(-60, -18))
+        ax_acc.plot([best["epoch"]], [100 * best["val/top1"]], "k*", ms=9, label="best top-1")
         ax_acc.legend(loc="lower right")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+        acc_title = (f"validation accuracy: final {100 * val[-1]['val/top1']:.2f}%, "
+                     f"best {100 * best['val/top1']:.2f}% (epoch {best['epoch']:g})")
+    else:
+        acc_title = "validation accuracy (no evaluation yet)"
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=acc_title)
     ax_acc.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

@@ -11,6 +11,8 @@ torch.compile -> DDP, with the raw module kept for state_dicts and evaluation.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
@@ -96,6 +98,15 @@ def wrap_model(model: nn.Module, cfg: Config, dist: DistInfo) -> nn.Module:
     return wrapped
 
 
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer: equal on all ranks unless DDP replicas diverged."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if device.type == "cuda":
@@ -121,6 +132,8 @@ class Trainer:
 
     def fit(self) -> ExitCode:
         self.setup()
+        if self.cfg.eval.only:
+            return self.evaluate_only()
         self.stop.install()
         try:
             return self._run_epochs()
@@ -148,6 +161,21 @@ class Trainer:
             self.save_epoch_checkpoint(new_best=metrics is not None and self.counters.best_epoch == epoch + 1)
         self.report_final()
         return ExitCode.OK
+
+    def evaluate_only(self) -> ExitCode:
+        """eval.only: evaluate the restored weights, write eval.json, print the figures."""
+        try:
+            if self.counters.global_step == 0 and self.cfg.checkpoint.resume == "auto":
+                raise ckpt_io.CheckpointError(f"eval.only: no checkpoint in {self.run_dir}")
+            metrics = self.evaluate()
+            if self.dist.is_main:
+                (self.run_dir / "eval.json").write_text(json.dumps({**metrics, "step": self.counters.global_step}, indent=1))
+                log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
+                         self.counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
+                         metrics["val/loss"], metrics["val/images"])
+            return ExitCode.OK
+        finally:
+            self.finish(plot=False)
 
     def eval_due(self, epochs_done: int) -> bool:
         every = self.cfg.eval.every
@@ -309,11 +337,17 @@ class Trainer:
                 every = self.cfg.checkpoint.every_steps
                 if every and c.global_step % every == 0 and c.step_in_epoch < self.steps_per_epoch:
                     self.save_step_checkpoint()
-                if c.global_step % STOP_CHECK_EVERY == 0 and distributed.any_rank(self.stop.requested):
+                if self.stop_agreed():
                     return False
         finally:
             self.progress.end_epoch()
         return not distributed.any_rank(self.stop.requested)
+
+    def stop_agreed(self) -> bool:
+        """Has any rank been asked to stop? Ranks compare notes every STOP_CHECK_EVERY steps."""
+        if not self.dist.distributed:
+            return self.stop.requested
+        return self.counters.global_step % STOP_CHECK_EVERY == 0 and distributed.any_rank(self.stop.requested)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with self.precision.autocast():
@@ -360,6 +394,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------- evaluate
 
+    def sync_buffers(self) -> None:
+        """All ranks adopt rank 0's BatchNorm statistics (model and EMA) before evaluating or saving."""
+        distributed.broadcast_buffers(self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema)
+
     def eval_model(self) -> nn.Module:
         if self.ema is not None and self.cfg.eval.use_ema:
             return self.ema.module
@@ -368,6 +408,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Top-1, top-5 and mean loss over the whole validation split, summed exactly over ranks."""
+        self.sync_buffers()
         model = self.eval_model()
         was_training = model.training
         model.eval()
@@ -408,10 +449,15 @@ class Trainer:
 
     def checkpoint_payload(self) -> dict[str, Any] | None:
         """The full checkpoint on rank 0 (None elsewhere); every rank contributes its own state."""
+        self.sync_buffers()
         loader_state = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
-        rank_states = distributed.gather_objects({"loader": loader_state, "rng": rng_state(self.dist.device)})
+        rank_states = distributed.gather_objects({"loader": loader_state, "rng": rng_state(self.dist.device),
+                                                  "digest": parameter_digest(self.model)})
         if not self.dist.is_main:
             return None
+        if len({r["digest"] for r in rank_states}) > 1:
+            raise RuntimeError("model replicas differ between ranks (parameter digests disagree); "
+                               "this is a bug in the distributed setup, not in the data")
         return {
             "format_version": ckpt_io.FORMAT_VERSION,
             "model": self.model.state_dict(),
@@ -471,8 +517,8 @@ class Trainer:
                      f"{total:,.0f}", f"{total / self.dist.world_size:,.0f}")
             log.info("run directory: %s", self.run_dir)
 
-    def finish(self) -> None:
-        if self.dist.is_main and getattr(self, "metrics_log", None) is not None:
+    def finish(self, plot: bool = True) -> None:
+        if plot and self.dist.is_main and getattr(self, "metrics_log", None) is not None:
             records = read_metrics(self.metrics_log.path) if self.metrics_log.path.exists() else []
             if records:
                 plot_curves(records, self.run_dir / "curves.png", title=self.run_dir.name)

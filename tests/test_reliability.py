@@ -1,0 +1,265 @@
+"""Fault tolerance with real processes and signals: kill/resume, preemption, elastic restarts,
+corrupt checkpoints, non-finite loss, start-up checks, secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import checkpoint as ckpt_io
+from pipeline.metrics import read_metrics
+from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env, run_train, train_command
+
+# Long enough to interrupt: 3 epochs x 12 steps, a step checkpoint every 4 steps.
+RESUMABLE = ("train.epochs=3", "train.max_steps_per_epoch=12", "checkpoint.every_steps=4",
+             "checkpoint.keep_last=3", "train.deterministic=true", "eval.every=0")
+TOTAL_STEPS = 36
+
+
+def start_train(runs_dir: Path, name: str, *overrides: str, nproc: int = 1, max_restarts: int = 0) -> subprocess.Popen:
+    args = [*TINY, f"logging.runs_dir={runs_dir}", f"logging.run_name={name}", *overrides]
+    return subprocess.Popen(train_command(nproc, max_restarts) + args, cwd=REPO, env=run_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"run ended (exit {proc.returncode}) before {path.name} appeared\n{err[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.02)
+
+
+def descendants(pid: int) -> list[int]:
+    children = [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    return children + [d for c in children for d in descendants(c)]
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process under it (torchrun puts workers in their own sessions)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+
+
+def final_state(run_dir: Path) -> dict:
+    ckpt = load_ckpt(run_dir / "last.pt")
+    assert ckpt["counters"]["global_step"] == TOTAL_STEPS
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Reference runs of the RESUMABLE config, single-process and two processes."""
+    runs = tmp_path_factory.mktemp("reference")
+    run_train(runs, "one", *RESUMABLE)
+    run_train(runs, "two", *RESUMABLE, nproc=2)
+    return {1: final_state(runs / "one"), 2: final_state(runs / "two")}
+
+
+# ---------------------------------------------------------------------- exact mid-epoch resume
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, nproc):
+    proc = start_train(tmp_path, "killed", *RESUMABLE, nproc=nproc)
+    wait_for_file(tmp_path / "killed" / ckpt_io.step_path(Path(), 16).name, proc)  # mid-epoch 2
+    kill_job(proc)  # the whole job at once, no chance to clean up
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_train(tmp_path, "killed", *RESUMABLE, nproc=nproc)
+    resumed_line = next(line for line in resumed.stderr.splitlines() if "resumed from" in line)
+    assert "step-000000" in resumed_line and "epoch 1, step " in resumed_line, resumed_line  # mid-epoch 2
+    state = final_state(tmp_path / "killed")
+    reference = uninterrupted[nproc]
+    assert_same_tensors(reference["model"], state["model"], "model")
+    assert_same_tensors(reference["optimizer"], state["optimizer"], "optimizer")
+    steps = [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl") if "train/loss" in r]
+    assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after the resume"
+
+
+def test_step_checkpoints_keep_the_last_k(tmp_path):
+    run_train(tmp_path, "keep", *RESUMABLE)
+    names = sorted(p.name for p in (tmp_path / "keep").glob("step-*.pt"))
+    # every 4 steps except epoch ends (36 steps: 4, 8, 16, 20, 28, 32), the newest 3 kept
+    assert names == ["step-00000020.pt", "step-00000028.pt", "step-00000032.pt"]
+
+
+# ------------------------------------------------------------------------------- preemption
+
+
+def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path):
+    proc = start_train(tmp_path, "pre", *RESUMABLE)
+    wait_for_file(tmp_path / "pre" / "step-00000008.pt", proc)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-3000:]
+    assert time.monotonic() - t0 < 10
+    assert "SIGTERM received" in err and "preempted at step" in err
+    stopped_at = int(err.split("preempted at step ")[1].split(":")[0])
+    ckpt = load_ckpt(tmp_path / "pre" / ckpt_io.step_path(Path(), stopped_at).name)
+    assert ckpt["counters"]["global_step"] == stopped_at
+    run_train(tmp_path, "pre", *RESUMABLE)
+    final_state(tmp_path / "pre")
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    # Larger images, so a step (and the stop after it) takes long enough for a second Ctrl-C.
+    proc = start_train(tmp_path, "twice", *RESUMABLE, "train.epochs=50", "data.train.min_side=100",
+                       "data.train.max_side=100", "data.train.crop=96")
+    wait_for_file(tmp_path / "twice" / "step-00000004.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two separate key presses (signals sent back to back would merge)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert "exiting now without a checkpoint" in err
+
+
+# ------------------------------------------------------------------------- elastic restarts
+
+
+def test_torchrun_restarts_a_killed_worker_and_finishes(tmp_path, uninterrupted):
+    proc = start_train(tmp_path, "elastic", *RESUMABLE, nproc=2, max_restarts=1)
+    wait_for_file(tmp_path / "elastic" / "step-00000008.pt", proc)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-4000:]
+    assert "resumed from" in err
+    state = final_state(tmp_path / "elastic")
+    assert_same_tensors(uninterrupted[2]["model"], state["model"], "model")
+
+
+# ---------------------------------------------------------------------- checkpoint integrity
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
+    run_train(tmp_path, "corrupt", *RESUMABLE, "train.epochs=2", "train.deterministic=false")
+    run_dir = tmp_path / "corrupt"
+    last = run_dir / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3])  # truncated, as by a full disk
+    proc = run_train(tmp_path, "corrupt", *RESUMABLE, "train.deterministic=false")
+    assert f"{last}: unreadable or corrupt checkpoint" in proc.stderr
+    assert "resumed from" in proc.stderr and "step-00000020.pt" in proc.stderr
+    assert load_ckpt(last)["counters"]["global_step"] == TOTAL_STEPS
+
+
+def test_checkpoint_of_another_model_is_refused_with_the_differences(tmp_path):
+    run_train(tmp_path, "m1", "train.epochs=1")
+    proc = run_train(tmp_path, "m2", "model.name=squeezenet1_1", "data.eval.crop=16", "train.epochs=1",
+                     f"checkpoint.resume={tmp_path / 'm1' / 'last.pt'}", check=False)
+    assert proc.returncode == 2
+    assert "refusing to resume from a checkpoint of a different setup" in proc.stderr
+    assert "model.name: 'squeezenet_bypass' in the checkpoint, 'squeezenet1_1' now" in proc.stderr
+
+
+def test_atomic_save_and_load_errors(tmp_path):
+    path = tmp_path / "x.pt"
+    ckpt_io.atomic_save({"format_version": ckpt_io.FORMAT_VERSION, "w": torch.ones(3), "counters": {"global_step": 1}}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
+    assert ckpt_io.load(path)["w"].sum() == 3
+    path.write_bytes(b"garbage")
+    with pytest.raises(ckpt_io.CheckpointError, match=rf"{path}: unreadable or corrupt"):
+        ckpt_io.load(path)
+    torch.save({"not": "ours"}, path)
+    with pytest.raises(ckpt_io.CheckpointError, match="not a checkpoint of this project"):
+        ckpt_io.load(path)
+
+
+def test_checkpoint_loading_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format_version": ckpt_io.FORMAT_VERSION, "x": Payload()}, path)
+    with pytest.raises(ckpt_io.CheckpointError, match="unreadable or corrupt"):
+        ckpt_io.load(path)
+
+
+# ------------------------------------------------------------------------------ non-finite
+
+
+def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path):
+    proc = run_train(tmp_path, "nan", "train.epochs=3", "train.debug_nan_step=8", "train.nonfinite_limit=3",
+                     check=False)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert "the loss was NaN/inf for" in proc.stderr and "consecutive steps" in proc.stderr
+    last = load_ckpt(tmp_path / "nan" / "last.pt")
+    assert last["counters"]["epoch"] == 1  # epoch 2 never finished, and its NaN weights were not saved
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------------ start-up checks
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.source=imagefolder", "data.root=/nonexistent/data"], "data.root: /nonexistent/data does not exist"),
+        (["model.name=squeezenet1_0", "data.train.min_side=40", "data.train.max_side=44", "data.train.crop=40",
+          "data.eval.size=8", "data.eval.crop=8"],
+         "data.eval.crop: the network cannot take 8x8 inputs"),
+        (["model.num_classes=100"], "model.num_classes: 100, but the data has 10 classes"),
+        (["logging.run_name=../escape"], "logging.run_name: '../escape' must be a plain directory name"),
+        (["logging.run_name=/tmp/abs"], "logging.run_name: '/tmp/abs' must be a plain directory name"),
+    ],
+    ids=["missing-root", "eval-too-small", "classes", "dotdot", "absolute"],
+)
+def test_startup_checks_fail_before_training(tmp_path, overrides, message):
+    proc = run_train(tmp_path, "startup", *overrides, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "epoch 1/" not in proc.stderr  # nothing trained
+
+
+def test_unwritable_run_directory_is_reported(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the runs directory should be")
+    proc = run_train(blocker, "x", check=False, timeout=60)
+    assert proc.returncode == 2 and f"run directory {blocker / 'x'}: not writable" in proc.stderr
+
+
+def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
+    from conftest import write_imagefolder
+
+    tree = write_imagefolder(tmp_path / "tree", {"train": {"a": 40, "b": 40}, "val": {"a": 4, "b": 4}})
+    bad = tree / "train" / "b" / "017.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    proc = run_train(tmp_path, "badimg", "data.source=imagefolder", f"data.root={tree}", "model.num_classes=2",
+                     "train.epochs=1", "train.max_steps_per_epoch=0", check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{bad}: cannot decode" in proc.stderr
+
+
+# -------------------------------------------------------------------------------- secrets
+
+
+def test_wandb_api_key_is_never_written(tmp_path):
+    secret = "0123456789abcdef-not-a-real-key-fedcba9876543210"
+    proc = subprocess.run(train_command() + [*TINY, f"logging.runs_dir={tmp_path}", "logging.run_name=sec",
+                                             "wandb.mode=offline", "train.epochs=1"],
+                          cwd=REPO, env=run_env({"WANDB_API_KEY": secret}), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
+    files = [p for p in (tmp_path / "sec").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "last.pt" for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), f"the API key leaked into {path}"
