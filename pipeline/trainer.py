@@ -71,6 +71,25 @@ class Counters:
     final: dict[str, float] = field(default_factory=dict)  # latest evaluation
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, images: torch.Tensor,
+               labels: torch.Tensor, label_smoothing: float = 0.0, poison: bool = False) -> torch.Tensor:
+    """Forward, backward and optimizer step; returns the loss on the device (no host sync).
+
+    The one training step, used by the trainer and by the benchmarks. `poison` makes the loss
+    NaN (train.debug_nan_step, for testing the non-finite guard).
+    """
+    with precision.autocast():
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if poison:
+        loss = loss * float("nan")
+    optimizer.zero_grad(set_to_none=True)
+    precision.scaler.scale(loss).backward()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return loss.detach()
+
+
 def check_input_sizes(model: nn.Module, sizes: dict[str, int], num_classes: int) -> None:
     """Run the network once on CPU at each input size, so a size it cannot take fails now."""
     model.eval()
@@ -350,20 +369,13 @@ class Trainer:
         return self.counters.global_step % STOP_CHECK_EVERY == 0 and distributed.any_rank(self.stop.requested)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast():
-            logits = self.wrapped(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.train.label_smoothing)
-        if 0 <= self.cfg.train.debug_nan_step <= self.counters.global_step:
-            loss = loss * float("nan")  # testing aid: a non-finite loss from a chosen step on
-        self.optimizer.zero_grad(set_to_none=True)
-        scaler = self.precision.scaler
-        scaler.scale(loss).backward()
-        scaler.step(self.optimizer)
-        scaler.update()
+        poison = 0 <= self.cfg.train.debug_nan_step <= self.counters.global_step  # testing aid
+        loss = train_step(self.wrapped, self.optimizer, self.precision, images, labels,
+                          self.cfg.train.label_smoothing, poison=poison)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return loss.detach()
+        return loss
 
     def log_training(self) -> None:
         c = self.counters

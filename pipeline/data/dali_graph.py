@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+STAGES = ("read", "decode", "resize", "full")  # cumulative graph prefixes, for benchmarking
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,17 @@ def build_pipeline(
     prefetch_queue_depth: int,
     seed: int,
     checkpoint: bytes | None = None,
+    stop_after: str | None = None,
 ) -> Any:
     """A built DALI pipeline with outputs (images HWC in spec.output_dtype, labels int64).
 
     `source(batch_info)` returns (samples, labels) for one batch: encoded image bytes when
     `encoded`, else uint8 HWC arrays; it raises StopIteration at the end of an epoch.
+    `stop_after` ("read", "decode", "resize") truncates the graph, for the benchmark's per-stage
+    breakdown only.
     """
+    if stop_after not in (None, *STAGES[:-1]):
+        raise ValueError(f"stop_after must be one of {STAGES[:-1]}, got {stop_after!r}")
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device == "gpu"
@@ -116,6 +122,8 @@ def build_pipeline(
             source=source, num_outputs=2, batch=True, batch_info=True,
             layout=[None if encoded else "HWC", None],
         )
+        if stop_after == "read":
+            return samples, labels
         shape = fn.peek_image_shape(samples) if encoded else samples.shape()
         start, size = _crop_window(shape, spec)
         if encoded:
@@ -127,11 +135,15 @@ def build_pipeline(
             start, size = fn.stack(0.0, 0.0), fn.stack(1.0, 1.0)  # the window is the whole image now
         else:
             images = samples.gpu() if gpu else samples
+        if stop_after == "decode":
+            return images, labels
         roi_start, roi_end = _resize_roi(start, size, spec)
         images = fn.resize(
             images, size=[spec.out_side, spec.out_side], roi_start=roi_start, roi_end=roi_end,
             roi_relative=True, interp_type=_interp_type(spec), dtype=types.FLOAT,
         )
+        if stop_after == "resize":
+            return images, labels
         images = fn.normalize(images, axis_names="HWC", epsilon=spec.std_eps)
         if spec.output_dtype == "float16":
             images = fn.cast(images, dtype=types.FLOAT16)  # fn.normalize cannot emit float16

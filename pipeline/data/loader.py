@@ -112,7 +112,11 @@ class DaliLoader:
         images = out["images"].permute(0, 3, 1, 2)
         if images.dtype != self.dtype:
             images = images.to(self.dtype)  # bfloat16: DALI has no such type; keeps channels_last
-        return images, out["labels"].view(-1)
+        labels = out["labels"].view(-1)
+        if images.device != self.device:  # a CPU pipeline feeding a GPU
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+        return images, labels
 
     def _diagnose(self, exc: RuntimeError) -> Exception:
         """Turn DALI's opaque decode failure into an error that names the file(s)."""

@@ -1,0 +1,103 @@
+"""The baseline: a torchvision DataLoader doing the same augmentation as the DALI graph.
+
+It exists to be compared against (`python -m pipeline.bench loader`), so it does the identical
+work: decode, resize the shorter side to s ~ U{min_side..max_side}, random crop x crop, flip,
+per-image standardization, the training dtype, NCHW channels_last on the device (made in the workers
+as HWC, like DALI's output, not by a copy in the main process), with the same
+sharded index plan. It is written the way a careful user would write it: uint8 tensor ops
+(torchvision.io decoding, v2 functional resize), worker processes, pinned memory on CUDA.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.data.dali_graph import AugmentSpec
+from pipeline.data.sampler import ShardedBatches
+from pipeline.data.sources import ImageSet
+
+_MODES = ("nearest", "bilinear", "bicubic")
+
+
+class _AugmentedImages(torch.utils.data.Dataset):
+    def __init__(self, images: ImageSet, spec: AugmentSpec, dtype: torch.dtype) -> None:
+        self.images, self.spec, self.dtype = images, spec, dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _decoded(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        if self.images.is_encoded:
+            data = torch.from_numpy(np.array(self.images.fetch_encoded(index)))  # a writable copy
+            return decode_image(data, mode=ImageReadMode.RGB)
+        return torch.from_numpy(self.images.arrays[index]).permute(2, 0, 1)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        spec = self.spec
+        img = self._decoded(index)  # uint8 CHW
+        mode = random.choice(_MODES) if spec.interpolation == "random" else spec.interpolation
+        side = random.randint(spec.min_side, spec.max_side)
+        img = F.resize(img, [side], interpolation=InterpolationMode(mode), antialias=True)  # shorter side
+        h, w = img.shape[-2:]
+        crop = spec.out_side
+        if spec.random_crop:
+            top, left = random.randint(0, h - crop), random.randint(0, w - crop)
+        else:
+            top, left = (h - crop) // 2, (w - crop) // 2
+        img = img[:, top:top + crop, left:left + crop]
+        if random.random() < spec.flip_prob:
+            img = img.flip(-1)
+        # HWC in the worker, so the collated NHWC batch is a channels_last NCHW view, as DALI's is.
+        x = img.permute(1, 2, 0).float()
+        x = (x - x.mean()) / torch.sqrt(x.var(correction=0) + spec.std_eps)
+        return x.to(self.dtype), int(self.images.labels[index])
+
+
+class _PlanSampler(torch.utils.data.Sampler):
+    """Index batches of one epoch from the shared sharded plan (so both loaders read the same data)."""
+
+    def __init__(self, plan: ShardedBatches) -> None:
+        self.plan, self.epoch = plan, 0
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self):
+        for step in range(len(self.plan)):
+            yield self.plan.indices(self.epoch, step).tolist()
+        self.epoch += 1
+
+
+class TorchvisionLoader:
+    def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, *, device: torch.device,
+                 dtype: torch.dtype, num_workers: int, seed: int) -> None:
+        self.device = device
+        self._sampler = _PlanSampler(plan)
+        self._loader = torch.utils.data.DataLoader(
+            _AugmentedImages(images, spec, dtype), batch_sampler=self._sampler, num_workers=num_workers,
+            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_seed_worker,
+        )
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self._loader:
+            images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC -> channels_last NCHW
+            yield images, labels.to(self.device, non_blocking=True)
+
+
+def _seed_worker(worker_id: int) -> None:
+    random.seed(torch.initial_seed() % 2**32)

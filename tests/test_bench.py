@@ -1,0 +1,109 @@
+"""Benchmark tool: every kind runs a few steps on the CPU and writes well-formed results.
+
+These tests check correctness (fields, shapes, work done), never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.bench import main as bench_main
+from pipeline.config import load_config
+from pipeline.data import load_image_sets
+from runs import REPO, run_env
+
+FAST = ["--steps=2", "--warmup=1", "--repeats=2", "wandb.mode=disabled", "data.num_threads=1",
+        "data.train.min_side=34", "data.train.max_side=38", "data.train.crop=32",
+        "train.global_batch_size=16"]
+ENV_KEYS = {"cpu", "cpu_count", "torch", "cuda", "dali", "git", "gpu_count"}
+
+
+def run_bench(tmp_path, kind: str, *extra: str) -> dict:
+    out = tmp_path / kind
+    assert bench_main([kind, *FAST, *extra, f"--out={out}"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["kind"] == kind and ENV_KEYS <= result["environment"].keys()
+    assert result["settings"]["steps"] == 2 and result["settings"]["config"]["data"]["train"]["crop"] == 32
+    assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    return result
+
+
+def assert_rate(stat: dict) -> None:
+    assert {"median", "min", "max", "repeats"} <= stat.keys() and len(stat["repeats"]) == 2
+    assert 0 < stat["min"] <= stat["median"] <= stat["max"]
+
+
+def test_loader_benchmark_compares_backends(tmp_path):
+    result = run_bench(tmp_path, "loader", "--stages")
+    rows = {r["backend"]: r for r in result["results"]}
+    assert {"dali-cpu", "torchvision", "synthetic", "dali-cpu:read", "dali-cpu:decode", "dali-cpu:resize",
+            "dali-cpu:full"} <= rows.keys()
+    for row in rows.values():
+        assert_rate(row["images_per_sec"])
+    assert rows["dali-cpu"]["workers_or_threads"] == rows["torchvision"]["workers_or_threads"] == 1
+    assert rows["torchvision"]["vs_torchvision"] == 1.0
+
+
+def test_model_benchmark_matrix(tmp_path):
+    result = run_bench(tmp_path, "model", "--models=squeezenet_bypass,squeezenet1_1", "--precisions=fp32,bf16",
+                       "--formats=channels_last", "--batch-sizes=4,8", "--size=32")
+    combos = {(r["model"], r["precision"], r["memory_format"], r["compile"], r["batch_size"]) for r in result["results"]}
+    assert len(combos) == 2 * 2 * 1 * 1 * 2
+    for row in result["results"]:
+        assert row["size"] == 32 and row["compile"] == "off"
+        assert_rate(row["images_per_sec"])
+
+
+def test_train_benchmark_reports_the_data_stall(tmp_path):
+    (row,) = run_bench(tmp_path, "train", "data.source=sample")["results"]
+    assert row["processes"] == 1 and row["source"] == "sample"
+    assert_rate(row["real_images_per_sec"])
+    assert_rate(row["synthetic_images_per_sec"])
+    ratio = row["real_images_per_sec"]["median"] / row["synthetic_images_per_sec"]["median"]
+    assert row["real_over_synthetic"] == pytest.approx(ratio)
+    assert row["data_stall_share"] == pytest.approx(max(0.0, 1 - ratio))
+
+
+def test_scaling_benchmark_runs_torchrun(tmp_path):
+    result = run_bench(tmp_path, "scaling", "data.source=sample", "--nproc=1,2")
+    rows = result["results"]
+    assert [r["processes"] for r in rows] == [1, 2]
+    assert rows[0]["real_scaling_efficiency"] == pytest.approx(1.0)
+    for row in rows:
+        per = row["real_images_per_sec_per_process"]["median"]
+        assert per == pytest.approx(row["real_images_per_sec"]["median"] / row["processes"])
+
+
+def test_bench_console_table_and_bad_config():
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "loader", "optim.lr=-1"], cwd=REPO,
+                          capture_output=True, text=True, env=run_env())
+    assert proc.returncode == 2 and "config error: optim.lr" in proc.stderr
+
+
+def test_torchvision_baseline_does_the_same_work_as_dali():
+    from pipeline.bench import build_backend
+
+    cfg = load_config(None, ["data.source=sample", "data.num_threads=1"])  # the reference 122 px recipe
+    images = load_image_sets(cfg.data)[0]
+    batches = {}
+    for name in ("dali-cpu", "torchvision"):
+        loader = build_backend(name, cfg, images, 32, torch.device("cpu"), torch.float16)
+        batches[name] = next(iter(loader))
+    (xd, yd), (xt, yt) = batches["dali-cpu"], batches["torchvision"]
+    assert xd.shape == xt.shape == (32, 3, 122, 122)
+    assert xd.dtype == xt.dtype == torch.float16
+    assert xd.is_contiguous(memory_format=torch.channels_last) and xt.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(yd, yt)  # the same sharded plan: the same images in the same order
+    for x in (xd.float(), xt.float()):
+        assert x.mean(dim=(1, 2, 3)).abs().max() < 1e-2
+        assert (x.std(dim=(1, 2, 3), unbiased=False) - 1).abs().max() < 1e-2
+    # Same images, same kind of views: per-image colour means agree closely on average.
+    colour_d = xd.float().mean(dim=(2, 3))
+    colour_t = xt.float().mean(dim=(2, 3))
+    assert (colour_d - colour_t).abs().mean() < 0.15
