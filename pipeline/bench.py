@@ -4,6 +4,7 @@
     python -m pipeline.bench model   [CONFIG] [key=value ...]   # training step on synthetic input
     python -m pipeline.bench train   [CONFIG] [key=value ...]   # end to end, real vs synthetic input
     python -m pipeline.bench scaling [CONFIG] [key=value ...]   # `train` at 1..N processes (torchrun)
+    python -m pipeline.bench report  [DIR]                      # the tables of every results.json in DIR
 
 Options (before or after the overrides): --steps N, --warmup N, --repeats N, --out DIR, and per
 kind --backends, --models/--precisions/--formats/--compile/--batch-sizes/--size, --nproc.
@@ -44,7 +45,7 @@ from pipeline.precision import build_precision, resolve_precision
 from pipeline.trainer import train_step, wrap_model
 
 log = logging.getLogger("pipeline.bench")
-KINDS = ("loader", "model", "train", "scaling")
+KINDS = ("loader", "model", "train", "scaling", "report")
 
 
 # ------------------------------------------------------------------------------- measuring
@@ -542,10 +543,23 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[st
     return args, cfg_path, rest
 
 
+def report(folder: Path) -> str:
+    """The tables of every results.json under `folder`, with the machine they were measured on."""
+    parts = []
+    for path in sorted(folder.rglob("results.json")):
+        result = json.loads(path.read_text())
+        parts.append(f"== {result['kind']}: {path.parent.name} ({result['created']})\n"
+                     f"{describe(result['environment'])}\n{format_table(result['kind'], result['results'])}")
+    return "\n\n".join(parts) if parts else f"no results.json under {folder}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.rundir import setup_logging
 
     args, cfg_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.kind == "report":  # python -m pipeline.bench report DIR
+        print(report(Path(cfg_path or args.out or REPO_ROOT / "bench-results")))
+        return 0
     try:
         cfg = load_config(cfg_path, overrides)
     except ConfigError as exc:
@@ -553,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dist = distributed.init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
     setup_logging(dist.rank)
+    torch.backends.cudnn.benchmark = True  # as in training: autotuned convolutions (during warm-up)
     try:
         cfg.check_world_size(dist.world_size)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -33,8 +33,8 @@ def cpu_model() -> str:
 
 def git_revision() -> str:
     rev = _run(["git", "rev-parse", "--short=12", "HEAD"])
-    if rev is None:
-        return "unknown"
+    if rev is None:  # a copy without .git (e.g. shipped to a benchmark machine) can be told its revision
+        return os.environ.get("GIT_REVISION", "unknown")
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     return rev + ("-dirty" if dirty else "")
 
