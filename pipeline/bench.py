@@ -12,8 +12,9 @@ kind --backends, --models/--precisions/--formats/--compile/--batch-sizes/--size,
 Method: warm-up steps are run and discarded (DALI buffer growth, cudnn autotuning, compilation);
 each repeat times `steps` steps between two device synchronizations; images/sec = images
 processed / wall time; the median of the repeats is quoted with the min-max spread. Backends
-and configurations are measured one after another in the same process, so their ratios come
-from one run. Every result file records the machine, the versions, the git revision and the
+and configurations are measured one after another in the same process, each alone (interleaving
+them would let one loader's background prefetching run during another's timing), so their
+ratios come from one run. Every result file records the machine, the versions, the git revision and the
 exact settings. Outputs: a table on the console, results.json and chart.png in --out (default
 bench-results/<kind>-<time>/), and a W&B `benchmark` job unless wandb.mode=disabled.
 """
@@ -258,7 +259,7 @@ def bench_model(cfg: Config, args: argparse.Namespace, device: torch.device) -> 
 
 
 def bench_train(cfg: Config, args: argparse.Namespace, dist: distributed.DistInfo) -> list[dict[str, Any]]:
-    """End-to-end steps with the configured loader and with synthetic input, interleaved per repeat."""
+    """End-to-end steps with synthetic input, then the same steps with the configured loader."""
     from pipeline.data import build_loader, load_image_sets
     from pipeline.data.loader import SyntheticLoader
 
@@ -286,11 +287,10 @@ def bench_train(cfg: Config, args: argparse.Namespace, dist: distributed.DistInf
             return n * local_batch
 
         runners[name] = run
-        run(args.warmup)
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.repeats):  # interleaved, so slow drift affects both alike
-        for name, run in runners.items():
-            rates[name].append(measure(run, warmup=0, steps=args.steps, repeats=1, device=device)["median"])
+    # One after the other, each alone: interleaving would let one loader's prefetching run
+    # (or sit ready) during the other's timing.
+    rates = {name: measure(run, warmup=args.warmup, steps=args.steps, repeats=args.repeats, device=device)["repeats"]
+             for name, run in runners.items()}
     row: dict[str, Any] = {"model": cfg.model.name, "source": cfg.data.source, "processes": dist.world_size,
                            "global_batch_size": cfg.train.global_batch_size,
                            "precision": resolve_precision(cfg.train.precision, device), "size": cfg.data.train.crop}
