@@ -365,7 +365,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is Literal:
-        return " \\| ".join(str(a) for a in typing.get_args(annotation))
+        return " | ".join(str(a) for a in typing.get_args(annotation))
     if origin is list:
         return f"list[{_type_name(typing.get_args(annotation)[0])}]"
     return getattr(annotation, "__name__", str(annotation))
@@ -398,7 +398,9 @@ def markdown_reference() -> str:
             bounds = _bounds(info)
             if bounds:
                 kind += f" ({bounds})"
-            rows.append(f"| `{key}` | {kind} | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {info.description} |")
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            cells = [f"`{key}`", kind, f"`{shown}`", info.description or ""]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") if i else c for i, c in enumerate(cells)) + " |")
 
     walk(Config, "")
     return "\n".join(rows) + "\n"

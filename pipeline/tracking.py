@@ -55,15 +55,18 @@ class Tracker:
             tags=list(cfg.tags), name=cfg.name or run_name, mode=self.mode, dir=str(run_dir),
             id=run_id, resume="allow", job_type=job_type,
             config={**config, "environment": environment},
-            # console="off": our own logs already go to train.log; quiet: no banner per run.
-            settings=wandb.Settings(console="off", quiet=True),
+            # console="off": our own logs already go to train.log; silent: we print the one line that matters.
+            settings=wandb.Settings(console="off", silent=True),
         )
         self.run.define_metric("step")
         self.run.define_metric("epoch")
         self.run.define_metric("train/*", step_metric="step")
         self.run.define_metric("perf/*", step_metric="step")
         self.run.define_metric("val/*", step_metric="epoch")
-        log.info("W&B %s run %s (%s)", self.mode, run_id, self.run.dir if self.mode == "offline" else self.run.url)
+        if self.mode == "offline":
+            log.info("W&B offline run %s; upload it later with: wandb sync %s", run_id, Path(self.run.dir).parent)
+        else:
+            log.info("W&B run %s", self.run.url)
 
     def log(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:

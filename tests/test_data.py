@@ -384,3 +384,20 @@ def test_check_images_skip_leaves_bad_files_out(tiny_tree):
     assert sorted(Path(n).name for n in train.skipped) == ["001.jpg", "002.jpg"]
     batches = list(loader(folder_cfg(tiny_tree), train, batch=3))
     assert len(batches) == 19 // 3
+
+
+def test_loader_state_taken_after_the_last_batch_resumes_at_the_next_epoch():
+    rng = np.random.default_rng(7)
+    imgs = np.stack([smooth_image(rng) for _ in range(12)])
+    cfg = data_cfg(*SMALL)
+    ref = loader(cfg, array_set(imgs), batch=4, seed=3)
+    it = iter(ref)
+    for _ in range(len(ref)):
+        next(it)
+    state = ref.state_dict()  # a preemption right after the epoch's last step, before its reset
+    rest = list(it) + list(ref)  # nothing more of epoch 0, then epoch 1
+    resumed = loader(cfg, array_set(imgs), batch=4, seed=3, state=state)
+    again = list(resumed) + list(resumed)
+    assert len(again) == len(rest) == len(ref)
+    for (x1, y1), (x2, y2) in zip(rest, again):
+        assert torch.equal(y1, y2) and torch.equal(x1, x2)
