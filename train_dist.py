@@ -14,7 +14,7 @@ import logging
 import sys
 
 from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config_args
 from pipeline.data import BadImageError, DataError
 from pipeline.rundir import RunDirError
 
@@ -26,10 +26,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
-    path = argv[0] if argv and "=" not in argv[0] else None
-    overrides = argv[1:] if path else argv
     try:
-        cfg = load_config(path, overrides)
+        cfg = load_config_args(argv)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ import torch
 
 from models import build_model, list_models
 from pipeline import distributed
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config, split_args
 from pipeline.envinfo import REPO_ROOT, describe, environment
 from pipeline.optim import build_optimizer
 from pipeline.precision import build_precision, resolve_precision
@@ -538,9 +538,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[st
     parser.add_argument("--nproc", type=csv(int), help="scaling: process counts (default 1,2)")
     parser.add_argument("rest", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     args = parser.parse_intermixed_args(argv)  # options may come before or after the overrides
-    rest = list(args.rest)
-    cfg_path = rest.pop(0) if rest and "=" not in rest[0] else None
-    return args, cfg_path, rest
+    cfg_path, overrides = split_args(args.rest)
+    return args, cfg_path, overrides
 
 
 def report(folder: Path) -> str:

@@ -355,6 +355,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(values)
 
 
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """Command-line words `[CONFIG.yaml] [key=value ...]` -> (the config path or None, the overrides)."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def load_config_args(args: list[str]) -> Config:
+    """The config an entry point's arguments describe (`[CONFIG.yaml] [key=value ...]`)."""
+    return load_config(*split_args(args))
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(cfg.to_yaml())
 
@@ -411,9 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--markdown"]:
         sys.stdout.write(markdown_reference())
         return 0
-    path = argv.pop(0) if argv and "=" not in argv[0] else None
     try:
-        cfg = load_config(path, argv)
+        cfg = load_config_args(argv)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -255,19 +255,22 @@ def test_epochs_reshuffle_deterministically_and_ranks_augment_differently():
     assert not torch.equal(x_r0, x_r1)
 
 
-def test_loader_state_resumes_mid_epoch_exactly():
+@pytest.mark.parametrize("consumed", [3, 10], ids=["mid-epoch", "after-last-batch"])
+def test_loader_state_resumes_exactly(consumed):
+    """State taken after `consumed` of an epoch's 10 batches restores the rest, then the next epoch."""
     rng = np.random.default_rng(6)
     imgs = np.stack([smooth_image(rng) for _ in range(40)])
     cfg = data_cfg(*SMALL)
     ref = loader(cfg, array_set(imgs), batch=4, seed=3)
+    assert len(ref) == 10
     it = iter(ref)
-    for _ in range(3):
+    for _ in range(consumed):
         next(it)
-    state = ref.state_dict()
+    state = ref.state_dict()  # after the last batch: a preemption before the epoch's reset
     rest = list(it) + list(ref)  # the rest of epoch 0, then epoch 1
     resumed = loader(cfg, array_set(imgs), batch=4, seed=3, state=state)
     again = list(resumed) + list(resumed)
-    assert len(again) == len(rest)
+    assert len(again) == len(rest) == 20 - consumed
     for (x1, y1), (x2, y2) in zip(rest, again):
         assert torch.equal(y1, y2) and torch.equal(x1, x2)
 
@@ -385,19 +388,3 @@ def test_check_images_skip_leaves_bad_files_out(tiny_tree):
     batches = list(loader(folder_cfg(tiny_tree), train, batch=3))
     assert len(batches) == 19 // 3
 
-
-def test_loader_state_taken_after_the_last_batch_resumes_at_the_next_epoch():
-    rng = np.random.default_rng(7)
-    imgs = np.stack([smooth_image(rng) for _ in range(12)])
-    cfg = data_cfg(*SMALL)
-    ref = loader(cfg, array_set(imgs), batch=4, seed=3)
-    it = iter(ref)
-    for _ in range(len(ref)):
-        next(it)
-    state = ref.state_dict()  # a preemption right after the epoch's last step, before its reset
-    rest = list(it) + list(ref)  # nothing more of epoch 0, then epoch 1
-    resumed = loader(cfg, array_set(imgs), batch=4, seed=3, state=state)
-    again = list(resumed) + list(resumed)
-    assert len(again) == len(rest) == len(ref)
-    for (x1, y1), (x2, y2) in zip(rest, again):
-        assert torch.equal(y1, y2) and torch.equal(x1, x2)
