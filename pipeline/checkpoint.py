@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
 # Config keys that must match to resume: they change parameter shapes or what a step means.
-MUST_MATCH = ("model", "train.global_batch_size", "data.source", "data.root")
+MUST_MATCH = ("model", "train.global_batch_size", "data.source")
 
 
 class CheckpointError(RuntimeError):

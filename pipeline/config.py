@@ -169,7 +169,7 @@ class DistConfig(Section):
     """Distributed data parallel (one process per GPU under torchrun)."""
 
     backend: Literal["auto", "nccl", "gloo"] = _f("auto", "auto = nccl with CUDA, gloo on CPU")
-    sync_bn: bool = _f(False, "SyncBatchNorm: batch statistics over all processes (small per-GPU batches)")
+    sync_bn: bool = _f(False, "SyncBatchNorm: batch statistics over all processes (small per-GPU batches; GPU only)")
     timeout_s: int = _f(1800, "collective-operation timeout (s)", gt=0)
 
 

@@ -308,6 +308,8 @@ class Trainer:
         check_input_sizes(model, {"data.train.crop": cfg.data.train.crop, "data.eval.crop": cfg.data.eval.crop},
                           cfg.model.num_classes)
         if cfg.dist.sync_bn and dist.distributed:
+            if dist.device.type != "cuda":
+                raise ValueError("dist.sync_bn: torch's SyncBatchNorm runs only on GPUs; set dist.sync_bn=false on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # the raw module: state_dicts and evaluation
         self.wrapped = wrap_model(model, cfg, dist)
