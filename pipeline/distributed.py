@@ -56,9 +56,28 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
             raise ValueError("dist.backend: nccl needs CUDA; use gloo (or auto) on CPU")
         timeout = datetime.timedelta(seconds=timeout_s)
         kwargs = {"device_id": device} if backend == "nccl" else {}
+        store = _restart_scoped_store(world_size, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
         dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
         _control_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _restart_scoped_store(world_size: int, timeout: datetime.timedelta) -> Any:
+    """The torchrun agent's store, with keys scoped to this restart round (None outside torchrun).
+
+    torchrun's agent shares one TCPStore with its workers and keeps it across restarts, without a
+    per-round prefix. After `--max-restarts` relaunches the workers, a rank can read the
+    transport address a dead rank of the previous round published and fail to connect
+    ("Gloo connectFullMesh failed ... Connection refused"). A prefix per round avoids stale keys.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"squeezenet-dali/restart-{restart}", store)
 
 
 def destroy() -> None:
