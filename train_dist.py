@@ -14,7 +14,7 @@ import logging
 import sys
 
 from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, load_config_args
+from pipeline.config import ConfigError, config_from_cli
 from pipeline.data import BadImageError, DataError
 from pipeline.rundir import RunDirError
 
@@ -26,10 +26,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
-    try:
-        cfg = load_config_args(argv)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
 
     import torch  # noqa: F401  (after the config check: bad input fails fast, before heavy imports)

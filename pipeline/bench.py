@@ -39,7 +39,7 @@ import torch
 
 from models import build_model, list_models
 from pipeline import distributed
-from pipeline.config import Config, ConfigError, load_config, split_args
+from pipeline.config import Config, ConfigError, config_from_cli, split_args
 from pipeline.envinfo import REPO_ROOT, describe, environment
 from pipeline.optim import build_optimizer
 from pipeline.precision import build_precision, resolve_precision
@@ -559,10 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "report":  # python -m pipeline.bench report DIR
         print(report(Path(cfg_path or args.out or REPO_ROOT / "bench-results")))
         return 0
-    try:
-        cfg = load_config(cfg_path, overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    cfg = config_from_cli([cfg_path, *overrides] if cfg_path else overrides)
+    if cfg is None:
         return 2
     dist = distributed.init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
     setup_logging(dist.rank)

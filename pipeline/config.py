@@ -367,6 +367,16 @@ def load_config_args(args: list[str]) -> Config:
     return load_config(*split_args(args))
 
 
+def config_from_cli(args: list[str]) -> Config | None:
+    """For entry points: the config `[CONFIG.yaml] [key=value ...]` describes, or None after
+    printing the one-line error (the caller exits with status 2)."""
+    try:
+        return load_config_args(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(cfg.to_yaml())
 
@@ -423,10 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--markdown"]:
         sys.stdout.write(markdown_reference())
         return 0
-    try:
-        cfg = load_config_args(argv)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
     sys.stdout.write(cfg.to_yaml())
     return 0

@@ -5,8 +5,9 @@ NCHW in channels_last memory in the training dtype, labels int64. `len(loader)` 
 steps per epoch on this rank. Loaders that support exact resume expose `state_dict()` and accept
 that state back when they are built.
 
-    loader = build_loader(cfg.data, split="train", batch_size=64, rank=0, world_size=1, seed=0,
-                          device=torch.device("cpu"), dtype=torch.float32)
+    train_set, val_set = load_image_sets(cfg.data)
+    loader = build_loader(cfg.data, images=train_set, train=True, batch_size=64, rank=0, world_size=1,
+                          seed=0, device=torch.device("cpu"), dtype=torch.float32)
     for images, labels in loader: ...
 """
 
