@@ -107,3 +107,17 @@ def test_torchvision_baseline_does_the_same_work_as_dali():
     colour_d = xd.float().mean(dim=(2, 3))
     colour_t = xt.float().mean(dim=(2, 3))
     assert (colour_d - colour_t).abs().mean() < 0.15
+
+
+def test_results_are_logged_to_wandb_as_a_benchmark_job(tmp_path):
+    from wandb_log import offline_run
+
+    out = tmp_path / "wb"
+    args = ["model", *[a for a in FAST if a != "wandb.mode=disabled"], "wandb.mode=offline",
+            "--models=squeezenet1_1", "--precisions=fp32", "--formats=channels_last", "--size=32", f"--out={out}"]
+    assert bench_main(args) == 0
+    wb = offline_run(out)
+    assert wb["run"].job_type == "benchmark"
+    (logged,) = [row for row in wb["history"] if "benchmark/model/_type" in row]
+    assert logged["benchmark/model/_type"] == "table-file" and logged["benchmark/model/nrows"] == 1
+    assert wb["config"]["bench"]["steps"] == 2 and wb["config"]["environment"]["torch"]
