@@ -26,6 +26,9 @@ if [[ $# -gt 0 && "$1" != *=* ]]; then
 fi
 [[ -f "$config" ]] || { echo "launch.sh: config file $config not found" >&2; exit 2; }
 
+# Check the config here, so a typo gets its one-line message rather than torchrun's failure report.
+"$python" -m pipeline.config "$config" "$@" > /dev/null || exit 2
+
 nnodes="${NNODES:-1}"
 nproc="${NPROC:-$("$python" -c 'import torch; print(torch.cuda.device_count() or 1)')}"
 

@@ -525,10 +525,11 @@ class Trainer:
                             "best/top1": c.best_top1, "best/epoch": c.best_epoch})
         self.tracker.summary(summary)
         if self.dist.is_main and c.final:
-            log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s img/s "
-                     "(%s per device, warm-up and evaluation excluded)",
-                     100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch,
-                     f"{total:,.0f}", f"{total / self.dist.world_size:,.0f}")
+            speed = (f"{total:,.0f} img/s ({total / self.dist.world_size:,.0f} per device, warm-up and evaluation "
+                     "excluded)" if total > 0 else "throughput not measured (epochs shorter than "
+                     "logging.perf_warmup_steps)")
+            log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s",
+                     100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch, speed)
             log.info("run directory: %s", self.run_dir)
 
     def finish(self, plot: bool = True) -> None:
