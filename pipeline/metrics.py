@@ -23,14 +23,9 @@ class StepStats:
     """Loss sum and non-finite streaks, accumulated on the device between logging boundaries."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        zeros = lambda dtype: torch.zeros((), device=self.device, dtype=dtype)  # noqa: E731
+        zeros = lambda dtype: torch.zeros((), device=device, dtype=dtype)  # noqa: E731
         self.loss_sum, self.finite_steps = zeros(torch.float64), zeros(torch.int64)
         self.bad_streak, self.max_bad_streak = zeros(torch.int64), zeros(torch.int64)
-        self.steps = 0
 
     def add(self, loss: torch.Tensor) -> None:
         loss = loss.detach()
@@ -39,7 +34,6 @@ class StepStats:
         self.finite_steps += finite
         self.bad_streak = (self.bad_streak + 1) * ~finite  # back to 0 on a finite loss
         self.max_bad_streak = torch.maximum(self.max_bad_streak, self.bad_streak)
-        self.steps += 1
 
     def read(self) -> dict[str, float]:
         """Mean finite loss over all ranks and the longest non-finite streak on any rank; then reset.
@@ -54,7 +48,6 @@ class StepStats:
         self.loss_sum.zero_()
         self.finite_steps.zero_()
         self.max_bad_streak.copy_(self.bad_streak)
-        self.steps = 0
         return {
             "loss": (sums[0] / sums[1]).item() if sums[1] > 0 else float("nan"),
             "max_bad_streak": int(streaks[0]),
