@@ -116,6 +116,12 @@ def _label_tree(entries: dict[str, list[str]], where: str, classes: list[str] | 
     return names, np.asarray(labels, dtype=np.int64), classes
 
 
+def _require_image_name(name: str) -> None:
+    """A file in a class folder must have an image extension; anything else is named as an error."""
+    if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise DataError(f"{name}: not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
 def _split_error(where: str, split: str, found: list[str]) -> DataError:
     return DataError(f"{where}: split folder '{split}' not found (found: {', '.join(sorted(found)) or 'nothing'})")
 
@@ -144,10 +150,7 @@ def list_folder_split(root: Path, split: str, classes: list[str] | None = None) 
                     continue  # .DS_Store and friends
                 if not entry.is_file():
                     continue
-                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    raise DataError(
-                        f"{entry.path}: not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
-                    )
+                _require_image_name(entry.path)
                 files.append(entry.path)
         entries[class_dir.name] = files
     names, labels, classes = _label_tree(entries, str(base), classes)
@@ -184,8 +187,7 @@ class _ArchiveTree:
         entries: dict[str, list[str]] = {}
         for cls, files in self.splits[split].items():
             for name in files:
-                if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    raise DataError(f"{self.path}:{name}: not an image file")
+                _require_image_name(f"{self.path}:{name}")
             entries[cls] = list(files)
         names, labels, classes = _label_tree(entries, f"{self.path}:{split}", classes)
         data = {n: d for files in self.splits[split].values() for n, d in files.items()}
