@@ -41,6 +41,7 @@ from models import build_model, list_models
 from pipeline import distributed
 from pipeline.config import Config, ConfigError, config_from_cli, split_args
 from pipeline.envinfo import REPO_ROOT, describe, environment
+from pipeline.metrics import synchronize
 from pipeline.optim import build_optimizer
 from pipeline.precision import build_precision, resolve_precision
 from pipeline.trainer import train_step, wrap_model
@@ -50,11 +51,6 @@ KINDS = ("loader", "model", "train", "scaling", "report")
 
 
 # ------------------------------------------------------------------------------- measuring
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(run: Callable[[int], int], *, warmup: int, steps: int, repeats: int, device: torch.device) -> dict[str, Any]:
@@ -117,24 +113,34 @@ def loader_backends(cfg: Config) -> list[str]:
     return names + ["synthetic"]
 
 
+def synthetic_loader(cfg: Config, batch_size: int, device: torch.device, dtype: torch.dtype, rank: int = 0,
+                     world_size: int = 1):
+    """The input ceiling: the configured data section with random, device-resident images."""
+    from pipeline.data import build_loader
+
+    return build_loader(cfg.data.model_copy(update={"source": "synthetic"}), images=None, train=True,
+                        batch_size=batch_size, rank=rank, world_size=world_size, seed=cfg.train.seed,
+                        device=device, dtype=dtype, num_classes=cfg.model.num_classes)
+
+
 def build_backend(name: str, cfg: Config, images, batch_size: int, device: torch.device, dtype: torch.dtype):
+    from pipeline.data import build_loader
     from pipeline.data.dali_graph import AugmentSpec
-    from pipeline.data.loader import DaliLoader, SyntheticLoader, dali_output_dtype
+    from pipeline.data.loader import dali_output_dtype
     from pipeline.data.sampler import ShardedBatches
     from pipeline.data.torchvision_loader import TorchvisionLoader
 
-    aug = cfg.data.train
     if name == "synthetic":
-        return SyntheticLoader(100, batch_size, aug.crop, cfg.model.num_classes, device=device, dtype=dtype,
-                               seed=cfg.train.seed)
-    plan = ShardedBatches(len(images), batch_size, 0, 1, shuffle=True, drop_last=True, seed=cfg.train.seed)
-    spec = AugmentSpec.for_train(aug, cfg.data.std_eps, dali_output_dtype(dtype))
+        return synthetic_loader(cfg, batch_size, device, dtype)
     if name == "torchvision":
+        # The same plan and augmentation build_loader gives the DALI training loader below.
+        plan = ShardedBatches(len(images), batch_size, 0, 1, shuffle=True, drop_last=True, seed=cfg.train.seed)
+        spec = AugmentSpec.for_train(cfg.data.train, cfg.data.std_eps, dali_output_dtype(dtype))
         return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, num_workers=cfg.data.num_threads,
                                  seed=cfg.train.seed)
-    return DaliLoader(images, plan, spec, device=device, dali_device=name.split("-")[1], dtype=dtype,
-                      num_threads=cfg.data.num_threads, prefetch_queue_depth=cfg.data.prefetch_queue_depth,
-                      seed=cfg.train.seed)
+    data_cfg = cfg.data.model_copy(update={"device": name.removeprefix("dali-")})
+    return build_loader(data_cfg, images=images, train=True, batch_size=batch_size, rank=0, world_size=1,
+                        seed=cfg.train.seed, device=device, dtype=dtype, num_classes=cfg.model.num_classes)
 
 
 def bench_dali_stages(cfg: Config, args: argparse.Namespace, images, dali_device: str,
@@ -250,7 +256,8 @@ def bench_model(cfg: Config, args: argparse.Namespace, device: torch.device) -> 
         log.info("model %-18s %-4s %-13s compile=%-3s batch %4d: %9.0f img/s (%.0f-%.0f)", name, prec, fmt, comp,
                  batch, result["median"], result["min"], result["max"])
         del model, wrapped, optimizer
-        torch._dynamo.reset() if comp == "on" else None
+        if comp == "on":
+            torch._dynamo.reset()
         gc.collect()
     return rows
 
@@ -261,7 +268,6 @@ def bench_model(cfg: Config, args: argparse.Namespace, device: torch.device) -> 
 def bench_train(cfg: Config, args: argparse.Namespace, dist: distributed.DistInfo) -> list[dict[str, Any]]:
     """End-to-end steps with synthetic input, then the same steps with the configured loader."""
     from pipeline.data import build_loader, load_image_sets
-    from pipeline.data.loader import SyntheticLoader
 
     device = dist.device
     precision = build_precision(cfg.train.precision, device)
@@ -270,8 +276,7 @@ def bench_train(cfg: Config, args: argparse.Namespace, dist: distributed.DistInf
     model = build_model(cfg.model.name, cfg.model.num_classes, dropout=cfg.model.dropout)
     wrapped = wrap_model(model, cfg, dist)
     optimizer = build_optimizer(cfg.optim, model, cfg.train.global_batch_size, device)
-    loaders = {"synthetic": SyntheticLoader(100, local_batch, cfg.data.train.crop, cfg.model.num_classes,
-                                            device=device, dtype=precision.dtype, seed=cfg.train.seed)}
+    loaders = {"synthetic": synthetic_loader(cfg, local_batch, device, precision.dtype, dist.rank, dist.world_size)}
     if cfg.data.source != "synthetic":
         images = load_image_sets(cfg.data)[0]
         loaders["real"] = build_loader(cfg.data, images=images, train=True, batch_size=local_batch,
