@@ -10,40 +10,22 @@ written; run the same command again to continue), 1 anything else.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, config_from_cli
-from pipeline.data import BadImageError, DataError
-from pipeline.rundir import RunDirError
+from pipeline.entry import run_entry
 
-log = logging.getLogger("pipeline")
-USER_ERRORS = (ConfigError, DataError, BadImageError, CheckpointError, RunDirError, ValueError)
+
+def train(cfg, dist) -> int:
+    from pipeline.trainer import Trainer  # torch loads after the config check
+
+    return Trainer(cfg, dist).fit()
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
-    cfg = config_from_cli(argv)
-    if cfg is None:
-        return 2
-
-    import torch  # noqa: F401  (after the config check: bad input fails fast, before heavy imports)
-
-    from pipeline import distributed
-    from pipeline.trainer import ExitCode, Trainer
-
-    dist = distributed.init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
-    try:
-        cfg.check_world_size(dist.world_size)
-        return int(Trainer(cfg, dist).fit())
-    except USER_ERRORS as exc:
-        print(f"error{f' (rank {dist.rank})' if dist.world_size > 1 else ''}: {exc}", file=sys.stderr)
-        return int(ExitCode.BAD_INPUT)
-    finally:
-        distributed.destroy()
+    return run_entry(argv, train)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,39 @@ Files are written to a temporary name, fsync'ed and renamed, so a crash never le
 
 Names in the run directory: `last.pt` (end of an epoch), `best.pt` (best top-1),
 `step-00001234.pt` (every `checkpoint.every_steps`, the newest `keep_last` kept).
+
+`CheckpointManager` is the component the trainer asks to find a resume point, restore it, and
+save; the functions below it are the file-level operations it uses.
+
+    manager = CheckpointManager(cfg.checkpoint, run_dir, dist, cfg.to_dict())
+    resume = manager.find_resume()              # None on a fresh run
+    parts = build_components(cfg, dist, resume) # loaders restored to the saved position
+    counters = manager.restore(resume, parts) if resume else Counters()
+    manager.save_epoch(parts, counters, new_best=True)
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import random
 import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+from pipeline import distributed
+from pipeline.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from pipeline.components import Components
+    from pipeline.distributed import DistInfo
+
+__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ResumePoint", "atomic_save", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +48,6 @@ FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
 # Config keys that must match to resume: they change parameter shapes or what a step means.
 MUST_MATCH = ("model", "train.global_batch_size", "data.source")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is unreadable or belongs to a different run; the message names the file."""
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -115,3 +133,179 @@ def prune_step_checkpoints(run_dir: Path, keep: int) -> None:
     steps = sorted((int(m.group(1)), p) for p in run_dir.glob("step-*.pt") if (m := STEP_PATTERN.match(p.name)))
     for _, path in steps[:-keep]:
         path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ run state
+
+
+@dataclass
+class Counters:
+    """Where the run is; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps completed in the current epoch
+    global_step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = -1  # 1-based epoch of best_top1
+    final: dict[str, float] = field(default_factory=dict)  # latest evaluation
+
+    def result_summary(self) -> dict[str, float]:
+        """final/* and best/* figures for the run's summary (empty before the first evaluation)."""
+        if not self.final:
+            return {}
+        return {"final/top1": self.final["val/top1"], "final/top5": self.final["val/top5"],
+                "final/loss": self.final["val/loss"], "final/epoch": self.final["epoch"],
+                "best/top1": self.best_top1, "best/epoch": self.best_epoch}
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer: equal on all ranks unless DDP replicas diverged."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A loaded checkpoint to continue from."""
+
+    path: Path
+    ckpt: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed when it was written."""
+        return self.ckpt["counters"]["epoch"]
+
+    def rank_state(self, dist: DistInfo) -> dict[str, Any] | None:
+        """This rank's loader position and RNG, or None when the process count changed."""
+        if self.ckpt["world_size"] != dist.world_size:
+            return None
+        return self.ckpt["rank_states"][dist.rank]
+
+    def loader_state(self, dist: DistInfo) -> dict[str, Any] | None:
+        state = self.rank_state(dist)
+        return state["loader"] if state else None
+
+
+# ------------------------------------------------------------------------------ the manager
+
+
+class CheckpointManager:
+    """Finds the resume point, restores it into the components, writes and prunes checkpoints."""
+
+    def __init__(self, cfg: Any, run_dir: Path, dist: DistInfo, config: dict[str, Any], epochs: int) -> None:
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.config = config  # the resolved config as plain data, saved in every checkpoint
+        self.epochs = epochs
+
+    def find_resume(self) -> ResumePoint | None:
+        """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
+        mode = self.cfg.resume
+        if mode == "never":
+            return None
+        if mode == "auto":
+            found = None
+            if self.dist.is_main:
+                newest = latest_good(self.run_dir)
+                found = str(newest[0]) if newest else None
+            found = distributed.broadcast_object(found)
+            if found is None:
+                return None
+            path = Path(found)
+        else:
+            path = Path(mode).expanduser()
+        ckpt = load(path)
+        check_compatible(ckpt, self.config, path)
+        if ckpt["world_size"] != self.dist.world_size and ckpt["counters"]["step_in_epoch"] != 0:
+            raise CheckpointError(
+                f"{path}: written mid-epoch by {ckpt['world_size']} process(es); exact resume needs the same "
+                f"number (this run has {self.dist.world_size}). Resume from an epoch-end checkpoint instead "
+                f"(checkpoint.resume={path.parent / 'last.pt'})")
+        return ResumePoint(path, ckpt)
+
+    def restore(self, resume: ResumePoint, parts: Components) -> Counters:
+        """Load every state_dict strictly into `parts`; returns the saved counters."""
+        ckpt = resume.ckpt
+        parts.model.load_state_dict(ckpt["model"], strict=True)
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
+        if parts.precision.scaler.is_enabled() and ckpt.get("scaler"):
+            parts.precision.scaler.load_state_dict(ckpt["scaler"])
+        if parts.ema is not None and ckpt.get("ema") is not None:
+            parts.ema.load_state_dict(ckpt["ema"], strict=True)
+        counters = Counters(**ckpt["counters"])
+        rank_state = resume.rank_state(self.dist)
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"], self.dist.device)
+        if self.dist.is_main:
+            log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", resume.path,
+                     counters.epoch, counters.step_in_epoch, counters.global_step)
+        return counters
+
+    def save_step(self, parts: Components, counters: Counters) -> None:
+        """A mid-epoch checkpoint step-<global step>.pt; keeps the newest checkpoint.keep_last."""
+        self._write(parts, counters, [step_path(self.run_dir, counters.global_step)])
+        if self.dist.is_main:
+            prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
+
+    def save_epoch(self, parts: Components, counters: Counters, new_best: bool) -> None:
+        """last.pt every checkpoint.every_epochs (and after the last epoch); best.pt on a new best."""
+        names = []
+        if counters.epoch % self.cfg.every_epochs == 0 or counters.epoch == self.epochs:
+            names.append(self.run_dir / "last.pt")
+        if new_best and self.cfg.save_best:
+            names.append(self.run_dir / "best.pt")
+        if names:
+            self._write(parts, counters, names)
+
+    def _write(self, parts: Components, counters: Counters, names: list[Path]) -> None:
+        if distributed.any_rank(not parts.weights_are_finite()):
+            log.error("weights are not finite: not writing %s", ", ".join(p.name for p in names))
+            return
+        payload = self._payload(parts, counters)
+        if payload is not None:
+            for path in names:
+                atomic_save(payload, path)
+        distributed.barrier()  # nobody resumes or exits before the file is complete
+
+    def _payload(self, parts: Components, counters: Counters) -> dict[str, Any] | None:
+        """The full checkpoint on rank 0 (None elsewhere); every rank contributes its own state."""
+        parts.sync_buffers()
+        rank_states = distributed.gather_objects({"loader": parts.train_loader.state_dict(),
+                                                  "rng": rng_state(self.dist.device),
+                                                  "digest": parameter_digest(parts.model)})
+        if not self.dist.is_main:
+            return None
+        if len({r["digest"] for r in rank_states}) > 1:
+            raise RuntimeError("model replicas differ between ranks (parameter digests disagree); "
+                               "this is a bug in the distributed setup, not in the data")
+        scaler = parts.precision.scaler
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "counters": asdict(counters),
+            "config": self.config,
+            "world_size": self.dist.world_size,
+            "rank_states": rank_states,
+        }

@@ -23,9 +23,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.constants import INTERPOLATIONS
+from pipeline.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value a user supplied is wrong; the message names the key."""
+__all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_config_args", "save_config", "split_args"]
 
 
 class Section(BaseModel):
@@ -54,7 +55,7 @@ class ModelConfig(Section):
 
 # ---------------------------------------------------------------------------------------- data
 
-Interpolation = Literal["nearest", "bilinear", "bicubic", "random"]
+Interpolation = Literal[(*INTERPOLATIONS, "random")]  # type: ignore[valid-type]
 
 
 class TrainAugmentConfig(Section):
@@ -74,7 +75,7 @@ class EvalAugmentConfig(Section):
 
     size: int = _f(128, "resized shorter side (px); square images become size x size", gt=0)
     crop: int = _f(128, "side of the center crop (px); equal to size means no crop", gt=0)
-    interpolation: Literal["nearest", "bilinear", "bicubic"] = _f("bilinear", "resize filter")
+    interpolation: Literal[INTERPOLATIONS] = _f("bilinear", "resize filter")  # type: ignore[valid-type]
 
 
 class DataConfig(Section):

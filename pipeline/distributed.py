@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import LaunchError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -44,7 +46,7 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise LaunchError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -53,7 +55,7 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl" and device.type != "cuda":
-            raise ValueError("dist.backend: nccl needs CUDA; use gloo (or auto) on CPU")
+            raise LaunchError("dist.backend: nccl needs CUDA; use gloo (or auto) on CPU")
         timeout = datetime.timedelta(seconds=timeout_s)
         kwargs = {"device_id": device} if backend == "nccl" else {}
         store = _restart_scoped_store(world_size, timeout)

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipeline.constants import REPO_ROOT
+
 
 
 def _run(cmd: list[str]) -> str | None:

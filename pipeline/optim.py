@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.errors import ConfigError
+
 APEX_HELP = (
     "optim.impl: apex was asked for but NVIDIA apex is not importable. Build it from "
     "https://github.com/NVIDIA/apex (pip install -v --no-build-isolation --config-settings "
@@ -41,7 +43,7 @@ def _apex_fused_sgd():
     try:
         from apex.optimizers import FusedSGD  # NVIDIA apex only; the PyPI "apex" lacks this module
     except ImportError:
-        raise ValueError(APEX_HELP) from None
+        raise ConfigError(APEX_HELP) from None
     return FusedSGD
 
 
@@ -52,7 +54,7 @@ def build_optimizer(cfg: Any, model: nn.Module, global_batch_size: int, device: 
     if cfg.impl == "apex":
         return _apex_fused_sgd()(groups, **common)
     if cfg.impl == "fused" and device.type != "cuda":
-        raise ValueError("optim.impl: fused needs CUDA here; use auto or foreach on CPU")
+        raise ConfigError("optim.impl: fused needs CUDA here; use auto or foreach on CPU")
     use_fused = cfg.impl == "fused" or (cfg.impl == "auto" and device.type == "cuda")
     if use_fused:
         return torch.optim.SGD(groups, fused=True, **common)

@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-
-class RunDirError(ValueError):
-    """The run directory cannot be used; the message names it."""
+from pipeline import distributed
+from pipeline.config import Config, save_config
+from pipeline.errors import RunDirError
 
 
 def default_run_name(experiment: str) -> str:
@@ -34,6 +34,17 @@ def prepare_run_dir(path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise RunDirError(f"run directory {path}: not writable ({exc.strerror or exc})") from None
+
+
+def open_run_dir(cfg: Config, is_main: bool) -> Path:
+    """The run's directory, agreed by all ranks; rank 0 creates it and writes the resolved config.yaml."""
+    name = cfg.logging.run_name or (default_run_name(cfg.name) if is_main else None)
+    run_dir = resolve_run_dir(cfg.logging.runs_dir, distributed.broadcast_object(name))
+    if is_main:
+        prepare_run_dir(run_dir)
+        save_config(cfg, run_dir / "config.yaml")
+    distributed.barrier()
+    return run_dir
 
 
 def setup_logging(rank: int, log_file: Path | None = None) -> None:

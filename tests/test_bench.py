@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench import main as bench_main
+from pipeline.bench.__main__ import main as bench_main
+from pipeline.bench.loader import backend_loader
 from pipeline.config import load_config
 from pipeline.data import load_image_sets
 from runs import REPO, run_env
@@ -70,6 +71,7 @@ def test_train_benchmark_reports_the_data_stall(tmp_path):
     assert row["data_stall_share"] == pytest.approx(max(0.0, 1 - ratio))
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_runs_torchrun(tmp_path):
     result = run_bench(tmp_path, "scaling", "data.source=sample", "--nproc=1,2")
     rows = result["results"]
@@ -80,6 +82,7 @@ def test_scaling_benchmark_runs_torchrun(tmp_path):
         assert per == pytest.approx(row["real_images_per_sec"]["median"] / row["processes"])
 
 
+@pytest.mark.slow
 def test_bench_console_table_and_bad_config():
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "loader", "optim.lr=-1"], cwd=REPO,
                           capture_output=True, text=True, env=run_env())
@@ -87,13 +90,11 @@ def test_bench_console_table_and_bad_config():
 
 
 def test_torchvision_baseline_does_the_same_work_as_dali():
-    from pipeline.bench import build_backend
-
     cfg = load_config(None, ["data.source=sample", "data.num_threads=1"])  # the reference 122 px recipe
     images = load_image_sets(cfg.data)[0]
     batches = {}
     for name in ("dali-cpu", "torchvision"):
-        loader = build_backend(name, cfg, images, 32, torch.device("cpu"), torch.float16)
+        loader = backend_loader(name, cfg, images, 32, torch.device("cpu"), torch.float16)
         batches[name] = next(iter(loader))
     (xd, yd), (xt, yt) = batches["dali-cpu"], batches["torchvision"]
     assert xd.shape == xt.shape == (32, 3, 122, 122)

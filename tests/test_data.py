@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import REPO, SHARED_CIFAR_JPEG, encode_image, smooth_image, write_cifar_archive, write_imagefolder
 from pipeline.config import load_config
 from pipeline.data import BadImageError, DataError, ImageSet, build_loader, load_image_sets
+from pipeline.data.loader import to_training_batch
 from pipeline.data.sources import SAMPLE_ARCHIVE
 
 CPU = torch.device("cpu")
@@ -103,10 +104,8 @@ def test_synthetic_source_batches():
 
 
 def test_hwc_output_becomes_channels_last_without_a_copy():
-    cfg = data_cfg(*SMALL)
-    ld = loader(cfg, array_set(np.zeros((8, 32, 32, 3), np.uint8)))
     hwc = torch.randn(2, 5, 5, 3)
-    images, _ = ld._to_torch({"images": hwc, "labels": torch.zeros(2, dtype=torch.int64)})
+    images, _ = to_training_batch(hwc, torch.zeros(2, 1, dtype=torch.int64), torch.device("cpu"), torch.float32)
     assert images.data_ptr() == hwc.data_ptr() and images.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -307,6 +306,7 @@ def test_shipped_sample_is_balanced_cifar10():
     assert train.classes[3] == "cat"
 
 
+@pytest.mark.slow
 @pytest.mark.cifar10_jpeg
 def test_shipped_sample_rebuilds_byte_for_byte(tmp_path):
     out = tmp_path / "sample.tar.gz"

@@ -99,6 +99,7 @@ def test_classic_variants_train_a_step(name):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_summary_command_prints_the_tested_figures():
     out = subprocess.run(
         [sys.executable, "-m", "models", "squeezenet_bypass", "--size", "122"],

@@ -73,6 +73,7 @@ def uninterrupted(tmp_path_factory):
 # ---------------------------------------------------------------------- exact mid-epoch resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, nproc):
     proc = start_train(tmp_path, "killed", *RESUMABLE, nproc=nproc)
@@ -90,6 +91,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, nproc):
     assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after the resume"
 
 
+@pytest.mark.slow
 def test_step_checkpoints_keep_the_last_k(tmp_path):
     run_train(tmp_path, "keep", *RESUMABLE)
     names = sorted(p.name for p in (tmp_path / "keep").glob("step-*.pt"))
@@ -100,6 +102,7 @@ def test_step_checkpoints_keep_the_last_k(tmp_path):
 # ------------------------------------------------------------------------------- preemption
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path):
     proc = start_train(tmp_path, "pre", *RESUMABLE)
     wait_for_file(tmp_path / "pre" / "step-00000008.pt", proc)
@@ -116,6 +119,7 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path):
     final_state(tmp_path / "pre")
 
 
+@pytest.mark.slow
 def test_second_signal_exits_at_once(tmp_path):
     # Larger images, so a step (and the stop after it) takes long enough for a second Ctrl-C.
     proc = start_train(tmp_path, "twice", *RESUMABLE, "train.epochs=50", "data.train.min_side=100",
@@ -132,6 +136,7 @@ def test_second_signal_exits_at_once(tmp_path):
 # ------------------------------------------------------------------------- elastic restarts
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_finishes(tmp_path, uninterrupted):
     proc = start_train(tmp_path, "elastic", *RESUMABLE, nproc=2, max_restarts=1)
     wait_for_file(tmp_path / "elastic" / "step-00000008.pt", proc)
@@ -148,6 +153,7 @@ def test_torchrun_restarts_a_killed_worker_and_finishes(tmp_path, uninterrupted)
 # ---------------------------------------------------------------------- checkpoint integrity
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
     run_train(tmp_path, "corrupt", *RESUMABLE, "train.epochs=2", "train.deterministic=false")
     run_dir = tmp_path / "corrupt"
@@ -160,6 +166,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path)
     assert load_ckpt(last)["counters"]["global_step"] == TOTAL_STEPS
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_with_the_differences(tmp_path):
     run_train(tmp_path, "m1", "train.epochs=1")
     proc = run_train(tmp_path, "m2", "model.name=squeezenet1_1", "data.eval.crop=16", "train.epochs=1",
@@ -197,6 +204,7 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
 # ------------------------------------------------------------------------------ non-finite
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path):
     proc = run_train(tmp_path, "nan", "train.epochs=3", "train.debug_nan_step=8", "train.nonfinite_limit=3",
                      check=False)
@@ -210,6 +218,7 @@ def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path):
 # ------------------------------------------------------------------------ start-up checks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -230,6 +239,7 @@ def test_startup_checks_fail_before_training(tmp_path, overrides, message):
     assert "epoch 1/" not in proc.stderr  # nothing trained
 
 
+@pytest.mark.slow
 def test_unwritable_run_directory_is_reported(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the runs directory should be")
@@ -237,6 +247,7 @@ def test_unwritable_run_directory_is_reported(tmp_path):
     assert proc.returncode == 2 and f"run directory {blocker / 'x'}: not writable" in proc.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
     from conftest import write_imagefolder
 
@@ -252,6 +263,7 @@ def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
 # -------------------------------------------------------------------------------- secrets
 
 
+@pytest.mark.slow
 def test_wandb_api_key_is_never_written(tmp_path):
     secret = "0123456789abcdef-not-a-real-key-fedcba9876543210"
     proc = subprocess.run(train_command() + [*TINY, f"logging.runs_dir={tmp_path}", "logging.run_name=sec",

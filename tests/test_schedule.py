@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.optim import build_optimizer, param_groups, scaled_lr
 from pipeline.schedule import build_scheduler, lr_factor
 from models import build_model
@@ -113,5 +113,5 @@ def test_apex_missing_gives_clear_error():
     except ImportError:
         pass
     cfg = load_config(None, ["optim.impl=apex"]).optim
-    with pytest.raises(ValueError, match=r"NVIDIA apex is not importable.*Do not `pip install apex`"):
+    with pytest.raises(ConfigError, match=r"NVIDIA apex is not importable.*Do not `pip install apex`"):
         build_optimizer(cfg, torch.nn.Linear(2, 2), 64, torch.device("cpu"))

@@ -25,6 +25,7 @@ def single_run(tmp_path_factory):
     return runs / "single", proc
 
 
+@pytest.mark.slow
 def test_run_directory_holds_config_metrics_curves_and_checkpoints(single_run):
     run_dir, proc = single_run
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -39,6 +40,7 @@ def test_run_directory_holds_config_metrics_curves_and_checkpoints(single_run):
     assert f"run directory: {run_dir}" in proc.stderr and "final top-1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_has_stable_names(single_run):
     run_dir, _ = single_run
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -52,6 +54,7 @@ def test_metrics_jsonl_has_stable_names(single_run):
     assert 0 <= val[-1]["val/top1"] <= val[-1]["val/top5"] <= 1 and val[-1]["val/images"] == 1000
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_has_the_metrics_config_and_summary(single_run):
     run_dir, _ = single_run
     wb = offline_run(run_dir)
@@ -65,6 +68,7 @@ def test_wandb_offline_run_has_the_metrics_config_and_summary(single_run):
     assert wb["summary"]["final/top1"] == [r for r in records if "val/top1" in r][-1]["val/top1"]
 
 
+@pytest.mark.slow
 def test_resume_auto_continues_with_the_same_optimizer_state(tmp_path):
     det = ("train.deterministic=true",)
     run_train(tmp_path, "straight", *det)  # 2 epochs in one go
@@ -79,6 +83,7 @@ def test_resume_auto_continues_with_the_same_optimizer_state(tmp_path):
     assert [r["step"] for r in records if "train/loss" in r] == [3, 6, 9, 12]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_agree_and_evaluate_exactly(tmp_path):
     run_train(tmp_path, "ddp", nproc=2)
     last = load_ckpt(tmp_path / "ddp" / "last.pt")
@@ -99,6 +104,7 @@ def test_torchrun_two_processes_agree_and_evaluate_exactly(tmp_path):
     assert records[-1]["val/top1"] == pytest.approx(one["val/top1"])  # the run's own final evaluation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_paths_train_with_finite_loss(tmp_path, precision):
     run_train(tmp_path, precision, f"train.precision={precision}", "train.epochs=1")
@@ -111,6 +117,7 @@ def test_mixed_precision_paths_train_with_finite_loss(tmp_path, precision):
         assert ckpt["scaler"]["scale"] > 0
 
 
+@pytest.mark.slow
 def test_label_smoothing_and_ema_options(tmp_path):
     run_train(tmp_path, "ema", "train.ema_decay=0.9", "train.label_smoothing=0.1", "train.epochs=1")
     ckpt = load_ckpt(tmp_path / "ema" / "last.pt")

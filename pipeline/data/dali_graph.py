@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+from pipeline.constants import INTERPOLATIONS
+
 STAGES = ("read", "decode", "resize", "full")  # cumulative graph prefixes, for benchmarking
 
 

@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from pipeline.errors import BadImageError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 # Leading bytes of the formats DALI's image decoder reads.
@@ -23,10 +25,6 @@ _SIGNATURES = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
-
-
-class BadImageError(ValueError):
-    """An image file cannot be read or decoded; the message names the file."""
 
 
 def sniff_format(data: np.ndarray | bytes) -> str | None:

@@ -2,13 +2,19 @@
 
 Iterating a loader yields one epoch of `(images, labels)` already on the training device: images
 NCHW in channels_last memory in the training dtype, labels int64. `len(loader)` is the number of
-steps per epoch on this rank. Loaders that support exact resume expose `state_dict()` and accept
-that state back when they are built.
+steps per epoch on this rank. `state_dict()` returns the position to resume from exactly (None
+for backends without exact resume), and `build_loader(..., state=...)` takes it back.
 
     train_set, val_set = load_image_sets(cfg.data)
     loader = build_loader(cfg.data, images=train_set, train=True, batch_size=64, rank=0, world_size=1,
                           seed=0, device=torch.device("cpu"), dtype=torch.float32)
     for images, labels in loader: ...
+
+Backends (`backend=`): `dali` (the product: the DALI graph on data.device), `torchvision` (a
+DataLoader doing the identical augmentation: the baseline benchmarks compare against) and
+`synthetic` (device-resident random images: the input ceiling). `stop_after=` cuts the DALI graph
+after a stage (read, decode, resize, or full: the whole graph without the hand-off to torch) and
+yields its raw outputs, for the benchmarks' per-stage table.
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import AugmentSpec, build_pipeline
-from pipeline.data.images import BadImageError, find_bad_images
+from pipeline.data.dali_graph import STAGES, AugmentSpec, build_pipeline
+from pipeline.data.images import find_bad_images
 from pipeline.data.sampler import ShardedBatches
-from pipeline.data.sources import DataError, ImageSet, open_source
+from pipeline.data.sources import ImageSet, open_source
+from pipeline.errors import BadImageError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+BACKENDS = ("dali", "torchvision", "synthetic")
 
 
 class Loader(Protocol):
@@ -37,6 +47,8 @@ class Loader(Protocol):
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[Batch]: ...
+
+    def state_dict(self) -> dict[str, Any] | None: ...
 
 
 class _BatchSource:
@@ -61,6 +73,22 @@ class _BatchSource:
         else:
             samples = self.images.fetch_arrays(idx)
         return samples, self.images.labels[idx]
+
+
+def to_training_batch(images_hwc: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                      dtype: torch.dtype) -> Batch:
+    """DALI's NHWC batch -> the loader interface: an NCHW channels_last view, the training dtype, the device.
+
+    The permute is a view whose strides are already channels_last: no copy.
+    """
+    images = images_hwc.permute(0, 3, 1, 2)
+    if images.dtype != dtype:
+        images = images.to(dtype)  # bfloat16: DALI has no such type; keeps channels_last
+    labels = labels.view(-1)
+    if images.device != device:  # a CPU pipeline feeding a GPU
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+    return images, labels
 
 
 class DaliLoader:
@@ -103,21 +131,10 @@ class DaliLoader:
     def __iter__(self) -> Iterator[Batch]:
         try:
             for out in self._iter:
-                yield self._to_torch(out[0])
+                yield to_training_batch(out[0]["images"], out[0]["labels"], self.device, self.dtype)
         except RuntimeError as exc:
             raise self._diagnose(exc) from exc
         self._iter.reset()  # starts prefetching the next epoch
-
-    def _to_torch(self, out: dict[str, torch.Tensor]) -> Batch:
-        # HWC batch -> NCHW view whose strides are already channels_last: no copy.
-        images = out["images"].permute(0, 3, 1, 2)
-        if images.dtype != self.dtype:
-            images = images.to(self.dtype)  # bfloat16: DALI has no such type; keeps channels_last
-        labels = out["labels"].view(-1)
-        if images.device != self.device:  # a CPU pipeline feeding a GPU
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-        return images, labels
 
     def _diagnose(self, exc: RuntimeError) -> Exception:
         """Turn DALI's opaque decode failure into an error that names the file(s)."""
@@ -138,6 +155,29 @@ class DaliLoader:
         return {"dali": self._iter.checkpoints()[0]}
 
 
+class DaliStageLoader:
+    """The DALI graph cut after a stage (read, decode, resize): yields its raw outputs per batch.
+
+    For the benchmarks' per-stage table only: outputs stay DALI TensorLists (ragged before the
+    resize), `len(batch[0])` is the batch size.
+    """
+
+    def __init__(self, pipe: Any, steps: int) -> None:
+        self._pipe, self._steps = pipe, steps
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for _ in range(self._steps):
+            images, labels = self._pipe.run()
+            yield images, labels
+        self._pipe.reset()
+
+    def state_dict(self) -> None:
+        return None
+
+
 class SyntheticLoader:
     """Random images already at the network's input size, resident on the device: the input ceiling."""
 
@@ -156,6 +196,9 @@ class SyntheticLoader:
         for _ in range(self.steps):
             yield self.images, self.labels
 
+    def state_dict(self) -> None:
+        return None  # every batch is the same: nothing to resume
+
 
 # ------------------------------------------------------------------------------------ builders
 
@@ -164,7 +207,7 @@ def resolve_dali_device(data_device: str) -> str:
     if data_device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if data_device == "gpu" and not torch.cuda.is_available():
-        raise ValueError("data.device: gpu was asked for but CUDA is not available (use cpu or auto)")
+        raise ConfigError("data.device: gpu was asked for but CUDA is not available (use cpu or auto)")
     return data_device
 
 
@@ -215,26 +258,52 @@ def build_loader(
     max_steps: int = 0,
     state: dict[str, Any] | None = None,
     start_epoch: int = 0,
+    backend: str = "auto",
+    stop_after: str | None = None,
 ) -> Loader:
     """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
 
     Training batches are a per-epoch permutation sharded by global rank with the remainder dropped;
     evaluation covers every image exactly once across ranks. `seed` orders the data (same on
-    all ranks); augmentation draws from seed + rank.
+    all ranks); augmentation draws from seed + rank. `backend`: auto (synthetic for
+    data.source=synthetic, else dali), dali, torchvision or synthetic.
     """
-    if data_cfg.source == "synthetic":
-        aug = data_cfg.train if train else data_cfg.eval
+    if backend == "auto":
+        backend = "synthetic" if data_cfg.source == "synthetic" else "dali"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if stop_after is not None and (backend != "dali" or stop_after not in STAGES):
+        raise ValueError(f"stop_after={stop_after!r}: only the dali backend stops early, after one of {STAGES}")
+    aug = data_cfg.train if train else data_cfg.eval
+    if backend == "synthetic":
         n = data_cfg.synthetic_images if train else max(data_cfg.synthetic_images // 5, batch_size * world_size)
         plan = ShardedBatches(n, batch_size, rank, world_size, shuffle=False, drop_last=train, max_steps=max_steps)
         return SyntheticLoader(len(plan), batch_size, aug.crop, num_classes, device=device, dtype=dtype,
                                seed=seed + rank)
-    assert images is not None, "image sets come from load_image_sets()"
+    if images is None:
+        raise ValueError("the dali and torchvision backends read an image set: pass images=load_image_sets(...)[i]")
+    if train and len(images) < batch_size * world_size:
+        raise ConfigError(f"train.global_batch_size: {batch_size * world_size} is larger than the "
+                          f"{len(images)} training images")
     plan = ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train,
                           seed=seed, max_steps=max_steps)
     make_spec = AugmentSpec.for_train if train else AugmentSpec.for_eval
-    spec = make_spec(data_cfg.train if train else data_cfg.eval, data_cfg.std_eps, dali_output_dtype(dtype))
+    spec = make_spec(aug, data_cfg.std_eps, dali_output_dtype(dtype))
+    if backend == "torchvision":
+        from pipeline.data.torchvision_loader import TorchvisionLoader
+
+        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, num_workers=data_cfg.num_threads,
+                                 seed=seed + rank, start_epoch=start_epoch)
+    aug_seed = seed + rank + (0 if train else 10_000)
+    dali_device = resolve_dali_device(data_cfg.device)
+    if stop_after is not None:
+        pipe = build_pipeline(_BatchSource(images, plan, 0, 4), spec, encoded=images.is_encoded, device=dali_device,
+                              device_id=device.index if dali_device == "gpu" else None, batch_size=batch_size,
+                              num_threads=data_cfg.num_threads, prefetch_queue_depth=data_cfg.prefetch_queue_depth,
+                              seed=aug_seed, stop_after=None if stop_after == "full" else stop_after)
+        return DaliStageLoader(pipe, len(plan))
     return DaliLoader(
-        images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
+        images, plan, spec, device=device, dali_device=dali_device, dtype=dtype,
         num_threads=data_cfg.num_threads, prefetch_queue_depth=data_cfg.prefetch_queue_depth,
-        seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
+        seed=aug_seed, state=state, start_epoch=start_epoch,
     )

@@ -12,12 +12,12 @@ import pickle
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
-from pipeline.data.images import IMAGE_EXTENSIONS, BadImageError, check_encoded
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_ARCHIVE = REPO_ROOT / "data" / "cifar10-sample.tar.gz"
+from pipeline.constants import SAMPLE_ARCHIVE
+from pipeline.data.images import IMAGE_EXTENSIONS, check_encoded
+from pipeline.errors import BadImageError, ConfigError, DataError
 EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -25,10 +25,6 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-
-
-class DataError(ValueError):
-    """The data on disk is missing or malformed; the message names the path."""
 
 
 @dataclass
@@ -282,4 +278,4 @@ def open_source(source: str, root: str = "", train_split: str = "train", eval_sp
         return load_imagefolder(root, train_split, eval_split)
     if source == "cifar10":
         return load_cifar10(root, download)
-    raise ValueError(f"data.source: {source!r} has no image set")
+    raise ConfigError(f"data.source: {source!r} has no image set")

@@ -16,11 +16,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pipeline.constants import INTERPOLATIONS
 from pipeline.data.dali_graph import AugmentSpec
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
-
-_MODES = ("nearest", "bilinear", "bicubic")
 
 
 class _AugmentedImages(torch.utils.data.Dataset):
@@ -44,7 +43,7 @@ class _AugmentedImages(torch.utils.data.Dataset):
 
         spec = self.spec
         img = self._decoded(index)  # uint8 CHW
-        mode = random.choice(_MODES) if spec.interpolation == "random" else spec.interpolation
+        mode = random.choice(INTERPOLATIONS) if spec.interpolation == "random" else spec.interpolation
         side = random.randint(spec.min_side, spec.max_side)
         img = F.resize(img, [side], interpolation=InterpolationMode(mode), antialias=True)  # shorter side
         h, w = img.shape[-2:]
@@ -65,8 +64,8 @@ class _AugmentedImages(torch.utils.data.Dataset):
 class _PlanSampler(torch.utils.data.Sampler):
     """Index batches of one epoch from the shared sharded plan (so both loaders read the same data)."""
 
-    def __init__(self, plan: ShardedBatches) -> None:
-        self.plan, self.epoch = plan, 0
+    def __init__(self, plan: ShardedBatches, start_epoch: int = 0) -> None:
+        self.plan, self.epoch = plan, start_epoch
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -79,9 +78,9 @@ class _PlanSampler(torch.utils.data.Sampler):
 
 class TorchvisionLoader:
     def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, *, device: torch.device,
-                 dtype: torch.dtype, num_workers: int, seed: int) -> None:
+                 dtype: torch.dtype, num_workers: int, seed: int, start_epoch: int = 0) -> None:
         self.device = device
-        self._sampler = _PlanSampler(plan)
+        self._sampler = _PlanSampler(plan, start_epoch)
         self._loader = torch.utils.data.DataLoader(
             _AugmentedImages(images, spec, dtype), batch_sampler=self._sampler, num_workers=num_workers,
             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
@@ -97,6 +96,9 @@ class TorchvisionLoader:
         for images, labels in self._loader:
             images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC -> channels_last NCHW
             yield images, labels.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> None:
+        return None  # no exact mid-epoch resume: worker RNG streams are not checkpointed
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -1,0 +1,24 @@
+"""Throughput benchmarks: how many images per second each part delivers, and where the time goes.
+
+    python -m pipeline.bench loader  [CONFIG] [key=value ...]   # input pipeline alone, per backend
+    python -m pipeline.bench model   [CONFIG] [key=value ...]   # training step on synthetic input
+    python -m pipeline.bench train   [CONFIG] [key=value ...]   # end to end, real vs synthetic input
+    python -m pipeline.bench scaling [CONFIG] [key=value ...]   # `train` at 1..N processes (torchrun)
+    python -m pipeline.bench report  [DIR]                      # the tables of every results.json in DIR
+
+Options (before or after the overrides): --steps N, --warmup N, --repeats N, --out DIR, and per
+kind --backends, --models/--precisions/--formats/--compile/--batch-sizes/--size, --nproc.
+
+Method: warm-up steps are run and discarded (DALI buffer growth, cudnn autotuning, compilation);
+each repeat times `steps` steps between two device synchronizations; images/sec = images
+processed / wall time; the median of the repeats is quoted with the min-max spread. Backends
+and configurations are measured one after another in the same process, each alone (interleaving
+them would let one loader's background prefetching run during another's timing), so their
+ratios come from one run. Every result file records the machine, the versions, the git revision and the
+exact settings. Outputs: a table on the console, results.json and chart.png in --out (default
+bench-results/<kind>-<time>/), and a W&B `benchmark` job unless wandb.mode=disabled.
+
+Modules: `measure` (timing), `loader`, `model`, `train` (also `scaling`), `roofline`, `report`
+(tables, charts, results.json, W&B), `__main__` (the command line). Every benchmark builds its
+loaders, models and steps through the same public functions as the trainer.
+"""

@@ -1,0 +1,126 @@
+"""Results: the console tables, chart.png, results.json, the W&B benchmark job, and `bench report`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.envinfo import describe, environment
+
+
+def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
+    def rate(r: dict[str, Any]) -> str:
+        return f"{r['median']:>10,.0f}  ({r['min']:,.0f}-{r['max']:,.0f})"
+
+    lines = []
+    if kind == "loader":
+        lines.append(f"{'backend':<12} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>30}  vs torchvision")
+        for r in rows:
+            ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
+            lines.append(f"{r['backend']:<12} {r['source']:<12} {r['batch_size']:>5} {r['workers_or_threads']:>7}  "
+                         f"{rate(r['images_per_sec']):>30}  {ratio}")
+    elif kind == "model":
+        lines.append(f"{'model':<18} {'prec':<5} {'format':<14} {'compile':<7} {'batch':>5} {'size':>4}  {'images/s (min-max)':>30}")
+        for r in rows:
+            lines.append(f"{r['model']:<18} {r['precision']:<5} {r['memory_format']:<14} {r['compile']:<7} "
+                         f"{r['batch_size']:>5} {r['size']:>4}  {rate(r['images_per_sec']):>30}")
+            if "roofline" in r:
+                rl = r["roofline"]
+                lines.append(f"    roofline: {rl['bytes_per_image'] / 2**20:.1f} MiB/image moved, "
+                             f"{rl['bandwidth_bytes_per_sec'] / 1e12:.2f} TB/s copy bandwidth -> bound "
+                             f"{rl['bound_images_per_sec']:,.0f} img/s; measured = {100 * rl['fraction_of_bound']:.0f}% of it")
+    else:  # train / scaling
+        lines.append(f"{'model':<18} {'procs':>5} {'source':<12} {'real img/s (min-max)':>30} "
+                     f"{'synthetic img/s (min-max)':>30} {'per proc':>9} {'stall':>6} {'effic.':>6}")
+        for r in rows:
+            real = rate(r["real_images_per_sec"]) if "real_images_per_sec" in r else "-"
+            per = r.get("real_images_per_sec_per_process", r["synthetic_images_per_sec_per_process"])["median"]
+            stall = f"{100 * r['data_stall_share']:.1f}%" if "data_stall_share" in r else "-"
+            eff = r.get("real_scaling_efficiency", r.get("synthetic_scaling_efficiency"))
+            lines.append(f"{r['model']:<18} {r['processes']:>5} {r['source']:<12} {real:>30} "
+                         f"{rate(r['synthetic_images_per_sec']):>30} {per:>9,.0f} {stall:>6} "
+                         f"{'-' if eff is None else f'{100 * eff:.0f}%':>6}")
+    return "\n".join(lines)
+
+
+def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if kind == "loader":
+        labels = [r["backend"] for r in rows]
+        stats = [r["images_per_sec"] for r in rows]
+    elif kind == "model":
+        labels = [f"{r['model']} {r['precision']} {r['memory_format']} c={r['compile']} b{r['batch_size']}" for r in rows]
+        stats = [r["images_per_sec"] for r in rows]
+    else:
+        labels, stats = [], []
+        for r in rows:
+            for feed in ("real", "synthetic"):
+                if f"{feed}_images_per_sec" in r:
+                    labels.append(f"{feed} x{r['processes']}")
+                    stats.append(r[f"{feed}_images_per_sec"])
+    medians = [s["median"] for s in stats]
+    errors = [[m - s["min"] for m, s in zip(medians, stats)], [s["max"] - m for m, s in zip(medians, stats)]]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
+    ax.barh(range(len(labels)), medians, xerr=errors, capsize=3, color="#4c72b0")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("images / second (median, min-max)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(kind: str, rows: list[dict[str, Any]], cfg: Config, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    result = {
+        "kind": kind,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m pipeline.bench", *sys.argv[1:]]),
+        "environment": env,
+        "settings": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "config": cfg.to_dict()},
+        "results": rows,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    chart(kind, rows, out / "chart.png", f"{kind}: {describe(env)}")
+    return result
+
+
+def log_to_wandb(cfg: Config, result: dict[str, Any], out: Path) -> None:
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(cfg.wandb, enabled=True, run_dir=out, run_name=out.name, experiment=cfg.name,
+                      config={**cfg.to_dict(), "bench": result["settings"]}, environment=result["environment"],
+                      job_type="benchmark")
+    if tracker.run is None:
+        return
+    import wandb
+
+    rows = result["results"]
+    flat = [{k: (v["median"] if isinstance(v, dict) and "median" in v else v) for k, v in r.items()
+             if not isinstance(v, dict) or "median" in v} for r in rows]
+    columns = sorted({k for r in flat for k in r})
+    tracker.run.log({f"benchmark/{result['kind']}": wandb.Table(columns=columns,
+                                                                 data=[[r.get(c) for c in columns] for r in flat])})
+    tracker.finish()
+
+
+def report(folder: Path) -> str:
+    """The tables of every results.json under `folder`, with the machine they were measured on."""
+    parts = []
+    for path in sorted(folder.rglob("results.json")):
+        result = json.loads(path.read_text())
+        parts.append(f"== {result['kind']}: {path.parent.name} ({result['created']})\n"
+                     f"{describe(result['environment'])}\n{format_table(result['kind'], result['results'])}")
+    return "\n\n".join(parts) if parts else f"no results.json under {folder}"

@@ -1,0 +1,161 @@
+"""Everything a training run is made of, built in one place from the config.
+
+    parts = build_components(cfg, dist, resume)   # model, wrapped model, optimizer, schedule,
+                                                  # precision, EMA, train and eval loaders
+The trainer and `python -m pipeline.bench train` both call it, so a benchmark measures the
+setup that trains. Each builder receives only its own config section.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from models import build_model, list_models
+from pipeline import distributed
+from pipeline.checkpoint import ResumePoint
+from pipeline.config import Config
+from pipeline.data import Loader, build_loader, load_image_sets
+from pipeline.distributed import DistInfo
+from pipeline.errors import ConfigError
+from pipeline.optim import build_optimizer
+from pipeline.precision import Precision, build_precision
+from pipeline.schedule import build_scheduler
+from pipeline.step import wrap_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """The modules, optimizer state and loaders of one run on one rank."""
+
+    model: nn.Module  # the raw module: state_dicts and evaluation
+    wrapped: nn.Module  # channels_last -> compile -> DDP: what the training step calls
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    ema: torch.optim.swa_utils.AveragedModel | None
+    train_loader: Loader
+    eval_loader: Loader | None
+    local_batch: int  # images per step on this rank
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def eval_model(self, use_ema: bool) -> nn.Module:
+        return self.ema.module if self.ema is not None and use_ema else self.model
+
+    def sync_buffers(self) -> None:
+        """All ranks adopt rank 0's BatchNorm statistics (model and EMA) before evaluating or saving.
+
+        DDP broadcasts buffers at the start of each forward, so after the last step each rank
+        still holds the statistics of its own last batch.
+        """
+        distributed.broadcast_buffers(self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema)
+
+    def weights_are_finite(self) -> bool:
+        params = [*self.model.parameters(), *(self.ema.parameters() if self.ema is not None else [])]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def configure_determinism(train_cfg: Any, rank: int) -> None:
+    """Seeds (identical initial weights on every rank) and cudnn's algorithm choice."""
+    torch.manual_seed(train_cfg.seed)
+    random.seed(train_cfg.seed + rank)
+    if train_cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def check_input_sizes(model: nn.Module, sizes: dict[str, int], num_classes: int) -> None:
+    """Run the network once on CPU at each input size, so a size it cannot take fails now."""
+    model.eval()
+    with torch.no_grad():
+        for key, side in sizes.items():
+            try:
+                out = model(torch.zeros(2, 3, side, side))
+            except RuntimeError as exc:
+                raise ConfigError(f"{key}: the network cannot take {side}x{side} inputs "
+                                  f"({str(exc).splitlines()[0]})") from None
+            if out.shape != (2, num_classes):
+                raise ConfigError(f"{key}: a {side}x{side} input gives outputs of shape {tuple(out.shape)}")
+    model.train()
+
+
+def build_network(model_cfg: Any, data_cfg: Any, dist: DistInfo, sync_bn: bool) -> nn.Module:
+    """The raw model, checked against the input sizes; SyncBatchNorm when asked for under DDP."""
+    if model_cfg.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {model_cfg.name!r}; choose one of {', '.join(list_models())}")
+    model = build_model(model_cfg.name, num_classes=model_cfg.num_classes, dropout=model_cfg.dropout)
+    check_input_sizes(model, {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop},
+                      model_cfg.num_classes)
+    if sync_bn and dist.distributed:
+        if dist.device.type != "cuda":
+            raise ConfigError("dist.sync_bn: torch's SyncBatchNorm runs only on GPUs; set dist.sync_bn=false on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def build_loaders(cfg: Config, dist: DistInfo, dtype: torch.dtype, resume: ResumePoint | None,
+                  with_eval: bool = True) -> tuple[Loader, Loader | None]:
+    """This rank's training loader (at the resume point's position) and evaluation loader."""
+    train_set = val_set = None
+    if cfg.data.source != "synthetic":
+        train_set, val_set = load_image_sets(cfg.data)
+        if len(train_set.classes) != cfg.model.num_classes:
+            raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has "
+                              f"{len(train_set.classes)} classes")
+        if train_set.skipped or val_set.skipped:
+            log.warning("left out %d undecodable training and %d validation file(s)",
+                        len(train_set.skipped), len(val_set.skipped))
+    local_batch = cfg.train.global_batch_size // dist.world_size
+    common = dict(rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed, device=dist.device,
+                  dtype=dtype, num_classes=cfg.model.num_classes)
+    train_loader = build_loader(cfg.data, images=train_set, train=True, batch_size=local_batch,
+                                max_steps=cfg.train.max_steps_per_epoch,
+                                state=resume.loader_state(dist) if resume else None,
+                                start_epoch=resume.epoch if resume else 0, **common)
+    eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
+                   if with_eval else None)
+    if dist.is_main:
+        n_train = len(train_set) if train_set is not None else cfg.data.synthetic_images
+        log.info("data: %s, %d training images (%d steps of %d per epoch), %d validation images",
+                 cfg.data.source, n_train, len(train_loader), cfg.train.global_batch_size,
+                 len(val_set) if val_set is not None else 0)
+    return train_loader, eval_loader
+
+
+def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = None, *,
+                     with_eval: bool = True) -> Components:
+    """Seeds, loaders, model (wrapped), optimizer, schedule, precision and EMA for this rank.
+
+    With `resume`, the training loader starts at the saved position; the state_dicts are loaded
+    afterwards by `CheckpointManager.restore`.
+    """
+    configure_determinism(cfg.train, dist.rank)
+    precision = build_precision(cfg.train.precision, dist.device)
+    train_loader, eval_loader = build_loaders(cfg, dist, precision.dtype, resume, with_eval)
+    model = build_network(cfg.model, cfg.data, dist, cfg.dist.sync_bn)
+    wrapped = wrap_model(model, dist, compile=cfg.train.compile)
+    torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs per rank
+    optimizer = build_optimizer(cfg.optim, model, cfg.train.global_batch_size, dist.device)
+    scheduler = build_scheduler(cfg.schedule, optimizer, cfg.train.epochs, len(train_loader))
+    ema = None
+    if cfg.train.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    return Components(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, precision=precision,
+                      ema=ema, train_loader=train_loader, eval_loader=eval_loader,
+                      local_batch=cfg.train.global_batch_size // dist.world_size)

@@ -1,0 +1,12 @@
+"""Names and places shared by several modules, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_ARCHIVE = REPO_ROOT / "data" / "cifar10-sample.tar.gz"  # the CIFAR-10 subset shipped in the repo
+BENCH_RESULTS_DIR = REPO_ROOT / "bench-results"  # default parent of benchmark result folders
+
+# Resize filters every loader implements; the config adds "random" (one of these per image) for training.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")

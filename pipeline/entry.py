@@ -1,0 +1,49 @@
+"""The skeleton every command-line entry point shares.
+
+    sys.exit(run_entry(argv, body))   # body(cfg, dist) -> exit status
+
+Arguments `[CONFIG.yaml] [key=value ...]` become a validated config, the process joins the
+process group torchrun describes (none for a single process), the world size is checked against
+the config, `body` runs, and the group is torn down whatever happens. A `UserError` (bad config,
+data, checkpoint, launch) prints one line and exits 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Callable
+
+from pipeline.config import Config, load_config_args
+from pipeline.errors import ExitCode, UserError
+
+if TYPE_CHECKING:
+    from pipeline.distributed import DistInfo
+
+
+def print_user_error(exc: UserError, prefix: str = "error") -> None:
+    rank, world = os.environ.get("RANK"), int(os.environ.get("WORLD_SIZE", "1"))
+    where = f" (rank {rank})" if world > 1 and rank is not None else ""
+    print(f"{prefix}{where}: {exc}", file=sys.stderr)
+
+
+def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
+    """config -> init_distributed -> check the world size -> body(cfg, dist) -> destroy the group."""
+    try:
+        cfg = load_config_args(argv)
+    except UserError as exc:
+        print_user_error(exc, "config error")
+        return int(ExitCode.BAD_INPUT)
+
+    from pipeline import distributed  # after the config check: bad input fails fast, before torch loads
+
+    try:
+        dist = distributed.init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
+        cfg.check_world_size(dist.world_size)
+        return int(body(cfg, dist))
+    except UserError as exc:
+        print_user_error(exc)
+        return int(ExitCode.BAD_INPUT)
+    finally:
+        distributed.destroy()
