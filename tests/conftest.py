@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.constants import REPO_ROOT as REPO  # noqa: E402
 SHARED_CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 # Keep W&B and the console quiet and offline in every test process.

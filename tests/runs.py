@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.constants import REPO_ROOT as REPO  # noqa: E402
 
 # The quickstart pipeline at 16 px, a few steps per epoch: seconds per run on two CPU cores.
 TINY = [

@@ -7,7 +7,7 @@ import yaml
 
 from pipeline.config import Config, ConfigError, load_config, markdown_reference
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.constants import REPO_ROOT as ROOT  # noqa: E402
 
 
 def write(tmp_path, text: str) -> Path:
