@@ -1,7 +1,8 @@
-"""scripts/slurm.sbatch outside SLURM: run with bash under fake `srun` and `scontrol`, on a stand-in
-training step, it forwards USR1 as SIGTERM, requeues once and exits 0, keeps the run name across
-requeues, and passes a normal finish or a failure through without requeueing. The stand-in replaces
-launch.sh to keep this fast; test_reliability.py shows a real worker checkpointing on SIGTERM."""
+"""scripts/slurm.sbatch outside SLURM: run with bash under fake `srun`, `scancel` and `scontrol` on a
+stand-in training step, it turns USR1 into SIGTERM for the step, requeues once and exits 0, keeps
+the run name across requeues, and passes a normal finish or a failure through without requeueing.
+The stand-in replaces launch.sh to keep this fast; test_reliability.py shows a real worker
+checkpointing on SIGTERM."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from runs import REPO
 
 JOB_ID = "4242"
 
-# srun: one task per node (SLURM_NODEID 0..SLURM_NNODES-1), SIGTERM forwarded to every task, the
-# highest task status returned. The tasks run in the fake directory, so the batch script's
-# `./launch.sh` is the stand-in below with the real command line srun was given.
+# srun: one task per node (SLURM_NODEID 0..SLURM_NNODES-1), the highest task status returned. Like
+# the real one it answers SIGTERM by killing its tasks (SIGKILL). The tasks run in the fake
+# directory, so the batch script's `./launch.sh` is the stand-in below, with the real command line.
 FAKE_SRUN = r"""#!/usr/bin/env bash
 while [[ "$1" == --* ]]; do shift; done
 cd "$FAKE_DIR"
@@ -29,13 +30,20 @@ for ((node = 0; node < SLURM_NNODES; node++)); do
     SLURM_NODEID=$node SLURMD_NODENAME=node$node "$@" &
     pids+=($!)
 done
-trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+echo "${pids[@]}" > "$FAKE_DIR/step.pids"
+trap 'echo "srun: forcing job termination" >&2; kill -KILL "${pids[@]}" 2>/dev/null' TERM
 status=0
 for pid in "${pids[@]}"; do
     while :; do wait "$pid"; code=$?; kill -0 "$pid" 2>/dev/null || break; done
     (( code > status )) && status=$code
 done
 exit $status
+"""
+
+# scancel --signal=SIG JOBID: the signal goes to the processes of the job's steps (the tasks).
+FAKE_SCANCEL = r"""#!/usr/bin/env bash
+[[ "$1" == --signal=* && "$2" == "$SLURM_JOB_ID" ]] || { echo "fake scancel: unexpected $*" >&2; exit 1; }
+kill -s "${1#--signal=}" $(cat "$FAKE_DIR/step.pids")
 """
 
 FAKE_SCONTROL = r"""#!/usr/bin/env bash
@@ -67,7 +75,8 @@ class FakeCluster:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("launch.sh", STAND_IN_LAUNCH)):
+        for name, text in (("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL), ("scontrol", FAKE_SCONTROL),
+                           ("launch.sh", STAND_IN_LAUNCH)):
             (root / name).write_text(text)
             (root / name).chmod(0o755)
         self.jobs: list[subprocess.Popen] = []
