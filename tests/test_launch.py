@@ -34,8 +34,14 @@ def launch(runs: Path, console: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def finish(procs: list[subprocess.Popen], consoles: list[Path]) -> list[str]:
-    for proc in procs:
-        proc.wait(timeout=180)
+    try:
+        for proc in procs:
+            proc.wait(timeout=180)
+    finally:  # a hung rendezvous must not outlive the test: torchrun stops its workers on SIGTERM
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
     outputs = [console.read_text() for console in consoles]
     for proc, console, out in zip(procs, consoles, outputs):
         assert proc.returncode == 0, f"{console.name}: exit {proc.returncode}\n{out[-5000:]}"
@@ -53,15 +59,17 @@ def test_two_nodes_through_launch_sh_train_what_one_node_with_two_processes_trai
     runs = tmp_path / "runs"  # the shared run directory
     nodes = dict(NNODES="2", NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                  LOCAL_ADDR="127.0.0.1", RUN_NAME="two-nodes", LOGLEVEL="INFO")  # torchrun reports its rendezvous
+    # The reference starts alongside the two nodes: their start-ups overlap on two CPU cores.
     consoles = [tmp_path / f"node{rank}.txt" for rank in (0, 1)]
-    outputs = finish([launch(runs, console, {**nodes, "NODE_RANK": str(rank)})
-                      for rank, console in enumerate(consoles)], consoles)
+    procs = [launch(runs, console, {**nodes, "NODE_RANK": str(rank)}) for rank, console in enumerate(consoles)]
+    console = tmp_path / "one-node.txt"
+    reference = launch(runs, console, dict(NPROC="2", RUN_NAME="one-node"))  # torchrun --standalone
+    outputs = finish(procs, consoles)
+    finish([reference], [console])
     assert sum("done: final top-1" in out for out in outputs) == 1  # global rank 0 reports, once
     for out in outputs:
         assert "run_id                   : two-nodes" in out and "group_world_size=2" in out
         assert "master_addr=127.0.0.1" in out  # LOCAL_ADDR, not this machine's host name
-    console = tmp_path / "one-node.txt"
-    finish([launch(runs, console, dict(NPROC="2", RUN_NAME="one-node"))], [console])  # torchrun --standalone
 
     two, one = runs / "two-nodes", runs / "one-node"
     final_two, final_one = read_metrics(two / "metrics.jsonl")[-1], read_metrics(one / "metrics.jsonl")[-1]
