@@ -7,12 +7,32 @@
 #
 # Environment:
 #   NPROC         processes on this node (default: the number of visible GPUs, 1 without a GPU)
-#   NNODES        nodes (default 1); with NODE_RANK, MASTER_ADDR, MASTER_PORT for torchrun's
-#                 c10d rendezvous. Every node must be given the same logging.run_name (or RUN_NAME).
 #   MAX_RESTARTS  torchrun --max-restarts: workers that die are restarted and resume from the
 #                 run's latest checkpoint (default 0)
 #   RUN_NAME      run directory name under runs/ (default: <config>-<date>-<time>, fixed here so
 #                 that restarted workers find the same run)
+#
+# Several nodes (torchrun's c10d rendezvous; run this script once on every node):
+#   NNODES        number of nodes (default 1: a standalone run on this machine)
+#   NODE_RANK     0 on the node at MASTER_ADDR, which hosts the rendezvous; 1..NNODES-1 elsewhere
+#                 (the global ranks are handed out by the rendezvous, not by NODE_RANK)
+#   MASTER_ADDR   address of node 0 that every node can reach; MASTER_PORT its port (default 29500)
+#   RUN_NAME      required, the same on every node (or logging.run_name=...; under SLURM the
+#                 default is <config>-$SLURM_JOB_ID); it also names the rendezvous (RDZV_ID overrides)
+#   LOCAL_ADDR    this node's address as the other nodes reach it (torchrun --local-addr); the
+#                 workers' process-group store lives on one agent and is published under this
+#                 address (default: the fully qualified host name, which may resolve to a loopback
+#                 address elsewhere)
+#   NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME   the network interface (e.g. eth0, ib0) NCCL and gloo
+#                 bind to; set both when the host name resolves to a loopback or wrong interface.
+#                 GPU runs need gloo too: host-side messages (metric sums, stop requests,
+#                 checkpoint gathering) travel on a separate gloo group.
+#   The run directory (logging.runs_dir, default runs/) must be one shared directory, visible at
+#   the same path on every node: rank 0 writes the checkpoints, every rank reads them on resume.
+#
+# Exit status: torchrun's, 0 when every worker finished and 1 otherwise, also after SIGTERM: the
+# workers then checkpoint and exit 75 ("preempted at step N" in the log), which torchrun reports as
+# a failure; run the same command (same RUN_NAME) again to continue.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
@@ -45,9 +65,16 @@ if ! printf '%s\n' "$@" | grep -q '^logging\.run_name='; then
 fi
 
 if [[ "$nnodes" -gt 1 ]]; then
-    rendezvous=(--nnodes="$nnodes" --node-rank="${NODE_RANK:?set NODE_RANK for multi-node runs}"
-                --rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}"
-                --rdzv-id="${RDZV_ID:-${SLURM_JOB_ID:-squeezenet}}")
+    # Node 0 hosts the rendezvous store explicitly: torchrun's own guess compares MASTER_ADDR with
+    # this machine's host name and addresses, and misses aliases and secondary interfaces.
+    # (--node-rank is not passed: the c10d rendezvous ignores it.)
+    node_rank="${NODE_RANK:?set NODE_RANK for multi-node runs}"
+    run_name="$(printf '%s\n' "$@" | sed -n 's/^logging\.run_name=//p' | tail -n 1)"
+    rendezvous=(--nnodes="$nnodes" --rdzv-backend=c10d
+                --rdzv-endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}"
+                --rdzv-id="${RDZV_ID:-$run_name}"
+                --rdzv-conf="is_host=$([[ "$node_rank" == 0 ]] && echo true || echo false)")
+    [[ -z "${LOCAL_ADDR:-}" ]] || rendezvous+=(--local-addr="$LOCAL_ADDR")
 else
     rendezvous=(--standalone)
 fi

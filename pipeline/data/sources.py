@@ -7,9 +7,15 @@ can say which file is bad. Sources only list and fetch; DALI does the decoding a
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import logging
 import os
 import pickle
 import tarfile
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +24,18 @@ import numpy as np
 from pipeline.constants import SAMPLE_ARCHIVE
 from pipeline.data.images import IMAGE_EXTENSIONS, check_encoded
 from pipeline.errors import BadImageError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
 EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Read at call time, so a test (or a mirror) can point them elsewhere before calling load_cifar10.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole file
 
 
 @dataclass
@@ -222,6 +233,60 @@ def load_sample() -> tuple[ImageSet, ImageSet]:
     return load_imagefolder(SAMPLE_ARCHIVE, "train", "test")
 
 
+# ------------------------------------------------------------------------------------ download
+
+
+def download_once(url: str, path: Path, md5: str) -> None:
+    """Download `url` to `path` unless it is there, safely when many processes ask at once.
+
+    Every rank of every node calls this at start-up. An exclusive lock on `.<name>.lock` beside
+    `path` lets one process download while the others wait; they then find the finished file.
+    The file is written under a temporary name in the same directory, its MD5 checked, and only
+    then renamed into place, so `path` is either absent or complete and verified. Where the
+    filesystem has no working flock (some shared filesystems, e.g. Lustre without `-o flock`),
+    processes download side by side and the renames still leave one good file; download on one
+    node before starting the others to avoid the repeated traffic.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        except OSError as exc:
+            log.warning("%s: no file lock on this filesystem (%s); downloading without one",
+                        path.parent, exc.strerror or exc)
+        if not path.is_file():  # another process may have finished it while this one waited
+            _download_verified(url, path, md5)
+
+
+def _download_verified(url: str, path: Path, md5: str) -> None:
+    """Stream `url` into a temporary file beside `path`, check its MD5, rename it into place."""
+    by_hand = f"download it by hand to {path}"
+    log.info("downloading %s to %s", url, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; the data set is for everyone sharing the directory
+        digest = hashlib.md5()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                    while chunk := response.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except urllib.error.HTTPError as exc:
+                raise DataError(f"cannot download {url} (HTTP {exc.code} {exc.reason}); {by_hand}") from None
+            except urllib.error.URLError as exc:
+                raise DataError(f"cannot download {url} ({exc.reason}); {by_hand}") from None
+            except OSError as exc:  # connection reset, timeout, disk full
+                raise DataError(f"cannot download {url} to {tmp} ({exc.strerror or exc}); {by_hand}") from None
+        if digest.hexdigest() != md5:
+            raise DataError(f"{url}: the download has MD5 {digest.hexdigest()}, expected {md5} "
+                            f"(nothing was kept); {by_hand}")
+        os.replace(tmp, path)  # atomic: other processes see no file or the whole verified one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 # ------------------------------------------------------------------------------------ CIFAR-10
 
 
@@ -249,9 +314,7 @@ def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, Im
     if not archive.is_file():
         if not download:
             raise DataError(f"data.root: {archive} not found (set data.download=true to fetch it)")
-        from torchvision.datasets.utils import download_url  # checks the MD5 after downloading
-
-        download_url(CIFAR10_URL, str(archive.parent), archive.name, md5=CIFAR10_MD5)
+        download_once(CIFAR10_URL, archive, CIFAR10_MD5)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             train_x, train_y = _read_cifar_batches(tar, [f"data_batch_{i}" for i in range(1, 6)], str(archive))

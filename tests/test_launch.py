@@ -1,0 +1,81 @@
+"""launch.sh as the multi-node entry: two "nodes" of one process each on 127.0.0.1, joined by torchrun's
+c10d rendezvous, train exactly what one node with two processes trains."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.metrics import read_metrics
+from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env
+
+# Shards follow the global rank and the step is deterministic, so how the ranks are spread over
+# nodes must not change a bit of the result.
+ARGS = [*TINY, "train.deterministic=true", "train.epochs=1", "train.max_steps_per_epoch=4"]
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """The environment for ./launch.sh, with the virtualenv that runs the tests (already set up)."""
+    venv = Path(sys.prefix)
+    assert (venv / ".installed-from").is_file(), (
+        f"{venv} was not made by scripts/setup_env.sh; run the tests with scripts/test.sh")
+    return run_env({"VENV": str(venv), **extra})
+
+
+def launch(runs: Path, console: Path, env: dict[str, str]) -> subprocess.Popen:
+    """./launch.sh on the tiny settings; its console output goes to `console`."""
+    with open(console, "w") as out:
+        return subprocess.Popen(["./launch.sh", *ARGS, f"logging.runs_dir={runs}"], cwd=REPO,
+                                env=launch_env(**env), stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(procs: list[subprocess.Popen], consoles: list[Path]) -> list[str]:
+    try:
+        for proc in procs:
+            proc.wait(timeout=180)
+    finally:  # a hung rendezvous must not outlive the test: torchrun stops its workers on SIGTERM
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    outputs = [console.read_text() for console in consoles]
+    for proc, console, out in zip(procs, consoles, outputs):
+        assert proc.returncode == 0, f"{console.name}: exit {proc.returncode}\n{out[-5000:]}"
+    return outputs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_through_launch_sh_train_what_one_node_with_two_processes_trains(tmp_path):
+    runs = tmp_path / "runs"  # the shared run directory
+    nodes = dict(NNODES="2", NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                 LOCAL_ADDR="127.0.0.1", RUN_NAME="two-nodes", LOGLEVEL="INFO")  # torchrun reports its rendezvous
+    # The reference starts alongside the two nodes: their start-ups overlap on two CPU cores.
+    consoles = [tmp_path / f"node{rank}.txt" for rank in (0, 1)]
+    procs = [launch(runs, console, {**nodes, "NODE_RANK": str(rank)}) for rank, console in enumerate(consoles)]
+    console = tmp_path / "one-node.txt"
+    reference = launch(runs, console, dict(NPROC="2", RUN_NAME="one-node"))  # torchrun --standalone
+    outputs = finish(procs, consoles)
+    finish([reference], [console])
+    assert sum("done: final top-1" in out for out in outputs) == 1  # global rank 0 reports, once
+    for out in outputs:
+        assert "run_id                   : two-nodes" in out and "group_world_size=2" in out
+        assert "master_addr=127.0.0.1" in out  # LOCAL_ADDR, not this machine's host name
+
+    two, one = runs / "two-nodes", runs / "one-node"
+    final_two, final_one = read_metrics(two / "metrics.jsonl")[-1], read_metrics(one / "metrics.jsonl")[-1]
+    assert final_two["val/top1"] == final_one["val/top1"] and final_two["val/loss"] == final_one["val/loss"]
+    ckpt_two, ckpt_one = load_ckpt(two / "last.pt"), load_ckpt(one / "last.pt")
+    assert ckpt_two["world_size"] == ckpt_one["world_size"] == 2
+    assert ckpt_two["counters"] == ckpt_one["counters"]
+    assert_same_tensors(ckpt_one["model"], ckpt_two["model"], "model")
+    assert_same_tensors(ckpt_one["optimizer"], ckpt_two["optimizer"], "optimizer")
