@@ -1,4 +1,10 @@
-"""SIGTERM/SIGINT handling: finish the current step, checkpoint, exit; a second signal exits at once."""
+"""SIGTERM/SIGINT handling: finish the current step, checkpoint, exit; a second Ctrl-C exits at once.
+
+Only a second SIGINT (a person pressing Ctrl-C again) means "exit now". A repeated SIGTERM does
+not: under SLURM and torchrun one stop request commonly arrives twice (`scancel --signal=TERM`
+reaches every process of the step, and torchrun's agent forwards its own SIGTERM a moment later),
+and exiting on the second would skip the checkpoint the first one asked for.
+"""
 
 from __future__ import annotations
 
@@ -31,11 +37,13 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
+            if signum != signal.SIGINT:
+                return  # the same stop request again: the checkpoint is already on its way
             os.write(2, f"second {signal.Signals(signum).name}: exiting now without a checkpoint\n".encode())
             os._exit(128 + signum)
         self.signum = signum
         log.warning("%s received: stopping after the current step and writing a checkpoint "
-                    "(send it again to exit at once)", signal.Signals(signum).name)
+                    "(press Ctrl-C again to exit at once)", signal.Signals(signum).name)
 
     @property
     def requested(self) -> bool:

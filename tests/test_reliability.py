@@ -133,6 +133,21 @@ def test_second_signal_exits_at_once(tmp_path):
     assert "exiting now without a checkpoint" in err
 
 
+def test_a_repeated_sigterm_is_the_same_stop_request():
+    """Under SLURM + torchrun one stop arrives twice (scancel, then the agent): it must not skip the checkpoint."""
+    from pipeline.preemption import StopRequest
+
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # would have been os._exit(143) before
+        time.sleep(0.05)
+        assert stop.requested and stop.signum == signal.SIGTERM
+    finally:
+        stop.uninstall()
+
+
 # ------------------------------------------------------------------------- elastic restarts
 
 
