@@ -312,7 +312,8 @@ def load_runs(args: list[str]) -> list[Run]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories or glob patterns (runs/quick*)")
     parser.add_argument("--markdown", action="store_true", help="print a GitHub Markdown table")
     parser.add_argument("--plot", metavar="PNG", help="also draw top-1 and loss curves of every run into PNG")

@@ -225,7 +225,8 @@ def report(points: list[Point], results: dict[str, int], sweep_name: str) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]: fixed for every point")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a swept key and its values; repeat for more keys (cartesian product)")
