@@ -7,8 +7,8 @@
 
 One row per run: its name, the config keys whose values differ between the runs (dotted keys of
 each run's config.yaml; the run name, runs_dir and W&B name are left out), final top-1 (the last
-evaluation), best top-1 and its epoch, time to accuracy, mean training images/sec, wall time and
-why the run ended. Figures come from runs/<name>/summary.json when the trainer wrote one at the
+evaluation), best top-1 and its epoch, time to accuracy, training images/sec (total images over
+total time, warm-up and evaluation excluded), wall time (s) and why the run ended. Figures come from runs/<name>/summary.json when the trainer wrote one at the
 end of the run; otherwise they are derived from metrics.jsonl, a `-` marks what cannot be, and the
 end reason reads `unknown` (or `running?` while metrics.jsonl is still growing).
 
@@ -140,10 +140,18 @@ def derive_figures(run: Run) -> dict[str, Any]:
         "final/top1": evals[-1]["val/top1"] if evals else None,
         "best/top1": best["val/top1"] if best else None,
         "best/epoch": best["epoch"] if best else None,
-        "perf/mean_images_per_sec": sum(rates) / len(rates) if rates else None,
+        "perf/mean_images_per_sec": mean_rate(rates),
         "time/wall_seconds": times[-1] if times else None,
         "end/reason": "running?" if looks_running(run, evals) else "unknown",
     }
+
+
+def mean_rate(rates: list[float]) -> float | None:
+    """Images/sec over all logged windows: total images / total time. The windows hold equal numbers
+    of images (log_every steps), so that is the harmonic mean of their rates; the arithmetic mean
+    would let a few fast windows on a busy machine overstate throughput several times."""
+    rates = [r for r in rates if isinstance(r, (int, float)) and math.isfinite(r) and r > 0]
+    return len(rates) / sum(1 / r for r in rates) if rates else None
 
 
 def looks_running(run: Run, evals: list[dict[str, Any]]) -> bool:
@@ -279,7 +287,7 @@ def plot_runs(runs: list[Run], path: str | Path) -> None:
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=1, frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0.04 + 0.035 * len(runs), 1, 1))
+    fig.tight_layout(rect=(0, 0.02 + 0.028 * len(runs), 1, 1))  # room for the legend: a line per run
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

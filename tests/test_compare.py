@@ -134,10 +134,25 @@ def test_summary_json_is_preferred(runs, tmp_path, capsys):
     assert without["to 92.6%: epoch, wall s"] == "not reached" and without["end"] == "unknown"
 
 
-def test_time_continues_across_a_resume():
-    """metrics.jsonl's time restarts at 0 in a resumed process; the compared wall time keeps rising."""
-    records = [{"time": 1.0}, {"time": 5.0}, {"time": 0.5}, {"time": 2.0}, {"step": 1}]
-    assert [r.get("time") for r in compare.continuous_time(records)] == [1.0, 5.0, 5.5, 7.0, None]
+def test_figures_derived_from_metrics_jsonl(tmp_path, capsys):
+    """Without summary.json: throughput is total images over total time, `time` keeps rising across a
+    resume (it restarts at 0 in the new process), a killed writer's partial last line is dropped."""
+    run = tmp_path / "hand-made"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 3\n")
+    records = [{"time": 1.0, "epoch": 0.5, "train/loss": 2.0, "perf/images_per_sec": 100.0},
+               {"time": 2.0, "epoch": 1.0, "train/loss": 1.5, "perf/images_per_sec": 300.0},
+               {"time": 2.5, "epoch": 1, "val/top1": 0.3},
+               {"time": 0.4, "epoch": 1.5, "train/loss": 1.2},  # resumed here
+               {"time": 1.0, "epoch": 2, "val/top1": 0.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"time": 1.3, "ep')
+    assert compare.main([str(run)]) == 0
+    (row,) = text_table(capsys.readouterr().out)
+    assert (row["final top-1 %"], row["best top-1 %"], row["best epoch"]) == ("25.00", "30.00", "1")
+    assert row["img/s"] == "150"  # two equal windows at 100 and 300 img/s, not their mean of 200
+    assert row["wall s"] == "3.5" and row["end"] == "running?"  # fresh file, epoch 3 not evaluated yet
+    (run / "config.yaml").write_text("train:\n  epochs: 2\n")
+    assert compare.load_run(run).figures["end/reason"] == "unknown"  # all evaluated, but no summary.json
 
 
 def test_not_a_run_directory_exits_2_naming_the_path(tmp_path):
