@@ -1,0 +1,229 @@
+"""pipeline.compare and pipeline.sweep on runs of the real trainer (the tiny settings of tests/runs.py).
+
+    pytest tests/test_compare.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import compare, sweep
+from pipeline.config import load_config
+from runs import REPO, TINY, run_env, run_train
+
+# Three runs, each differing from the baseline in one key. The first two come from a local grid
+# (`pipeline.sweep`, which the sweep test checks), the third from run_train at the same time:
+# five processes would not fit this file's time budget on two cores.
+SWEEP = ["--grid", "optim.lr=0.1,0.05", "--name", "cmp"]
+VARIANTS = {"cmp-lr0.1": ("0.1", "0.0"), "cmp-lr0.05": ("0.05", "0.0"), "cmp-smooth": ("0.1", "0.1")}
+DIFFERING = {"optim.lr", "train.label_smoothing"}
+
+
+@dataclass
+class Runs:
+    root: Path                             # holds the three run directories
+    sweep: subprocess.CompletedProcess     # what `python -m pipeline.sweep` printed
+
+    def dirs(self) -> list[str]:
+        return [str(self.root / name) for name in VARIANTS]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    root = tmp_path_factory.mktemp("compare-runs")
+    with ThreadPoolExecutor(2) as pool:
+        swept = pool.submit(run_cli, "pipeline.sweep", *SWEEP, *TINY, f"logging.runs_dir={root}")
+        pool.submit(run_train, root, "cmp-smooth", "train.label_smoothing=0.1", "wandb.group=cmp").result()
+        proc = swept.result()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Runs(root, proc)
+
+
+def run_cli(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=240, env=run_env({"PYTHONPATH": str(REPO)}))
+
+
+def text_table(stdout: str) -> list[dict[str, str]]:
+    """The aligned table back into rows of {header: cell} (columns are separated by 2+ spaces)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    header = re.split(r"\s{2,}", lines[0].strip())
+    assert set(lines[1].replace(" ", "")) == {"-"}, lines[1]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
+    assert all(len(row) == len(header) for row in rows), stdout
+    return [dict(zip(header, row)) for row in rows]
+
+
+def val_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "val/top1" in r]
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+@pytest.mark.slow
+def test_table_shows_the_differing_keys_and_the_recorded_accuracy(runs, capsys):
+    assert compare.main(runs.dirs()) == 0
+    rows = text_table(capsys.readouterr().out)
+    assert [row["run"] for row in rows] == list(VARIANTS)
+    config_columns = set(rows[0]) - {"run", "final top-1 %", "best top-1 %", "best epoch", "img/s", "wall s", "end"}
+    assert config_columns == DIFFERING
+    assert [(row["optim.lr"], row["train.label_smoothing"]) for row in rows] == list(VARIANTS.values())
+    for row in rows:
+        evals = val_records(runs.root / row["run"])
+        best = max(evals, key=lambda r: r["val/top1"])
+        assert row["final top-1 %"] == f"{100 * evals[-1]['val/top1']:.2f}"
+        assert row["best top-1 %"] == f"{100 * best['val/top1']:.2f}"
+        assert row["best epoch"] == f"{best['epoch']}"
+        assert float(row["img/s"].replace(",", "")) > 0 and float(row["wall s"]) > 0
+        assert row["end"] == "unknown"  # finished, but this trainer writes no summary.json
+
+
+@pytest.mark.slow
+def test_glob_patterns_are_expanded(runs, capsys):
+    assert compare.main([str(runs.root / "cmp-lr*"), str(runs.root / "cmp-smooth"), runs.dirs()[0]]) == 0
+    assert sorted(row["run"] for row in text_table(capsys.readouterr().out)) == sorted(VARIANTS)  # each once
+
+
+@pytest.mark.slow
+def test_markdown_table(runs, capsys):
+    assert compare.main([*runs.dirs(), "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + len(VARIANTS)
+    assert all(line.startswith("| ") and line.endswith(" |") for line in lines)
+    columns = [len(re.findall(r"(?<!\\)\|", line)) - 1 for line in lines]
+    assert len(set(columns)) == 1, columns
+    assert re.fullmatch(r"\|( ---:? \|)+", lines[1]), lines[1]
+    assert DIFFERING <= {cell.strip() for cell in lines[0].split("|")}
+
+
+@pytest.mark.slow
+def test_plot_writes_a_png(runs, tmp_path, capsys):
+    out = tmp_path / "compare.png"
+    assert compare.main([*runs.dirs(), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_summary_json_is_preferred(runs, tmp_path, capsys):
+    """summary.json (the trainer's end-of-run record) wins over what metrics.jsonl suggests."""
+    run = tmp_path / "with-summary"
+    shutil.copytree(runs.root / "cmp-lr0.1", run)
+    (run / "summary.json").write_text(json.dumps({
+        "final/top1": 0.9123, "best/top1": 0.9301, "best/epoch": 7, "perf/mean_images_per_sec": 12345.0,
+        "end/reason": "target_reached", "end/exit_code": 0, "time/wall_seconds": 456.0,
+        "time/train_seconds": 400.0, "tta/92.6/train_seconds": 100.0, "tta/92.6/wall_seconds": 123.4,
+        "tta/92.6/epoch": 7}))
+    assert compare.main([str(run), runs.dirs()[1]]) == 0
+    with_summary, without = text_table(capsys.readouterr().out)
+    assert with_summary["final top-1 %"] == "91.23" and with_summary["best top-1 %"] == "93.01"
+    assert with_summary["best epoch"] == "7" and with_summary["img/s"] == "12,345"
+    assert with_summary["wall s"] == "456.0" and with_summary["end"] == "target_reached"
+    assert with_summary["to 92.6%: epoch, wall s"] == "7, 123"
+    assert without["to 92.6%: epoch, wall s"] == "not reached" and without["end"] == "unknown"
+
+
+def test_figures_derived_from_metrics_jsonl(tmp_path, capsys):
+    """Without summary.json: throughput is total images over total time, `time` keeps rising across a
+    resume (it restarts at 0 in the new process), a killed writer's partial last line is dropped."""
+    run = tmp_path / "hand-made"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 3\n")
+    records = [{"time": 1.0, "epoch": 0.5, "train/loss": 2.0, "perf/images_per_sec": 100.0},
+               {"time": 2.0, "epoch": 1.0, "train/loss": 1.5, "perf/images_per_sec": 300.0},
+               {"time": 2.5, "epoch": 1, "val/top1": 0.3},
+               {"time": 0.4, "epoch": 1.5, "train/loss": 1.2},  # resumed here
+               {"time": 1.0, "epoch": 2, "val/top1": 0.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"time": 1.3, "ep')
+    assert compare.main([str(run)]) == 0
+    (row,) = text_table(capsys.readouterr().out)
+    assert (row["final top-1 %"], row["best top-1 %"], row["best epoch"]) == ("25.00", "30.00", "1")
+    assert row["img/s"] == "150"  # two equal windows at 100 and 300 img/s, not their mean of 200
+    assert row["wall s"] == "3.5" and row["end"] == "running?"  # fresh file, epoch 3 not evaluated yet
+    (run / "config.yaml").write_text("train:\n  epochs: 2\n")
+    assert compare.load_run(run).figures["end/reason"] == "unknown"  # all evaluated, but no summary.json
+
+
+def test_not_a_run_directory_exits_2_naming_the_path(tmp_path):
+    (tmp_path / "no-metrics").mkdir()
+    (tmp_path / "no-metrics" / "config.yaml").write_text("name: x\n")
+    for bad, why in [(tmp_path / "missing", "no such run directory"),
+                     (tmp_path / "no-metrics", "no metrics.jsonl"),
+                     (tmp_path / "nothing-*", "no run directories match")]:
+        proc = run_cli("pipeline.compare", str(bad))
+        assert proc.returncode == 2, proc.stderr
+        assert str(bad) in proc.stderr and why in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+# -------------------------------------------------------------------------------------- sweep
+
+
+@pytest.mark.slow
+def test_local_grid_trains_every_point_and_prints_the_table(runs):
+    proc = runs.sweep
+    for name, lr in [("cmp-lr0.1", 0.1), ("cmp-lr0.05", 0.05)]:
+        cfg = yaml.safe_load((runs.root / name / "config.yaml").read_text())
+        assert cfg["optim"]["lr"] == lr and cfg["wandb"]["group"] == "cmp" and cfg["logging"]["run_name"] == name
+        assert val_records(runs.root / name)
+    assert proc.stdout.count("train_dist.py") == 2  # each point through the entry point, in order
+    table = proc.stdout[proc.stdout.index("\nrun "):]
+    assert [(row["run"], row["optim.lr"]) for row in text_table(table)] == [("cmp-lr0.1", "0.1"),
+                                                                            ("cmp-lr0.05", "0.05")]
+
+
+def test_grid_is_validated_before_any_point_runs(tmp_path, capsys):
+    code = sweep.main(["--grid", "optim.lr=0.05,-1", *TINY, f"logging.runs_dir={tmp_path}"])
+    assert code == 2 and list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert "optim.lr=-1" in err and "greater than 0" in err
+    assert sweep.main(["--grid", "optim.lrr=0.05", *TINY]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+def test_dry_run_prints_one_entry_point_command_per_point(tmp_path, capsys):
+    args = ["configs/quickstart.yaml", "--grid", "optim.lr=0.05,0.1", "--grid", "schedule.name=onecycle,cosine",
+            "--name", "s", "--nproc", "2", f"logging.runs_dir={tmp_path}", "--dry-run"]
+    assert sweep.main(args) == 0 and list(tmp_path.iterdir()) == []
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 4
+    assert all("torch.distributed.run --standalone --nproc-per-node=2" in c and "train_dist.py configs/quickstart.yaml"
+               in c and "wandb.group=s" in c for c in commands)
+    names = [re.search(r"logging.run_name=(\S+)", c).group(1) for c in commands]
+    assert names == ["s-lr0.05-nameonecycle", "s-lr0.05-namecosine", "s-lr0.1-nameonecycle", "s-lr0.1-namecosine"]
+
+
+def test_point_labels_are_unique_and_filesystem_safe():
+    grid = sweep.parse_grid(["data.train.crop=30,32", "data.eval.crop=36", "schedule.milestones=[5,10],[5]"])
+    assert grid["schedule.milestones"] == ["[5,10]", "[5]"]
+    points = sweep.grid_points(grid)
+    labels = sweep.unique_labels(points, sweep.short_names(list(grid)))
+    assert len(set(labels)) == len(points) == 4
+    assert labels[0] == "data_train_crop30-data_eval_crop36-milestones5_10"
+    assert all(re.fullmatch(r"[A-Za-z0-9._+-]+", label) for label in labels)
+    clash = [{"k": "a b"}, {"k": "a/b"}]  # both sanitize to "ka_b": a hash of the values tells them apart
+    assert len(set(sweep.unique_labels(clash, {"k": "k"}))) == 2
+
+
+def test_wandb_sweep_example_uses_the_entry_point_and_valid_values():
+    spec = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())
+    assert spec["command"] == ["${env}", "${interpreter}", "train_dist.py", "configs/quickstart.yaml",
+                               "${args_no_hyphens}"]
+    assert spec["metric"] == {"name": "val/top1", "goal": "maximize"}
+    for key, domain in spec["parameters"].items():
+        values = domain.get("values", [domain.get("value")] if "value" in domain else
+                            [domain.get("min"), domain.get("max")])
+        for value in values:
+            # the agent writes f"{param}={value}" (wandb/sdk/launch/sweeps/utils.py)
+            load_config(REPO / "configs" / "quickstart.yaml", [f"{key}={value}"])
