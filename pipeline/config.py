@@ -93,6 +93,9 @@ class DataConfig(Section):
     device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available")
     num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0)
     prefetch_queue_depth: int = _f(2, "batches DALI prepares ahead of the training step", gt=0)
+    hw_decoder_load: float = _f(
+        0.65, "GPU JPEG decoding: share of each batch sent to the hardware decoder (A100/H100/H200), the rest "
+        "to the CUDA decoder", ge=0.0, le=1.0)
     std_eps: float = _f(1e-5, "added to the per-image variance before the square root (pixel units^2)", ge=0.0)
     check_images: Literal["off", "error", "skip"] = _f(
         "off",

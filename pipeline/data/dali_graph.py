@@ -1,27 +1,42 @@
-"""The DALI graph: decode, random-side resize + crop + flip in one ROI resize, per-image standardization.
+"""The DALI graph: read, decode, resize the shorter side, crop + flip; uint8 out.
 
 One function builds the graph for every source and device. On GPU the JPEG decoder is DALI's
-`mixed` one and decodes only the crop window; resize, normalization and casting run as GPU
-operators. On CPU (`device_id=None`) the same code builds CPU operators.
+`mixed` one and the resize and crop run as GPU operators; on CPU (`device_id=None`) the same code
+builds CPU operators, and a CPU graph feeding a GPU trainer ends with a copy to the GPU inside
+DALI (so it overlaps with training).
 
-The reference augmentation is "resize the shorter side to s ~ U{min_side..max_side}, take a
-random crop x crop window, flip with p = 0.5". The graph computes that crop's window in source
-pixels (side = shorter_side * crop / s, at a uniform random position) and resizes the window
-straight to crop x crop: the same distribution of views as resize-then-crop, without producing
-the larger intermediate image. The flip is free: a resize whose ROI runs right-to-left mirrors
-the image. Evaluation uses the same code with s = size and the window centred.
+The augmentation is the reference's, operation for operation: resize the shorter side to
+s ~ U{min_side..max_side} with a (per-image) filter, take a crop x crop window at a uniformly
+random position, flip it with p = flip_prob. Evaluation resizes the shorter side to `size` and
+takes the centred crop.
 
-Standardization is per image over all pixels and channels: (x - mean) / sqrt(var + eps).
+Where the per-image random numbers come from, and why: every random draw (s, the crop
+position, the flip, the filter) is made in numpy by the batch callback (`draw_augmentation`), from
+a generator seeded by (seed, epoch, iteration), and enters the graph as a per-sample argument.
+The graph itself has no random or arithmetic operators. DALI runs CPU operators one sample at a
+time, so a graph that computed the crop window from the image shape with DALI arithmetic spent
+~40 tiny per-sample operators per image, which capped the loader near 20k images/s on a 16-core
+host (and made up most of the CPU graph's time here). Batches also stay a pure function of
+(epoch, iteration): exact resume needs only the position, not DALI's random state.
+
+Standardization, (x - mean) / sqrt(var + eps) per image over all pixels and channels, is not in
+the graph: DALI cannot emit bfloat16 and `fn.normalize` cannot emit float16, so the graph hands
+uint8 to torch, which standardizes and casts in one pass (`pipeline/data/loader.py`). That moves
+a quarter of the bytes a float32 graph output would, for every training dtype.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
+
+import numpy as np
 
 from pipeline.constants import INTERPOLATIONS
 
 STAGES = ("read", "decode", "resize", "full")  # cumulative graph prefixes, for benchmarking
+AUGMENT_ARGS = ("side", "crop_x", "crop_y", "mirror")  # per-sample arguments, in output order (+ "interp")
 
 
 @dataclass(frozen=True)
@@ -34,80 +49,73 @@ class AugmentSpec:
     random_crop: bool  # False: centred window (evaluation)
     flip_prob: float
     interpolation: str  # nearest | bilinear | bicubic | random
-    std_eps: float
-    output_dtype: Literal["float16", "float32"]
 
     @classmethod
-    def for_train(cls, aug: Any, std_eps: float, output_dtype: str) -> "AugmentSpec":
-        return cls(aug.crop, aug.min_side, aug.max_side, True, aug.flip_prob, aug.interpolation, std_eps, output_dtype)
+    def for_train(cls, aug: Any) -> "AugmentSpec":
+        return cls(aug.crop, aug.min_side, aug.max_side, True, aug.flip_prob, aug.interpolation)
 
     @classmethod
-    def for_eval(cls, aug: Any, std_eps: float, output_dtype: str) -> "AugmentSpec":
-        return cls(aug.crop, aug.size, aug.size, False, 0.0, aug.interpolation, std_eps, output_dtype)
+    def for_eval(cls, aug: Any) -> "AugmentSpec":
+        return cls(aug.crop, aug.size, aug.size, False, 0.0, aug.interpolation)
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        """The per-sample arguments the graph takes: AUGMENT_ARGS, plus "interp" for a random filter."""
+        return AUGMENT_ARGS + (("interp",) if self.interpolation == "random" else ())
 
 
-def _interp_type(spec: AugmentSpec) -> Any:
-    from nvidia.dali import fn, types
+def draw_augmentation(spec: AugmentSpec, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """Per-sample arguments for `n` images, named by `spec.argument_names`, in that order.
 
-    table = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
-    if spec.interpolation != "random":
-        return table[spec.interpolation]
-    # A filter per image, as the reference did: draw an integer code, cast it to the enum type.
-    codes = [int(table[name]) for name in INTERPOLATIONS]
-    return fn.cast(fn.random.uniform(values=codes, dtype=types.INT32), dtype=types.INTERP_TYPE)
-
-
-def _crop_window(shape: Any, spec: AugmentSpec) -> tuple[Any, Any]:
-    """Relative (start, size) of the crop window, each a (y, x) pair in [0, 1]."""
-    from nvidia.dali import fn, types
-    import nvidia.dali.math as dmath
-
-    height = fn.cast(shape[0], dtype=types.FLOAT)
-    width = fn.cast(shape[1], dtype=types.FLOAT)
-    if spec.min_side == spec.max_side:
-        side = float(spec.min_side)
-    else:
-        side = fn.random.uniform(values=[float(s) for s in range(spec.min_side, spec.max_side + 1)])
-    window = dmath.min(height, width) * (spec.out_side / side)  # source pixels seen by the crop
-    size_y, size_x = window / height, window / width
+    side: resized shorter side (float32 px); crop_x, crop_y: the window's position as a fraction
+    of the free space (0 = left/top, 1 = right/bottom); mirror: 1 = flip (int32); interp (random
+    filter only): an index into INTERPOLATIONS (int32).
+    """
+    side = rng.integers(spec.min_side, spec.max_side, n, endpoint=True).astype(np.float32)
     if spec.random_crop:
-        pos = fn.random.uniform(range=[0.0, 1.0], shape=[2])
-        start_y, start_x = pos[0] * (1.0 - size_y), pos[1] * (1.0 - size_x)
+        crop_x, crop_y = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
     else:
-        start_y, start_x = (1.0 - size_y) * 0.5, (1.0 - size_x) * 0.5
-    return fn.stack(start_y, start_x), fn.stack(size_y, size_x)
+        crop_x = crop_y = np.full(n, 0.5, np.float32)
+    mirror = (rng.random(n) < spec.flip_prob).astype(np.int32)
+    if spec.interpolation == "random":
+        return side, crop_x, crop_y, mirror, rng.integers(0, len(INTERPOLATIONS), n).astype(np.int32)
+    return side, crop_x, crop_y, mirror
 
 
-def _resize_roi(start: Any, size: Any, spec: AugmentSpec) -> tuple[Any, Any]:
-    """ROI (start, end) for fn.resize; x runs right-to-left (a mirror) for flipped images."""
+def _interp_types(codes: Any) -> Any:
+    """INTERPOLATIONS indices -> DALI interpolation types (nearest, linear, cubic), per sample."""
     from nvidia.dali import fn, types
 
-    if spec.flip_prob <= 0.0:
-        return start, start + size
-    flip = fn.cast(fn.random.coin_flip(probability=spec.flip_prob), dtype=types.FLOAT)
-    x0 = start[1] + flip * size[1]
-    x1 = start[1] + size[1] - flip * size[1]
-    return fn.stack(start[0], x0), fn.stack(start[0] + size[0], x1)
+    table = np.array([int(types.INTERP_NN), int(types.INTERP_LINEAR), int(types.INTERP_CUBIC)], np.int32)
+    return fn.cast(fn.lookup_table(codes, keys=list(range(len(table))), values=table.tolist(), dtype=types.INT32),
+                   dtype=types.INTERP_TYPE)
 
 
 def build_pipeline(
-    source: Callable[[Any], tuple[Any, Any]],
+    arguments: Callable[[Any], tuple[Any, ...]],
+    samples: Callable[[Any], Any],
     spec: AugmentSpec,
     *,
-    encoded: bool,
+    sample_kind: Literal["paths", "encoded", "arrays", "resident"],
     device: Literal["gpu", "cpu"],
     device_id: int | None,
     batch_size: int,
     num_threads: int,
     prefetch_queue_depth: int,
     seed: int,
+    samples_stream: Any = None,
+    hw_decoder_load: float = 0.65,
     checkpoint: bytes | None = None,
     stop_after: str | None = None,
 ) -> Any:
-    """A built DALI pipeline with outputs (images HWC in spec.output_dtype, labels int64).
+    """A built DALI pipeline with outputs (images uint8 HWC, labels int64).
 
-    `source(batch_info)` returns (samples, labels) for one batch: encoded image bytes when
-    `encoded`, else uint8 HWC arrays; it raises StopIteration at the end of an epoch.
+    Two batch callbacks feed it, both called with DALI's batch_info and raising StopIteration at
+    the end of an epoch: `arguments` returns (labels, *per-sample augmentation arguments in
+    `spec.argument_names` order), `samples` the images: file paths as uint8 arrays (`sample_kind="paths"`,
+    read by DALI's C++ file reader), encoded image bytes ("encoded"), uint8 HWC arrays ("arrays"),
+    or uint8 HWC arrays already on the GPU, made on `samples_stream` ("resident").
+    A CPU graph (`device="cpu"`) with a `device_id` copies its outputs to that GPU at the end.
     `stop_after` ("read", "decode", "resize") truncates the graph, for the benchmark's per-stage
     breakdown only.
     """
@@ -119,40 +127,48 @@ def build_pipeline(
 
     @pipeline_def(enable_checkpointing=True)
     def graph():
-        samples, labels = fn.external_source(
-            source=source, num_outputs=2, batch=True, batch_info=True,
-            layout=[None if encoded else "HWC", None],
-        )
-        if stop_after == "read":
-            return samples, labels
-        shape = fn.peek_image_shape(samples) if encoded else samples.shape()
-        start, size = _crop_window(shape, spec)
-        if encoded:
-            # Decode only the crop window (nvJPEG/libjpeg-turbo ROI decoding where supported).
-            images = fn.decoders.image_slice(
-                samples, start, size, normalized_anchor=True, normalized_shape=True,
-                axis_names="HW", output_type=types.RGB, device="mixed" if gpu else "cpu",
-            )
-            start, size = fn.stack(0.0, 0.0), fn.stack(1.0, 1.0)  # the window is the whole image now
+        labels, *args = fn.external_source(source=arguments, num_outputs=1 + len(spec.argument_names),
+                                           batch=True, batch_info=True)
+        arg = dict(zip(spec.argument_names, args))
+        layout = "HWC" if sample_kind in ("arrays", "resident") else None
+        if sample_kind == "resident":
+            data = fn.external_source(source=samples, batch=True, batch_info=True, layout=layout, device="gpu",
+                                      cuda_stream=samples_stream)
         else:
-            images = samples.gpu() if gpu else samples
+            data = fn.external_source(source=samples, batch=True, batch_info=True, layout=layout)
+        if sample_kind == "paths":
+            data = fn.io.file.read(data, dont_use_mmap=True)  # small files: read() beats mmap
+        if stop_after == "read":
+            return data, labels
+        if sample_kind in ("arrays", "resident"):
+            images = data.gpu() if gpu and sample_kind == "arrays" else data
+        else:
+            decoder = dict(device="mixed", hw_decoder_load=hw_decoder_load) if gpu else dict(device="cpu")
+            images = fn.decoders.image(data, output_type=types.RGB, **decoder)
         if stop_after == "decode":
             return images, labels
-        roi_start, roi_end = _resize_roi(start, size, spec)
-        images = fn.resize(
-            images, size=[spec.out_side, spec.out_side], roi_start=roi_start, roi_end=roi_end,
-            roi_relative=True, interp_type=_interp_type(spec), dtype=types.FLOAT,
-        )
+        filters = (_interp_types(arg["interp"]) if spec.interpolation == "random"
+                   else {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR,
+                         "bicubic": types.INTERP_CUBIC}[spec.interpolation])
+        images = fn.resize(images, resize_shorter=arg["side"], interp_type=filters)
         if stop_after == "resize":
             return images, labels
-        images = fn.normalize(images, axis_names="HWC", epsilon=spec.std_eps)
-        if spec.output_dtype == "float16":
-            images = fn.cast(images, dtype=types.FLOAT16)  # fn.normalize cannot emit float16
-        return images, labels.gpu() if gpu else labels
+        images = fn.crop_mirror_normalize(
+            images, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"], crop_pos_y=arg["crop_y"], mirror=arg["mirror"],
+            dtype=types.UINT8, output_layout="HWC",
+        )
+        if gpu:
+            return images, labels.gpu()
+        if device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI
+            return images.gpu(), labels.gpu()
+        return images, labels
 
     pipe = graph(
         batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
         prefetch_queue_depth=prefetch_queue_depth, checkpoint=checkpoint,
     )
-    pipe.build()
+    with warnings.catch_warnings():
+        if stop_after is not None:  # a truncated graph leaves the augmentation arguments unused, on purpose
+            warnings.filterwarnings("ignore", message="The external source node .* not used")
+        pipe.build()
     return pipe

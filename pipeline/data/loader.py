@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import STAGES, AugmentSpec, build_pipeline
+from pipeline.data.dali_graph import STAGES, AugmentSpec
+from pipeline.data.dali_loader import Batch, DaliLoader
 from pipeline.data.images import find_bad_images
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet, open_source
-from pipeline.errors import BadImageError, ConfigError, DataError
+from pipeline.errors import BadImageError, ConfigError
 
 log = logging.getLogger(__name__)
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
 
 BACKENDS = ("dali", "torchvision", "synthetic")
 
@@ -49,133 +46,6 @@ class Loader(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
 
     def state_dict(self) -> dict[str, Any] | None: ...
-
-
-class _BatchSource:
-    """DALI external-source callable: batch `iteration` of `epoch_idx` for this rank.
-
-    It depends only on (epoch, iteration), which is what lets DALI checkpoint and restore the
-    position exactly. The last few index batches are kept so a decode failure can be traced
-    to its file.
-    """
-
-    def __init__(self, images: ImageSet, plan: ShardedBatches, epoch_offset: int, history: int) -> None:
-        self.images, self.plan, self.epoch_offset = images, plan, epoch_offset
-        self.recent: deque[np.ndarray] = deque(maxlen=history)
-
-    def __call__(self, info: Any) -> tuple[Any, np.ndarray]:
-        if info.iteration >= len(self.plan):
-            raise StopIteration
-        idx = self.plan.indices(self.epoch_offset + info.epoch_idx, info.iteration)
-        self.recent.append(idx)
-        if self.images.is_encoded:
-            samples = [self.images.fetch_encoded(int(i)) for i in idx]
-        else:
-            samples = self.images.fetch_arrays(idx)
-        return samples, self.images.labels[idx]
-
-
-def to_training_batch(images_hwc: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                      dtype: torch.dtype) -> Batch:
-    """DALI's NHWC batch -> the loader interface: an NCHW channels_last view, the training dtype, the device.
-
-    The permute is a view whose strides are already channels_last: no copy.
-    """
-    images = images_hwc.permute(0, 3, 1, 2)
-    if images.dtype != dtype:
-        images = images.to(dtype)  # bfloat16: DALI has no such type; keeps channels_last
-    labels = labels.view(-1)
-    if images.device != device:  # a CPU pipeline feeding a GPU
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-    return images, labels
-
-
-class DaliLoader:
-    """DALI pipeline + sharded index plan behind the loader interface."""
-
-    def __init__(
-        self,
-        images: ImageSet,
-        plan: ShardedBatches,
-        spec: AugmentSpec,
-        *,
-        device: torch.device,
-        dali_device: str,
-        dtype: torch.dtype,
-        num_threads: int,
-        prefetch_queue_depth: int,
-        seed: int,
-        state: dict[str, Any] | None = None,
-        start_epoch: int = 0,
-    ) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
-        self.images, self.plan, self.spec, self.device, self.dtype = images, plan, spec, device, dtype
-        checkpoint = state["dali"] if state else None
-        # A restored DALI checkpoint carries its own epoch counter; a fresh pipeline counts from 0.
-        self._source = _BatchSource(images, plan, 0 if checkpoint else start_epoch, prefetch_queue_depth + 2)
-        self._pipe = build_pipeline(
-            self._source, spec, encoded=images.is_encoded, device=dali_device,
-            device_id=device.index if dali_device == "gpu" else None,
-            batch_size=plan.batch_size, num_threads=num_threads,
-            prefetch_queue_depth=prefetch_queue_depth, seed=seed, checkpoint=checkpoint,
-        )
-        # prepare_first_batch=False: the first batch runs inside __iter__, where errors are diagnosed.
-        self._iter = DALIGenericIterator([self._pipe], ["images", "labels"], auto_reset=False,
-                                         prepare_first_batch=False)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __iter__(self) -> Iterator[Batch]:
-        try:
-            for out in self._iter:
-                yield to_training_batch(out[0]["images"], out[0]["labels"], self.device, self.dtype)
-        except RuntimeError as exc:
-            raise self._diagnose(exc) from exc
-        self._iter.reset()  # starts prefetching the next epoch
-
-    def _diagnose(self, exc: RuntimeError) -> Exception:
-        """Turn DALI's opaque decode failure into an error that names the file(s)."""
-        if not self.images.is_encoded:
-            return exc
-        candidates = sorted({int(i) for idx in self._source.recent for i in idx})
-        bad = find_bad_images(candidates, self.images.read_encoded, self.images.names)
-        if bad:
-            return BadImageError(
-                "undecodable image(s): " + "; ".join(msg for _, msg in bad)
-                + " (remove them, or set data.check_images=skip to leave bad files out)"
-            )
-        names = ", ".join(self.images.names[i] for i in candidates[:8])
-        return DataError(f"DALI failed on a batch drawn from: {names} ...: {str(exc).strip().splitlines()[-1]}")
-
-    def state_dict(self) -> dict[str, Any]:
-        """Position and random state of the pipeline, to restore this loader exactly."""
-        return {"dali": self._iter.checkpoints()[0]}
-
-
-class DaliStageLoader:
-    """The DALI graph cut after a stage (read, decode, resize): yields its raw outputs per batch.
-
-    For the benchmarks' per-stage table only: outputs stay DALI TensorLists (ragged before the
-    resize), `len(batch[0])` is the batch size.
-    """
-
-    def __init__(self, pipe: Any, steps: int) -> None:
-        self._pipe, self._steps = pipe, steps
-
-    def __len__(self) -> int:
-        return self._steps
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        for _ in range(self._steps):
-            images, labels = self._pipe.run()
-            yield images, labels
-        self._pipe.reset()
-
-    def state_dict(self) -> None:
-        return None
 
 
 class SyntheticLoader:
@@ -209,11 +79,6 @@ def resolve_dali_device(data_device: str) -> str:
     if data_device == "gpu" and not torch.cuda.is_available():
         raise ConfigError("data.device: gpu was asked for but CUDA is not available (use cpu or auto)")
     return data_device
-
-
-def dali_output_dtype(dtype: torch.dtype) -> str:
-    """float16 straight from DALI; bfloat16 is cast from float32 in torch (DALI has no bfloat16)."""
-    return "float16" if dtype == torch.float16 else "float32"
 
 
 def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
@@ -287,23 +152,16 @@ def build_loader(
                           f"{len(images)} training images")
     plan = ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train,
                           seed=seed, max_steps=max_steps)
-    make_spec = AugmentSpec.for_train if train else AugmentSpec.for_eval
-    spec = make_spec(aug, data_cfg.std_eps, dali_output_dtype(dtype))
+    spec = AugmentSpec.for_train(aug) if train else AugmentSpec.for_eval(aug)
     if backend == "torchvision":
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
-        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, num_workers=data_cfg.num_threads,
-                                 seed=seed + rank, start_epoch=start_epoch)
-    aug_seed = seed + rank + (0 if train else 10_000)
-    dali_device = resolve_dali_device(data_cfg.device)
-    if stop_after is not None:
-        pipe = build_pipeline(_BatchSource(images, plan, 0, 4), spec, encoded=images.is_encoded, device=dali_device,
-                              device_id=device.index if dali_device == "gpu" else None, batch_size=batch_size,
-                              num_threads=data_cfg.num_threads, prefetch_queue_depth=data_cfg.prefetch_queue_depth,
-                              seed=aug_seed, stop_after=None if stop_after == "full" else stop_after)
-        return DaliStageLoader(pipe, len(plan))
+        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
+                                 num_workers=data_cfg.num_threads, seed=seed + rank, start_epoch=start_epoch)
     return DaliLoader(
-        images, plan, spec, device=device, dali_device=dali_device, dtype=dtype,
-        num_threads=data_cfg.num_threads, prefetch_queue_depth=data_cfg.prefetch_queue_depth,
-        seed=aug_seed, state=state, start_epoch=start_epoch,
+        images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
+        std_eps=data_cfg.std_eps, num_threads=data_cfg.num_threads,
+        prefetch_queue_depth=data_cfg.prefetch_queue_depth, hw_decoder_load=data_cfg.hw_decoder_load,
+        seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
+        stop_after=stop_after,
     )

@@ -1,11 +1,12 @@
 """The baseline: a torchvision DataLoader doing the same augmentation as the DALI graph.
 
-It exists to be compared against (`python -m pipeline.bench loader`), so it does the identical
-work: decode, resize the shorter side to s ~ U{min_side..max_side}, random crop x crop, flip,
-per-image standardization, the training dtype, NCHW channels_last on the device (made in the workers
-as HWC, like DALI's output, not by a copy in the main process), with the same
-sharded index plan. It is written the way a careful user would write it: uint8 tensor ops
-(torchvision.io decoding, v2 functional resize), worker processes, pinned memory on CUDA.
+It exists to be compared against (`python -m pipeline.bench loader|train`), so it does the
+identical work: decode, resize the shorter side to s ~ U{min_side..max_side}, random crop x crop,
+flip, then the same hand-off as the DALI loader (uint8 NHWC batch on the device, standardized per
+image into the training dtype as NCHW channels_last by `standardize`), with the same sharded index
+plan. It is written the way a careful user would write it: uint8 tensor ops (torchvision.io
+decoding, v2 functional resize) in worker processes, HWC crops so the collated batch needs no
+copy to become channels_last, pinned memory and non_blocking copies on CUDA.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch
 
 from pipeline.constants import INTERPOLATIONS
 from pipeline.data.dali_graph import AugmentSpec
+from pipeline.data.dali_loader import standardize
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
 
 
 class _AugmentedImages(torch.utils.data.Dataset):
-    def __init__(self, images: ImageSet, spec: AugmentSpec, dtype: torch.dtype) -> None:
-        self.images, self.spec, self.dtype = images, spec, dtype
+    def __init__(self, images: ImageSet, spec: AugmentSpec) -> None:
+        self.images, self.spec = images, spec
 
     def __len__(self) -> int:
         return len(self.images)
@@ -55,10 +57,8 @@ class _AugmentedImages(torch.utils.data.Dataset):
         img = img[:, top:top + crop, left:left + crop]
         if random.random() < spec.flip_prob:
             img = img.flip(-1)
-        # HWC in the worker, so the collated NHWC batch is a channels_last NCHW view, as DALI's is.
-        x = img.permute(1, 2, 0).float()
-        x = (x - x.mean()) / torch.sqrt(x.var(correction=0) + spec.std_eps)
-        return x.to(self.dtype), int(self.images.labels[index])
+        # HWC uint8, as DALI's output: the collated NHWC batch is a channels_last NCHW view.
+        return img.permute(1, 2, 0).contiguous(), int(self.images.labels[index])
 
 
 class _PlanSampler(torch.utils.data.Sampler):
@@ -78,11 +78,11 @@ class _PlanSampler(torch.utils.data.Sampler):
 
 class TorchvisionLoader:
     def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, *, device: torch.device,
-                 dtype: torch.dtype, num_workers: int, seed: int, start_epoch: int = 0) -> None:
-        self.device = device
+                 dtype: torch.dtype, std_eps: float, num_workers: int, seed: int, start_epoch: int = 0) -> None:
+        self.device, self.dtype, self.std_eps = device, dtype, std_eps
         self._sampler = _PlanSampler(plan, start_epoch)
         self._loader = torch.utils.data.DataLoader(
-            _AugmentedImages(images, spec, dtype), batch_sampler=self._sampler, num_workers=num_workers,
+            _AugmentedImages(images, spec), batch_sampler=self._sampler, num_workers=num_workers,
             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),
@@ -94,7 +94,7 @@ class TorchvisionLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self._loader:
-            images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC -> channels_last NCHW
+            images = standardize(images.to(self.device, non_blocking=True), self.std_eps, self.dtype)
             yield images, labels.to(self.device, non_blocking=True)
 
     def state_dict(self) -> None:
