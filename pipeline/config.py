@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.constants import INTERPOLATIONS
 from pipeline.errors import ConfigError
@@ -142,6 +142,9 @@ class ScheduleConfig(Section):
 # -------------------------------------------------------------------------------------- training
 
 
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
 class TrainConfig(Section):
     """The training loop."""
 
@@ -150,7 +153,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
         "auto", "autocast dtype: auto = bf16 on CUDA, fp32 on CPU; fp16 adds a GradScaler"
     )
-    compile: bool = _f(False, "wrap the model in torch.compile")
+    compile: CompileMode = _f(
+        "off", "torch.compile mode: off | default | reduce-overhead (CUDA graphs: removes kernel-launch overhead "
+        "at small batches) | max-autotune | max-autotune-no-cudagraphs; true/false mean default/off")
     seed: int = _f(0, "base seed: data order, weights, augmentation (rank r uses seed + r)", ge=0)
     deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0.0, lt=1.0)
@@ -158,6 +163,12 @@ class TrainConfig(Section):
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, value: Any) -> Any:
+        """Configs written when compile was a switch keep working: true = default mode, false = off."""
+        return {True: "default", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvalConfig(Section):

@@ -2,7 +2,7 @@
 
 The trainer and the benchmarks call exactly these, so a benchmark measures the step that trains.
 
-    wrapped = wrap_model(model, dist, compile=False)      # channels_last -> compile -> DDP
+    wrapped = wrap_model(model, dist, compile="off")      # channels_last -> compile -> DDP
     loss = train_step(wrapped, optimizer, precision, images, labels)   # stays on the device
     metrics = evaluate(model, eval_loader, precision)     # exact over all ranks
 """
@@ -20,16 +20,18 @@ from pipeline.distributed import DistInfo
 from pipeline.precision import Precision
 
 
-def wrap_model(model: nn.Module, dist: DistInfo, *, compile: bool = False) -> nn.Module:
+def wrap_model(model: nn.Module, dist: DistInfo, *, compile: str = "off") -> nn.Module:
     """channels_last -> torch.compile -> DDP, in that order; `model` itself stays unwrapped.
 
     Moves `model` to the device in channels_last memory (in place); the returned module is what
-    the training step calls. State dicts and evaluation use `model`.
+    the training step calls. State dicts and evaluation use `model` (evaluation's partial last
+    batch would otherwise cost a recompilation). `compile`: off, or a torch.compile mode
+    (default, reduce-overhead = CUDA graphs, max-autotune, max-autotune-no-cudagraphs).
     """
     model.to(dist.device, memory_format=torch.channels_last)
     wrapped: nn.Module = model
-    if compile:
-        wrapped = torch.compile(wrapped)
+    if compile != "off":
+        wrapped = torch.compile(wrapped, mode=None if compile == "default" else compile)
     if dist.distributed:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
@@ -42,6 +44,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Pr
 
     `poison` makes the loss NaN (train.debug_nan_step, for testing the non-finite guard).
     """
+    # A new step for CUDA graphs (compile mode reduce-overhead): the previous step's graph outputs
+    # may be overwritten from here on. A no-op for eager and other compile modes.
+    torch.compiler.cudagraph_mark_step_begin()
     with precision.autocast():
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)

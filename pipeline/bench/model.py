@@ -49,7 +49,8 @@ def bench_model(cfg: Config, args: argparse.Namespace, device: torch.device) -> 
         channels_last = fmt == "channels_last"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        wrapped = torch.compile(model) if comp == "on" else model
+        mode = "default" if comp == "on" else comp
+        wrapped = torch.compile(model, mode=None if mode == "default" else mode) if mode != "off" else model
         precision = build_precision(prec, device)
         optimizer = build_optimizer(cfg.optim, model, batch, device)
         images, labels = synthetic_batch(batch, side, cfg.model.num_classes, device, precision.dtype, channels_last)
@@ -64,7 +65,7 @@ def bench_model(cfg: Config, args: argparse.Namespace, device: torch.device) -> 
         log.info("model %-18s %-4s %-13s compile=%-3s batch %4d: %9.0f img/s (%.0f-%.0f)", name, prec, fmt, comp,
                  batch, result["median"], result["min"], result["max"])
         del model, wrapped, optimizer
-        if comp == "on":
+        if mode != "off":
             torch._dynamo.reset()
         gc.collect()
     return rows
