@@ -61,14 +61,48 @@ def test_model_benchmark_matrix(tmp_path):
         assert_rate(row["images_per_sec"])
 
 
-def test_train_benchmark_reports_the_data_stall(tmp_path):
+def test_train_benchmark_reports_the_data_stall_and_the_torchvision_baseline(tmp_path):
     (row,) = run_bench(tmp_path, "train", "data.source=sample")["results"]
-    assert row["processes"] == 1 and row["source"] == "sample"
-    assert_rate(row["real_images_per_sec"])
-    assert_rate(row["synthetic_images_per_sec"])
+    assert row["processes"] == 1 and row["source"] == "sample" and row["compile"] == "off"
+    for feed in ("real", "torchvision", "synthetic"):
+        assert_rate(row[f"{feed}_images_per_sec"])
     ratio = row["real_images_per_sec"]["median"] / row["synthetic_images_per_sec"]["median"]
     assert row["real_over_synthetic"] == pytest.approx(ratio)
     assert row["data_stall_share"] == pytest.approx(max(0.0, 1 - ratio))
+    assert row["real_over_torchvision"] == pytest.approx(
+        row["real_images_per_sec"]["median"] / row["torchvision_images_per_sec"]["median"])
+
+
+def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path):
+    result = run_bench(tmp_path, "doctor", "data.source=sample")
+    *rates, verdict = result["results"]
+    assert [r["what"] for r in rates] == ["loader alone", "model alone (synthetic input)", "end to end",
+                                          "model alone at 4x batch"]
+    for row in rates:
+        assert_rate(row["images_per_sec"])
+    assert verdict["verdict"] in ("input-bound", "input-bound (contention)", "launch-bound", "compute-bound")
+    assert verdict["why"] and verdict["knob"]
+
+
+@pytest.mark.parametrize("rates, device, expected, knob", [
+    ((500, 1000, 480, 1100), "cuda", "input-bound", "data.device=gpu"),  # data.device=cpu below
+    ((5000, 1000, 700, 1100), "cuda", "input-bound (contention)", "data.num_threads=1"),
+    ((5000, 1000, 990, 3000), "cuda", "launch-bound", "train.compile=reduce-overhead"),
+    ((5000, 1000, 990, 1100), "cuda", "compute-bound", "max-autotune"),
+])
+def test_doctor_verdicts(rates, device, expected, knob):
+    from pipeline.bench.doctor import diagnose
+
+    cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
+    verdict = diagnose(*rates, cfg, torch.device(device), world_size=1)
+    assert verdict["verdict"] == expected and knob in verdict["knob"], verdict
+
+
+def test_doctor_does_not_call_noise_a_bottleneck():
+    from pipeline.bench.doctor import diagnose
+
+    cfg = load_config(None, [])
+    assert diagnose(500, 1000, 900, 1100, cfg, torch.device("cpu"), 1, within_noise=True)["verdict"] == "compute-bound"
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from pipeline.entry import run_entry
 from pipeline.envinfo import describe, environment
 
 log = logging.getLogger(__name__)
-KINDS = ("loader", "model", "train", "scaling", "report")
+KINDS = ("loader", "model", "train", "scaling", "doctor", "report")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[str]]:
@@ -39,10 +39,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[st
     parser.add_argument("--models", type=csv(), help=f"model: from {','.join(list_models())}")
     parser.add_argument("--precisions", type=csv(), help="model: fp32,bf16,fp16 (default fp32,bf16)")
     parser.add_argument("--formats", type=csv(), help="model: contiguous,channels_last (default both)")
-    parser.add_argument("--compile", type=csv(), help="model: off,on (default off)")
+    parser.add_argument("--compile", type=csv(), help="model: off,default,reduce-overhead,max-autotune "
+                        "(default off; on = default)")
     parser.add_argument("--batch-sizes", type=csv(int), help="model: batch sizes (default train.global_batch_size)")
     parser.add_argument("--size", type=int, help="model: input side (default data.train.crop)")
     parser.add_argument("--nproc", type=csv(int), help="scaling: process counts (default 1,2)")
+    parser.add_argument("--feeds", type=csv(), help="train: synthetic,real,torchvision (default all three; "
+                        "real = the configured DALI loader)")
     parser.add_argument("rest", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     args = parser.parse_intermixed_args(argv)  # options may come before or after the overrides
     cfg_path, overrides = split_args(args.rest)
@@ -51,6 +54,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[st
 
 def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: list[str], cfg: Config,
                   dist: DistInfo) -> int:
+    from pipeline.bench.doctor import bench_doctor
     from pipeline.bench.loader import bench_loader
     from pipeline.bench.model import bench_model
     from pipeline.bench.report import format_table, log_to_wandb, write_results
@@ -73,6 +77,8 @@ def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: lis
             best["roofline"] = roofline(best, dist.device, cfg.model.num_classes)
     elif args.kind == "train":
         rows = bench_train(cfg, args, dist)
+    elif args.kind == "doctor":
+        rows = bench_doctor(cfg, args, dist)
     else:
         rows = bench_scaling(cfg_path, overrides, args, out)
     if dist.is_main:

@@ -19,10 +19,10 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
 
     lines = []
     if kind == "loader":
-        lines.append(f"{'backend':<12} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>30}  vs torchvision")
+        lines.append(f"{'backend':<16} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>30}  vs torchvision")
         for r in rows:
             ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
-            lines.append(f"{r['backend']:<12} {r['source']:<12} {r['batch_size']:>5} {r['workers_or_threads']:>7}  "
+            lines.append(f"{r['backend']:<16} {r['source']:<12} {r['batch_size']:>5} {r['workers_or_threads']:>7}  "
                          f"{rate(r['images_per_sec']):>30}  {ratio}")
     elif kind == "model":
         lines.append(f"{'model':<18} {'prec':<5} {'format':<14} {'compile':<7} {'batch':>5} {'size':>4}  {'images/s (min-max)':>30}")
@@ -34,18 +34,37 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
                 lines.append(f"    roofline: {rl['bytes_per_image'] / 2**20:.1f} MiB/image moved, "
                              f"{rl['bandwidth_bytes_per_sec'] / 1e12:.2f} TB/s copy bandwidth -> bound "
                              f"{rl['bound_images_per_sec']:,.0f} img/s; measured = {100 * rl['fraction_of_bound']:.0f}% of it")
+    elif kind == "doctor":
+        lines += doctor_lines(rows)
     else:  # train / scaling
-        lines.append(f"{'model':<18} {'procs':>5} {'source':<12} {'real img/s (min-max)':>30} "
-                     f"{'synthetic img/s (min-max)':>30} {'per proc':>9} {'stall':>6} {'effic.':>6}")
+        def cell(r: dict[str, Any], feed: str) -> str:
+            return rate(r[f"{feed}_images_per_sec"]) if f"{feed}_images_per_sec" in r else "-"
+
+        def ratio(r: dict[str, Any], key: str, pct: bool = False) -> str:
+            return "-" if key not in r else (f"{100 * r[key]:.0f}%" if pct else f"{r[key]:.2f}x")
+
+        lines.append(f"{'model':<18} {'procs':>5} {'source':<12} {'compile':<15} {'DALI img/s (min-max)':>28} "
+                     f"{'torchvision img/s (min-max)':>28} {'synthetic img/s (min-max)':>28} {'DALI/synth':>10} "
+                     f"{'DALI/tv':>8} {'effic.':>6}")
         for r in rows:
-            real = rate(r["real_images_per_sec"]) if "real_images_per_sec" in r else "-"
-            per = r.get("real_images_per_sec_per_process", r["synthetic_images_per_sec_per_process"])["median"]
-            stall = f"{100 * r['data_stall_share']:.1f}%" if "data_stall_share" in r else "-"
             eff = r.get("real_scaling_efficiency", r.get("synthetic_scaling_efficiency"))
-            lines.append(f"{r['model']:<18} {r['processes']:>5} {r['source']:<12} {real:>30} "
-                         f"{rate(r['synthetic_images_per_sec']):>30} {per:>9,.0f} {stall:>6} "
+            lines.append(f"{r['model']:<18} {r['processes']:>5} {r['source']:<12} {str(r.get('compile', '-')):<15} "
+                         f"{cell(r, 'real'):>28} {cell(r, 'torchvision'):>28} {cell(r, 'synthetic'):>28} "
+                         f"{ratio(r, 'real_over_synthetic', pct=True):>10} {ratio(r, 'real_over_torchvision'):>8} "
                          f"{'-' if eff is None else f'{100 * eff:.0f}%':>6}")
     return "\n".join(lines)
+
+
+def doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The doctor's table (per process) and its verdict, for the console and `bench report`."""
+    lines = [f"{'measurement (per process)':<32} {'images/s (min-max)':>30}"]
+    for row in rows:
+        if "images_per_sec" in row:
+            r = row["images_per_sec"]
+            lines.append(f"{row['what']:<32} {r['median']:>12,.0f}  ({r['min']:,.0f}-{r['max']:,.0f})")
+        else:
+            lines += [f"verdict: {row['verdict']}: {row['why']}", f"turn:    {row['knob']}"]
+    return lines
 
 
 def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -60,10 +79,13 @@ def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None
     elif kind == "model":
         labels = [f"{r['model']} {r['precision']} {r['memory_format']} c={r['compile']} b{r['batch_size']}" for r in rows]
         stats = [r["images_per_sec"] for r in rows]
+    elif kind == "doctor":
+        labels = [r["what"] for r in rows if "images_per_sec" in r]
+        stats = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
     else:
         labels, stats = [], []
         for r in rows:
-            for feed in ("real", "synthetic"):
+            for feed in ("real", "torchvision", "synthetic"):
                 if f"{feed}_images_per_sec" in r:
                     labels.append(f"{feed} x{r['processes']}")
                     stats.append(r[f"{feed}_images_per_sec"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import subprocess
@@ -14,10 +15,10 @@ import torch
 
 from pipeline import distributed
 from pipeline.bench.measure import endless, measure, summarize
-from pipeline.components import build_components
+from pipeline.components import Components, build_components
 from pipeline.config import Config
 from pipeline.constants import REPO_ROOT
-from pipeline.data import build_loader
+from pipeline.data import Loader, build_loader, load_image_sets
 from pipeline.distributed import DistInfo
 from pipeline.precision import resolve_precision
 from pipeline.step import train_step
@@ -25,20 +26,40 @@ from pipeline.step import train_step
 log = logging.getLogger(__name__)
 
 
-def bench_train(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
-    """End-to-end steps with synthetic input, then the same steps with the configured loader.
+FEEDS = ("synthetic", "real", "torchvision")  # device-resident random images, the configured DALI loader, the baseline
 
-    Model, optimizer, precision and the real loader come from `build_components`, as in training.
+
+def training_feeds(cfg: Config, parts: Components, dist: DistInfo, feeds: list[str]) -> dict[str, Loader]:
+    """The loaders each end-to-end measurement trains from, all with the same batch and dtype."""
+    common = dict(train=True, batch_size=parts.local_batch, rank=dist.rank, world_size=dist.world_size,
+                  seed=cfg.train.seed, device=dist.device, dtype=parts.precision.dtype,
+                  num_classes=cfg.model.num_classes)
+    loaders: dict[str, Loader] = {}
+    for feed in feeds:
+        if feed == "synthetic":
+            loaders[feed] = build_loader(cfg.data, backend="synthetic", images=None, **common)
+        elif cfg.data.source == "synthetic":
+            continue  # no real images to feed
+        elif feed == "real":
+            loaders[feed] = parts.train_loader
+        elif feed == "torchvision":
+            images = load_image_sets(cfg.data)[0]
+            loaders[feed] = build_loader(cfg.data, backend="torchvision", images=images, **common)
+        else:
+            raise ValueError(f"unknown feed {feed!r}; choose from {FEEDS}")
+    return loaders
+
+
+def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo, feeds: list[str]) -> dict[str, list[float]]:
+    """Images/sec per repeat of real training steps from each feed, summed over processes.
+
+    Model, optimizer, precision, compile mode and the DALI loader come from `build_components`,
+    as in training. Feeds are measured one after the other, each alone: interleaving would let one
+    loader's prefetching run (or sit ready) during the other's timing.
     """
     parts = build_components(cfg, dist, with_eval=False)
-    loaders = {"synthetic": build_loader(cfg.data, backend="synthetic", images=None, train=True,
-                                         batch_size=parts.local_batch, rank=dist.rank, world_size=dist.world_size,
-                                         seed=cfg.train.seed, device=dist.device, dtype=parts.precision.dtype,
-                                         num_classes=cfg.model.num_classes)}
-    if cfg.data.source != "synthetic":
-        loaders["real"] = parts.train_loader
-    runners = {}
-    for name, loader in loaders.items():
+    rates = {}
+    for name, loader in training_feeds(cfg, parts, dist, feeds).items():
         batches = endless(loader)
 
         def run(n: int, batches=batches) -> int:
@@ -46,28 +67,32 @@ def bench_train(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[d
                 train_step(parts.wrapped, parts.optimizer, parts.precision, *next(batches))
             return n * parts.local_batch
 
-        runners[name] = run
-    # One after the other, each alone: interleaving would let one loader's prefetching run
-    # (or sit ready) during the other's timing.
-    rates = {name: measure(run, warmup=args.warmup, steps=args.steps, repeats=args.repeats, device=dist.device)["repeats"]
-             for name, run in runners.items()}
+        local = measure(run, warmup=args.warmup, steps=args.steps, repeats=args.repeats, device=dist.device)
+        rates[name] = distributed.all_reduce_sum(torch.tensor(local["repeats"], dtype=torch.float64)).tolist()
+        del batches, loader
+        gc.collect()
+    return rates
+
+
+def bench_train(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
+    """End-to-end steps with synthetic input, the configured DALI loader and the torchvision baseline."""
+    rates = training_rates(cfg, args, dist, args.feeds or list(FEEDS))
     row: dict[str, Any] = {"model": cfg.model.name, "source": cfg.data.source, "processes": dist.world_size,
-                           "global_batch_size": cfg.train.global_batch_size,
+                           "global_batch_size": cfg.train.global_batch_size, "compile": cfg.train.compile,
                            "precision": resolve_precision(cfg.train.precision, dist.device), "size": cfg.data.train.crop}
-    for name, values in rates.items():
-        local = torch.tensor(values, dtype=torch.float64)
-        total = distributed.all_reduce_sum(local.clone()).tolist()  # global = sum over processes
+    for name, total in rates.items():
         row[f"{name}_images_per_sec"] = summarize(total)
         row[f"{name}_images_per_sec_per_process"] = summarize([t / dist.world_size for t in total])
-    if "real" in rates:
-        real, synth = row["real_images_per_sec"]["median"], row["synthetic_images_per_sec"]["median"]
+    synth = row["synthetic_images_per_sec"]["median"] if "synthetic" in rates else None
+    if "real" in rates and synth:
+        real = row["real_images_per_sec"]["median"]
         row["real_over_synthetic"] = real / synth
         row["data_stall_share"] = max(0.0, 1.0 - real / synth)
+    if "real" in rates and "torchvision" in rates:
+        row["real_over_torchvision"] = row["real_images_per_sec"]["median"] / row["torchvision_images_per_sec"]["median"]
     if dist.is_main:
-        log.info("train %s x%d: real %s img/s, synthetic %.0f img/s%s", cfg.model.name, dist.world_size,
-                 f"{row['real_images_per_sec']['median']:.0f}" if "real" in rates else "-",
-                 row["synthetic_images_per_sec"]["median"],
-                 f", data stall {100 * row['data_stall_share']:.1f}%" if "real" in rates else "")
+        log.info("train %s x%d: %s", cfg.model.name, dist.world_size,
+                 ", ".join(f"{name} {row[f'{name}_images_per_sec']['median']:,.0f} img/s" for name in rates))
     return [row]
 
 

@@ -1,0 +1,114 @@
+"""`bench doctor`: where is the bottleneck of this config on this machine, and which knob to turn.
+
+    python -m pipeline.bench doctor configs/squeezenet_cifar10.yaml data.source=imagefolder data.root=...
+
+Four measurements, each alone, through the same builders as training (per process, batch =
+train.global_batch_size / processes):
+
+1. the loader alone: the configured DALI loader, batches consumed and dropped;
+2. the model alone: training steps on device-resident synthetic input (the ceiling);
+3. end to end: training steps fed by the loader;
+4. the model alone at 4x the batch: if images/sec rises a lot, the GPU was idle between kernels
+   at this batch (launch-bound), not busy computing.
+
+The verdict (see `diagnose`): input-bound (end to end < 95% of the model alone), then whether the
+loader alone is too slow or the two fight over the same cores; launch-bound; or compute-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import torch
+
+from pipeline.bench.loader import backend_loader
+from pipeline.bench.measure import batch_consumer, measure, summarize
+from pipeline.bench.train import training_rates
+from pipeline.config import Config
+from pipeline.data import load_image_sets
+from pipeline.data.loader import resolve_dali_device
+from pipeline.distributed import DistInfo
+from pipeline.errors import ConfigError
+from pipeline.precision import build_precision
+
+log = logging.getLogger(__name__)
+
+INPUT_BOUND_BELOW = 0.95  # end to end under this share of the model alone: the input is the limit
+LAUNCH_BOUND_ABOVE = 1.3  # 4x batch this much faster per image: the GPU idled between kernels
+
+
+def loader_rate(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
+    device = dist.device
+    dtype = build_precision(cfg.train.precision, device).dtype
+    images = load_image_sets(cfg.data)[0]
+    name = f"dali-{resolve_dali_device(cfg.data.device)}"
+    loader = backend_loader(name, cfg, images, cfg.train.global_batch_size // dist.world_size, device, dtype)
+    return measure(batch_consumer(loader), warmup=args.warmup, steps=args.steps, repeats=args.repeats, device=device)
+
+
+def diagnose(loader: float, model: float, end_to_end: float, model_4x: float, cfg: Config, device: torch.device,
+             world_size: int, within_noise: bool = False) -> dict[str, str]:
+    """The verdict and the knob to turn, from the four per-process rates (images/sec).
+
+    `within_noise`: the end-to-end and model-alone spreads overlap, so a gap between their
+    medians is not evidence of an input bottleneck.
+    """
+    threads, cores = cfg.data.num_threads, os.cpu_count() or 1
+    batch = cfg.train.global_batch_size
+    if end_to_end < INPUT_BOUND_BELOW * model and not within_noise:
+        if loader < model:
+            knobs = []
+            if cfg.data.device == "cpu" and device.type == "cuda":
+                knobs.append("data.device=gpu (decode and resize on the GPU)")
+            if threads * world_size < cores:
+                knobs.append(f"data.num_threads={min(cores // world_size, 2 * threads)} "
+                             f"(now {threads} per process, {cores} cores)")
+            if cfg.data.source == "imagefolder":
+                knobs.append("an in-memory source (data.source=cifar10 for CIFAR-sized data)")
+            knobs.append("a larger data.prefetch_queue_depth if the rate varies")
+            return {"verdict": "input-bound",
+                    "why": f"the loader alone delivers {loader:,.0f} img/s, less than the model takes ({model:,.0f})",
+                    "knob": "; ".join(knobs)}
+        fewer = f"data.num_threads={threads - 1} (now {threads} per process on {cores} cores), or " if threads > 1 else ""
+        return {"verdict": "input-bound (contention)",
+                "why": f"the loader alone keeps up ({loader:,.0f} img/s) but not while training: the two share "
+                       f"CPU cores or the GPU",
+                "knob": f"{fewer}data.device=gpu, or more CPU cores per process"}
+    if model_4x > LAUNCH_BOUND_ABOVE * model:
+        return {"verdict": "launch-bound",
+                "why": f"4x the batch runs {model_4x / model:.1f}x faster per image: the device idles between "
+                       f"kernels at batch {batch}",
+                "knob": f"train.global_batch_size={4 * batch} (with optim.lr_scaling=linear), or "
+                        f"train.compile=reduce-overhead (CUDA graphs)"}
+    return {"verdict": "compute-bound",
+            "why": f"end to end reaches {100 * end_to_end / model:.0f}% of the model alone, and larger batches do "
+                   f"not help",
+            "knob": "the model itself: train.compile=max-autotune, train.precision=bf16, more devices"}
+
+
+def bench_doctor(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
+    if cfg.data.source == "synthetic":
+        raise ConfigError("data.source: bench doctor needs real images (sample, cifar10 or imagefolder), not synthetic")
+    per_process = 1.0 / dist.world_size
+    rows = [{"what": "loader alone", **_rate(loader_rate(cfg, args, dist))}]
+    rates = training_rates(cfg, args, dist, ["synthetic", "real"])
+    rows.append({"what": "model alone (synthetic input)", **_rate(summarize([r * per_process for r in rates["synthetic"]]))})
+    rows.append({"what": "end to end", **_rate(summarize([r * per_process for r in rates["real"]]))})
+    bigger = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"source": "synthetic"}),
+        "train": cfg.train.model_copy(update={"global_batch_size": 4 * cfg.train.global_batch_size})})
+    rates_4x = training_rates(bigger, args, dist, ["synthetic"])
+    rows.append({"what": "model alone at 4x batch", **_rate(summarize([r * per_process for r in rates_4x["synthetic"]]))})
+    loader, model, e2e, model_4x = (row["images_per_sec"]["median"] for row in rows)
+    within_noise = rows[2]["images_per_sec"]["max"] >= rows[1]["images_per_sec"]["min"]
+    rows.append(diagnose(loader, model, e2e, model_4x, cfg, dist.device, dist.world_size, within_noise))
+    if dist.is_main:
+        log.info("doctor: %s: %s; turn: %s", rows[-1]["verdict"], rows[-1]["why"], rows[-1]["knob"])
+    return rows
+
+
+def _rate(stat: dict[str, Any]) -> dict[str, Any]:
+    return {"images_per_sec": stat}
