@@ -282,6 +282,16 @@ def test_unwritable_run_directory_is_reported(tmp_path):
     assert proc.returncode == 2 and f"run directory {blocker / 'x'}: not writable" in proc.stderr
 
 
+def test_opening_the_run_directory_leaves_only_the_config(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.rundir import open_run_dir
+
+    cfg = load_config(None, [f"logging.runs_dir={tmp_path}", "logging.run_name=x"])
+    run_dir = open_run_dir(cfg, is_main=True)  # one process: the shared-directory check passes trivially
+    assert run_dir == (tmp_path / "x").resolve()
+    assert [p.name for p in run_dir.iterdir()] == ["config.yaml"]  # no check file left behind
+
+
 @pytest.mark.slow
 def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
     from conftest import write_imagefolder
