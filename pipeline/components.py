@@ -1,7 +1,9 @@
 """Everything a training run is made of, built in one place from the config.
 
-    parts = build_components(cfg, dist, resume)   # model, wrapped model, optimizer, schedule,
-                                                  # precision, EMA, train and eval loaders
+    data = load_data(cfg.data)                    # the image lists (None for synthetic data)
+    cfg = resolve_num_classes(cfg, data)          # model.num_classes: auto -> the data's count
+    parts = build_components(cfg, dist, resume, data=data)   # model, wrapped model, optimizer,
+                                                  # schedule, precision, EMA, train and eval loaders
 The trainer and `python -m pipeline.bench train` both call it, so a benchmark measures the
 setup that trains. Each builder receives only its own config section.
 """
@@ -20,7 +22,7 @@ from models import build_model, list_models
 from pipeline import distributed
 from pipeline.checkpoint import ResumePoint
 from pipeline.config import Config
-from pipeline.data import Loader, build_loader, load_image_sets
+from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.optim import build_optimizer
@@ -29,6 +31,8 @@ from pipeline.schedule import build_scheduler
 from pipeline.step import wrap_model
 
 log = logging.getLogger(__name__)
+
+ImageSets = tuple[ImageSet, ImageSet]  # (training, validation)
 
 
 @dataclass
@@ -107,12 +111,32 @@ def build_network(model_cfg: Any, data_cfg: Any, dist: DistInfo, sync_bn: bool) 
     return model
 
 
-def build_loaders(cfg: Config, dist: DistInfo, dtype: torch.dtype, resume: ResumePoint | None,
-                  with_eval: bool = True) -> tuple[Loader, Loader | None]:
+def load_data(data_cfg: Any) -> ImageSets | None:
+    """This rank's (training, validation) image sets; None for synthetic data, which has no files."""
+    return None if data_cfg.source == "synthetic" else load_image_sets(data_cfg)
+
+
+def resolve_num_classes(cfg: Config, data: ImageSets | None) -> Config:
+    """`cfg` with model.num_classes: auto replaced by the number of classes in rank 0's training split.
+
+    Call it on every rank (rank 0's count is broadcast), before anything records the config: the
+    resolved number is what the model, config.yaml, checkpoints (and the check that refuses to
+    resume a different setup) and W&B see. A number given explicitly comes back unchanged;
+    `build_loaders` checks it against the data.
+    """
+    if cfg.model.num_classes != "auto":
+        return cfg
+    assert data is not None, "the config refuses num_classes: auto with data.source = synthetic"
+    resolved = cfg.model_copy(deep=True)
+    resolved.model.num_classes = distributed.broadcast_object(len(data[0].classes))
+    return resolved
+
+
+def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: torch.dtype,
+                  resume: ResumePoint | None, with_eval: bool = True) -> tuple[Loader, Loader | None]:
     """This rank's training loader (at the resume point's position) and evaluation loader."""
-    train_set = val_set = None
-    if cfg.data.source != "synthetic":
-        train_set, val_set = load_image_sets(cfg.data)
+    train_set, val_set = data if data is not None else (None, None)
+    if train_set is not None:
         if len(train_set.classes) != cfg.model.num_classes:
             raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has "
                               f"{len(train_set.classes)} classes")
@@ -130,22 +154,26 @@ def build_loaders(cfg: Config, dist: DistInfo, dtype: torch.dtype, resume: Resum
                    if with_eval else None)
     if dist.is_main:
         n_train = len(train_set) if train_set is not None else cfg.data.synthetic_images
-        log.info("data: %s, %d training images (%d steps of %d per epoch), %d validation images",
+        log.info("data: %s, %d training images (%d steps of %d per epoch), %d validation images, %d classes",
                  cfg.data.source, n_train, len(train_loader), cfg.train.global_batch_size,
-                 len(val_set) if val_set is not None else 0)
+                 len(val_set) if val_set is not None else 0, cfg.model.num_classes)
     return train_loader, eval_loader
 
 
 def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = None, *,
-                     with_eval: bool = True) -> Components:
+                     with_eval: bool = True, data: ImageSets | None = None) -> Components:
     """Seeds, loaders, model (wrapped), optimizer, schedule, precision and EMA for this rank.
 
     With `resume`, the training loader starts at the saved position; the state_dicts are loaded
-    afterwards by `CheckpointManager.restore`.
+    afterwards by `CheckpointManager.restore`. `data` is `load_data(cfg.data)` when the caller
+    has listed it already (listed here otherwise).
     """
+    if data is None:
+        data = load_data(cfg.data)
+    cfg = resolve_num_classes(cfg, data)  # a no-op when the caller resolved it
     configure_determinism(cfg.train, dist.rank)
     precision = build_precision(cfg.train.precision, dist.device)
-    train_loader, eval_loader = build_loaders(cfg, dist, precision.dtype, resume, with_eval)
+    train_loader, eval_loader = build_loaders(cfg, dist, data, precision.dtype, resume, with_eval)
     model = build_network(cfg.model, cfg.data, dist, cfg.dist.sync_bn)
     wrapped = wrap_model(model, dist, compile=cfg.train.compile)
     torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs per rank

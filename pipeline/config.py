@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import difflib
 import sys
+import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,7 +50,9 @@ class ModelConfig(Section):
     """The network (a registry name from `models`)."""
 
     name: str = _f("squeezenet_bypass", "registry name: squeezenet_bypass | squeezenet1_0 | squeezenet1_1")
-    num_classes: int = _f(10, "number of output classes", gt=1)
+    num_classes: Annotated[int, Field(gt=1)] | Literal["auto"] = _f(
+        10, "number of output classes; auto = the classes of the training data (not with data.source=synthetic)"
+    )
     dropout: float = _f(0.5, "dropout probability before the classifier", ge=0.0, lt=1.0)
 
 
@@ -258,8 +261,37 @@ class Config(Section):
 # ------------------------------------------------------------------------------------- loading
 
 
+def _error_key(loc: tuple[Any, ...], section: type[BaseModel]) -> str:
+    """The dotted key of an error's location, without the member tags pydantic adds inside a union
+    (`model.num_classes.constrained-int` -> `model.num_classes`)."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = section
+    for part in loc:
+        if isinstance(part, str) and model is None:
+            continue  # past a leaf field: a union member's tag
+        parts.append(str(part))
+        if isinstance(part, str) and model is not None:
+            ann = model.model_fields[part].annotation if part in model.model_fields else None
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return ".".join(parts)
+
+
+def _format_errors(errors: list[dict[str, Any]], section: type[BaseModel]) -> list[str]:
+    """One message per key; the alternatives of a union type are joined with 'or'."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for err in errors:
+        by_key.setdefault(_error_key(err["loc"], section), []).append(err)
+    lines = []
+    for key, errs in by_key.items():
+        if len(errs) == 1 or errs[0]["type"] == "extra_forbidden":
+            lines.append(_format_error(errs[0], section))
+        else:
+            lines.append(f"{key}: {' or '.join(e['msg'] for e in errs)} (got {errs[0].get('input')!r})")
+    return lines
+
+
 def _format_error(err: dict[str, Any], section: type[BaseModel]) -> str:
-    key = ".".join(str(p) for p in err["loc"])
+    key = _error_key(err["loc"], section)
     if err["type"] == "extra_forbidden":
         parent = section
         for part in err["loc"][:-1]:
@@ -287,6 +319,9 @@ def _check_consistency(cfg: Config) -> None:
         )
     if cfg.data.eval.crop > cfg.data.eval.size:
         raise ConfigError(f"data.eval.crop: {cfg.data.eval.crop} is larger than data.eval.size {cfg.data.eval.size}")
+    if cfg.model.num_classes == "auto" and cfg.data.source == "synthetic":
+        raise ConfigError("model.num_classes: auto counts the classes of the data, and data.source = synthetic "
+                          "has none; give a number (e.g. model.num_classes=10)")
     if cfg.data.source in ("cifar10", "imagefolder") and not cfg.data.root:
         raise ConfigError(f"data.root: required for data.source = {cfg.data.source}")
     sched, epochs = cfg.schedule, cfg.train.epochs
@@ -344,7 +379,7 @@ def from_dict(values: dict[str, Any]) -> Config:
     try:
         cfg = Config.model_validate(values)
     except ValidationError as exc:
-        lines = [_format_error(e, Config) for e in exc.errors()]
+        lines = _format_errors(exc.errors(), Config)
         raise ConfigError("; ".join(lines)) from None
     _check_consistency(cfg)
     return cfg
@@ -401,6 +436,12 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is Annotated:
+        base, *meta = typing.get_args(annotation)
+        bounds = ", ".join(b for b in (_bounds(m) for m in meta if hasattr(m, "metadata")) if b)
+        return _type_name(base) + (f" ({bounds})" if bounds else "")
     if origin is Literal:
         return " | ".join(str(a) for a in typing.get_args(annotation))
     if origin is list:

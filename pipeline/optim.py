@@ -39,7 +39,12 @@ def param_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _apex_fused_sgd():
+def _apex_fused_sgd(device: torch.device):
+    # apex's FusedSGD is CUDA kernels only: without a GPU its constructor fails with a traceback
+    # ("requires cuda extensions"), or it would fail at the first step; say so before importing.
+    if device.type != "cuda":
+        raise ConfigError(f"optim.impl: apex (NVIDIA apex FusedSGD) runs only on CUDA GPUs, and this process "
+                          f"trains on {device.type}; use optim.impl=auto (or foreach)")
     try:
         from apex.optimizers import FusedSGD  # NVIDIA apex only; the PyPI "apex" lacks this module
     except ImportError:
@@ -52,7 +57,7 @@ def build_optimizer(cfg: Any, model: nn.Module, global_batch_size: int, device: 
     groups = param_groups(model, cfg)
     common = dict(lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.impl == "apex":
-        return _apex_fused_sgd()(groups, **common)
+        return _apex_fused_sgd(device)(groups, **common)
     if cfg.impl == "fused" and device.type != "cuda":
         raise ConfigError("optim.impl: fused needs CUDA here; use auto or foreach on CPU")
     use_fused = cfg.impl == "fused" or (cfg.impl == "auto" and device.type == "cuda")

@@ -18,7 +18,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.checkpoint import CheckpointManager, Counters
-from pipeline.components import build_components
+from pipeline.components import build_components, load_data, resolve_num_classes
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
 from pipeline.envinfo import describe, environment
@@ -41,8 +41,11 @@ class NonFiniteLossError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo) -> None:
-        self.cfg, self.dist = cfg, dist
-        self.run_dir = open_run_dir(cfg, dist.is_main)
+        setup_logging(dist.rank)
+        data = load_data(cfg.data)  # the data completes the config (model.num_classes: auto) ...
+        self.cfg = cfg = resolve_num_classes(cfg, data)
+        self.dist = dist
+        self.run_dir = open_run_dir(cfg, dist.is_main)  # ... before config.yaml, checkpoints and W&B record it
         setup_logging(dist.rank, self.run_dir / "train.log")
         env = environment()
         if dist.is_main:
@@ -50,7 +53,7 @@ class Trainer:
             log.info("%d process(es) on %s; %s", dist.world_size, dist.device, describe(env))
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.run_dir, dist, cfg.to_dict(), cfg.train.epochs)
         resume = self.checkpoints.find_resume()
-        self.parts = build_components(cfg, dist, resume)
+        self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
         self.stop = StopRequest()
         self.stats = StepStats(dist.device)

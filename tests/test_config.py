@@ -61,6 +61,9 @@ def test_string_override_is_converted_to_the_field_type():
         (["schedule.warmup_epochs=300"], "schedule.warmup_epochs", "not shorter"),
         (["data.source=imagefolder"], "data.root", "required"),
         (["logging.run_name=../escape"], "logging.run_name", "plain directory name"),
+        (["model.num_classes=1"], "model.num_classes", "greater than 1 or Input should be 'auto'"),
+        (["model.num_classes=many"], "model.num_classes", "should be 'auto'"),
+        (["model.num_classes=auto", "data.source=synthetic"], "model.num_classes", "give a number"),
     ],
 )
 def test_bad_values_name_the_key(override, key, words):
@@ -70,6 +73,12 @@ def test_bad_values_name_the_key(override, key, words):
     assert message.startswith(key + ":") or f"; {key}:" in message, message
     assert words in message
     assert "\n" not in message  # one line
+
+
+def test_num_classes_is_a_number_or_auto():
+    assert load_config(None, ["model.num_classes=auto"]).model.num_classes == "auto"
+    assert load_config(None, ["model.num_classes=7"]).model.num_classes == 7
+    assert load_config(None).model.num_classes == 10  # the default stays a number: the benchmarks read it
 
 
 def test_bad_yaml_key_names_the_key(tmp_path):

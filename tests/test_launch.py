@@ -26,14 +26,14 @@ def launch_env(**extra: str) -> dict[str, str]:
     return run_env({"VENV": str(venv), **extra})
 
 
-def launch(runs: Path, console: Path, env: dict[str, str]) -> subprocess.Popen:
-    """./launch.sh on the tiny settings; its console output goes to `console`."""
+def launch(runs: Path | str, console: Path, env: dict[str, str], repo: Path = REPO) -> subprocess.Popen:
+    """`repo`/launch.sh on the tiny settings; its console output goes to `console`."""
     with open(console, "w") as out:
-        return subprocess.Popen(["./launch.sh", *ARGS, f"logging.runs_dir={runs}"], cwd=REPO,
+        return subprocess.Popen(["./launch.sh", *ARGS, f"logging.runs_dir={runs}"], cwd=repo,
                                 env=launch_env(**env), stdout=out, stderr=subprocess.STDOUT)
 
 
-def finish(procs: list[subprocess.Popen], consoles: list[Path]) -> list[str]:
+def finish(procs: list[subprocess.Popen], consoles: list[Path], expect_ok: bool = True) -> list[str]:
     try:
         for proc in procs:
             proc.wait(timeout=180)
@@ -44,7 +44,7 @@ def finish(procs: list[subprocess.Popen], consoles: list[Path]) -> list[str]:
                 proc.wait(timeout=60)
     outputs = [console.read_text() for console in consoles]
     for proc, console, out in zip(procs, consoles, outputs):
-        assert proc.returncode == 0, f"{console.name}: exit {proc.returncode}\n{out[-5000:]}"
+        assert (proc.returncode == 0) == expect_ok, f"{console.name}: exit {proc.returncode}\n{out[-5000:]}"
     return outputs
 
 
@@ -72,6 +72,7 @@ def test_two_nodes_through_launch_sh_train_what_one_node_with_two_processes_trai
         assert "master_addr=127.0.0.1" in out  # LOCAL_ADDR, not this machine's host name
 
     two, one = runs / "two-nodes", runs / "one-node"
+    assert not list(two.glob(".shared-check-*"))  # the run directory check cleans up after itself
     final_two, final_one = read_metrics(two / "metrics.jsonl")[-1], read_metrics(one / "metrics.jsonl")[-1]
     assert final_two["val/top1"] == final_one["val/top1"] and final_two["val/loss"] == final_one["val/loss"]
     ckpt_two, ckpt_one = load_ckpt(two / "last.pt"), load_ckpt(one / "last.pt")
@@ -79,3 +80,36 @@ def test_two_nodes_through_launch_sh_train_what_one_node_with_two_processes_trai
     assert ckpt_two["counters"] == ckpt_one["counters"]
     assert_same_tensors(ckpt_one["model"], ckpt_two["model"], "model")
     assert_same_tensors(ckpt_one["optimizer"], ckpt_two["optimizer"], "optimizer")
+
+
+def node_view(root: Path) -> Path:
+    """What a node sees: the same code (links to this checkout) and a local runs/ of its own."""
+    root.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name != "runs":
+            (root / entry.name).symlink_to(entry)
+    return root
+
+
+@pytest.mark.slow
+def test_nodes_without_a_shared_run_directory_stop_before_training(tmp_path):
+    # Two nodes, each with its own local disk: the same command with logging.runs_dir=runs, started in
+    # two directories. Rank 0 would write checkpoints the other node never sees, and on resume that
+    # node's rank would load whatever its own runs/<name> holds. Every rank must stop at start-up.
+    nodes = dict(NNODES="2", NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                 LOCAL_ADDR="127.0.0.1", RUN_NAME="local-disks")
+    views = [node_view(tmp_path / f"node{rank}") for rank in (0, 1)]
+    consoles = [tmp_path / f"node{rank}.txt" for rank in (0, 1)]
+    procs = [launch("runs", console, {**nodes, "NODE_RANK": str(rank)}, repo=view)
+             for rank, (view, console) in enumerate(zip(views, consoles))]
+    outputs = finish(procs, consoles, expect_ok=False)  # torchrun reports the workers' exit 2 as 1
+    for out in outputs:  # both nodes' consoles say why, whichever node got rank 0
+        assert "logging.runs_dir must be one shared file-system path" in out, out[-3000:]
+        assert "epoch 1/" not in out  # nothing trained
+    message = next(line for line in outputs[0].splitlines() if "logging.runs_dir must be" in line)
+    local = [str(view / "runs" / "local-disks") for view in views]
+    assert (f"run directory {local[0]} (rank 0 on " in message and f"rank 1 on " in message
+            and f"finds no such directory at {local[1]}" in message) or (
+            f"run directory {local[1]} (rank 0 on " in message and f"finds no such directory at {local[0]}" in message)
+    for view in views:
+        assert not list((view / "runs").rglob(".shared-check-*"))

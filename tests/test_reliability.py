@@ -255,11 +255,41 @@ def test_startup_checks_fail_before_training(tmp_path, overrides, message):
 
 
 @pytest.mark.slow
+def test_apex_on_a_machine_without_cuda_is_a_config_error(tmp_path):
+    """NVIDIA apex installed but no GPU: one line naming optim.impl and exit 2, not FusedSGD's traceback."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    # A stand-in for an installed apex: its FusedSGD refuses to build without the CUDA extensions,
+    # as apex/optimizers/fused_sgd.py does on a CPU-only machine.
+    stub = tmp_path / "site" / "apex" / "optimizers"
+    stub.mkdir(parents=True)
+    (stub.parent / "__init__.py").write_text("")
+    (stub / "__init__.py").write_text("class FusedSGD:\n    def __init__(self, *args, **kwargs):\n"
+                                      "        raise RuntimeError('apex.optimizers.FusedSGD requires cuda extensions')\n")
+    path = os.pathsep.join(p for p in (str(tmp_path / "site"), os.environ.get("PYTHONPATH")) if p)
+    proc = run_train(tmp_path, "apex", "optim.impl=apex", "train.epochs=1", check=False, timeout=60,
+                     env={"PYTHONPATH": path})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: optim.impl: apex (NVIDIA apex FusedSGD) runs only on CUDA GPUs")
+
+
+@pytest.mark.slow
 def test_unwritable_run_directory_is_reported(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the runs directory should be")
     proc = run_train(blocker, "x", check=False, timeout=60)
     assert proc.returncode == 2 and f"run directory {blocker / 'x'}: not writable" in proc.stderr
+
+
+def test_opening_the_run_directory_leaves_only_the_config(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.rundir import open_run_dir
+
+    cfg = load_config(None, [f"logging.runs_dir={tmp_path}", "logging.run_name=x"])
+    run_dir = open_run_dir(cfg, is_main=True)  # one process: the shared-directory check passes trivially
+    assert run_dir == (tmp_path / "x").resolve()
+    assert [p.name for p in run_dir.iterdir()] == ["config.yaml"]  # no check file left behind
 
 
 @pytest.mark.slow

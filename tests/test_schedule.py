@@ -113,5 +113,12 @@ def test_apex_missing_gives_clear_error():
     except ImportError:
         pass
     cfg = load_config(None, ["optim.impl=apex"]).optim
+    # on a CUDA device (nothing touches CUDA: the import fails first)
     with pytest.raises(ConfigError, match=r"NVIDIA apex is not importable.*Do not `pip install apex`"):
+        build_optimizer(cfg, torch.nn.Linear(2, 2), 64, torch.device("cuda"))
+
+
+def test_apex_without_cuda_is_a_config_error_whether_or_not_apex_is_installed():
+    cfg = load_config(None, ["optim.impl=apex"]).optim
+    with pytest.raises(ConfigError, match=r"^optim\.impl: apex .*runs only on CUDA GPUs.*trains on cpu"):
         build_optimizer(cfg, torch.nn.Linear(2, 2), 64, torch.device("cpu"))

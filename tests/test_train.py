@@ -126,6 +126,26 @@ def test_label_smoothing_and_ema_options(tmp_path):
     assert not ema_w.equal(model_w)
 
 
+@pytest.mark.slow
+def test_num_classes_auto_takes_the_data_s_classes_and_a_different_count_cannot_resume(tmp_path, tiny_tree):
+    from conftest import write_imagefolder
+
+    folder = ("data.source=imagefolder", "model.num_classes=auto", "train.global_batch_size=8", "train.epochs=1")
+    proc = run_train(tmp_path, "auto", *folder, f"data.root={tiny_tree}", "wandb.mode=offline")  # 3 classes
+    run_dir = tmp_path / "auto"
+    assert "3 classes" in proc.stderr
+    last = load_ckpt(run_dir / "last.pt")
+    assert last["config"]["model"]["num_classes"] == 3 and last["model"]["head.2.bias"].shape == (3,)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["num_classes"] == 3
+    assert offline_run(run_dir)["config"]["model"]["num_classes"] == 3
+    # The same setup on data with two classes resolves to 2: the 3-class checkpoint is refused.
+    two = write_imagefolder(tmp_path / "two", {"train": {"a": 8, "b": 8}, "val": {"a": 2, "b": 2}})
+    proc = run_train(tmp_path, "two", *folder, f"data.root={two}", f"checkpoint.resume={run_dir / 'last.pt'}",
+                     check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "model.num_classes: 3 in the checkpoint, 2 now" in proc.stderr
+
+
 def test_quickstart_config_is_the_readme_main_job():
     cfg = load_config(REPO / "configs" / "quickstart.yaml")
     assert cfg.data.source == "sample" and cfg.model.name == "squeezenet_bypass"
