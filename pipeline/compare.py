@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import UserError
+
 # Keys that differ between any two runs by construction: comparing them says nothing.
 IGNORED_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
 # A run without summary.json whose metrics.jsonl changed this recently (s) and that has not
@@ -37,7 +39,7 @@ RUNNING_WINDOW_S = 300.0
 MISSING = "-"
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """An argument is not a readable run directory; the message names the path."""
 
 
