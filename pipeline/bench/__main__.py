@@ -63,6 +63,10 @@ def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: lis
     from pipeline.rundir import setup_logging
 
     setup_logging(dist.rank)
+    if cfg.model.num_classes == "auto":  # the benchmarks build loaders and heads from the number
+        from pipeline.components import load_data, resolve_num_classes
+
+        cfg = resolve_num_classes(cfg, load_data(cfg.data))
     torch.backends.cudnn.benchmark = True  # as in training: autotuned convolutions (during warm-up)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or BENCH_RESULTS_DIR / f"{args.kind}-{stamp}"
