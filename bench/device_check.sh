@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
-# One GPU check, prepared to run in under 8 minutes on one H100/H200 with torch but without DALI:
-# the training-step matrix for squeezenet_bypass at 122x122 (precision x memory format x
-# torch.compile x batch size), the memory-bandwidth roofline of its best configuration,
-# synthetic-input end-to-end training at the reference batch (64) and at a large batch, then one
-# summary table last.
+# The GPU check: is the GPU fed? DALI on GPU vs CPU vs torchvision vs synthetic input, on the full
+# CIFAR-10 JPEG tree and the in-memory arrays, eager and compiled, batch 256 and 1024; then the
+# model's own ceiling and one summary table. Each phase is one call of a few minutes, so a lent
+# GPU's budget can run them separately and keep what finished.
 #
-#   bash bench/device_check.sh [OUT_DIR]          # default bench-results/device-check
-#   QUICK=1 bash bench/device_check.sh            # a few steps at 32 px: checks the script on a CPU
+#   bash bench/device_check.sh [OUT_DIR] [PHASE ...]   # default OUT_DIR bench-results/device-check,
+#                                                      # phases: loaders eager compiled ceiling
+#   QUICK=1 bash bench/device_check.sh /tmp/dc         # a few steps at 32 px: checks the script on a CPU
 #
-# Every step runs even if one fails; the summary shows what completed.
+# Data: the JPEG tree is extracted from $CIFAR_JPEG (default .device/cifar10-jpeg.tar.gz, else
+# ../shared/data/cifar10-jpeg.tar.gz) into $DATA (default /tmp/data); the in-memory source is an
+# official-format archive written from the JPEGs by scripts/make_cifar_archive.py (its pixels
+# carry the JPEG loss). QUICK uses the shipped sample instead. $THREADS: DALI threads and
+# DataLoader workers per process (default 8). Every step runs even if one fails; `bench report`
+# prints what completed. On the lent GPU machine DALI comes from ../shared/device (see its README).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-bench-results/device-check}"
+shift || true
+phases=("${@:-loaders eager compiled ceiling}")
+phases=(${phases[*]})
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
 config=configs/squeezenet_cifar10.yaml
-common=(wandb.mode=disabled data.source=synthetic)
+data="${DATA:-/tmp/data}"
+threads="${THREADS:-8}"
+[[ -n "${QUICK:-}" ]] && threads="${THREADS:-2}"
+common=(wandb.mode=disabled train.precision=auto "data.num_threads=$threads")
 if [[ -n "${QUICK:-}" ]]; then
     timing=(--steps=2 --warmup=1 --repeats=2)
-    size=(--size=32) batches=4,8 big=16
     common+=(data.train.min_side=34 data.train.max_side=38 data.train.crop=32 data.eval.size=32 data.eval.crop=32)
+    jpeg=(data.source=sample) memory=(data.source=sample) small=32 large=64
+    cudagraphs=off compiled=off  # compiling on a CPU takes minutes: QUICK checks the plumbing only
 else
-    timing=(--steps=30 --warmup=15 --repeats=5)
-    size=(--size=122) batches=256,1024 big=1024
+    timing=(--steps=40 --warmup=20 --repeats=5)
+    jpeg=(data.source=imagefolder "data.root=$data/cifar10") memory=(data.source=cifar10 "data.root=$data/cifar-py")
+    small=256 large=1024
+    cudagraphs=reduce-overhead compiled=default
 fi
 mkdir -p "$out"
 status=0
@@ -33,17 +47,58 @@ step() {  # step NAME COMMAND...: run, keep going on failure, time it
     "$@" 2>&1 | tee "$out/$name.log" >&2 || status=1
     echo "=== $name: $((SECONDS - t0)) s" >&2
 }
-"$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" >&2
-step model "$python" -m pipeline.bench model "$config" "${common[@]}" "${timing[@]}" "${size[@]}" \
-    --models=squeezenet_bypass --precisions=fp32,bf16,fp16 --formats=contiguous,channels_last --compile=off \
-    --batch-sizes="$batches" --out="$out/model"
-step model-compiled "$python" -m pipeline.bench model "$config" "${common[@]}" "${timing[@]}" "${size[@]}" \
-    --models=squeezenet_bypass --precisions=bf16 --formats=channels_last --compile=on \
-    --batch-sizes="$batches" --out="$out/model-compiled"
-step train-b64 "$python" -m pipeline.bench train "$config" "${common[@]}" "${timing[@]}" \
-    train.global_batch_size=64 --out="$out/train-b64"
-step train-big "$python" -m pipeline.bench train "$config" "${common[@]}" "${timing[@]}" \
-    train.global_batch_size="$big" --out="$out/train-big"
+bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results under $out/NAME
+    local name="$1" kind="$2"; shift 2
+    step "$name" "$python" -m pipeline.bench "$kind" "$config" "${common[@]}" "${timing[@]}" "$@" --out="$out/$name"
+}
+prepare_data() {
+    [[ -n "${QUICK:-}" ]] && return
+    local tarball="${CIFAR_JPEG:-.device/cifar10-jpeg.tar.gz}"
+    [[ -f "$tarball" ]] || tarball=../shared/data/cifar10-jpeg.tar.gz
+    if [[ ! -d "$data/cifar10/train" ]]; then
+        mkdir -p "$data" && tar -xzf "$tarball" -C "$data" || { echo "no CIFAR-10 JPEG tarball at $tarball" >&2; return 1; }
+    fi
+    [[ -f "$data/cifar-py/cifar-10-python.tar.gz" ]] || "$python" scripts/make_cifar_archive.py "$tarball" "$data/cifar-py"
+}
+
+"$python" - <<'PY' >&2
+import torch
+try:
+    import nvidia.dali as dali
+    version = dali.__version__
+except ImportError:
+    version = "not installed"
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), DALI {version}, {gpu}")
+PY
+step data prepare_data
+for phase in "${phases[@]}"; do
+    case "$phase" in
+    loaders)  # the input pipeline alone, per backend, with DALI's per-stage table
+        bench loader-jpeg-b$small loader "${jpeg[@]}" train.global_batch_size=$small --stages
+        bench loader-memory-b$small loader "${memory[@]}" train.global_batch_size=$small --stages
+        ;;
+    eager)  # end to end: DALI vs torchvision vs synthetic input, no compilation; and the doctor's verdict
+        bench train-jpeg-b$small-eager train "${jpeg[@]}" train.global_batch_size=$small
+        bench train-memory-b$small-eager train "${memory[@]}" train.global_batch_size=$small
+        bench doctor-jpeg-b$small doctor "${jpeg[@]}" train.global_batch_size=$small
+        ;;
+    compiled)  # the same with the model compiled: CUDA graphs at 256, default mode at 1024
+        bench train-jpeg-b$small-cudagraphs train "${jpeg[@]}" train.global_batch_size=$small \
+            train.compile=$cudagraphs --feeds=synthetic,real
+        bench train-memory-b$small-cudagraphs train "${memory[@]}" train.global_batch_size=$small \
+            train.compile=$cudagraphs --feeds=synthetic,real
+        bench train-jpeg-b$large-compiled train "${jpeg[@]}" train.global_batch_size=$large train.compile=$compiled
+        bench train-memory-b$large-compiled train "${memory[@]}" train.global_batch_size=$large \
+            train.compile=$compiled --feeds=synthetic,real
+        ;;
+    ceiling)  # the model alone: eager vs compile modes at the reference batch and a large one
+        bench model-ceiling model data.source=synthetic --models=squeezenet_bypass --precisions=bf16 \
+            --formats=channels_last --compile=off,$compiled,$cudagraphs --batch-sizes=64,$large
+        ;;
+    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling)" >&2; status=2 ;;
+    esac
+done
 echo
 "$python" -m pipeline.bench report "$out"
 exit $status

@@ -72,7 +72,8 @@ def diagnose(loader: float, model: float, end_to_end: float, model_4x: float, cf
             return {"verdict": "input-bound",
                     "why": f"the loader alone delivers {loader:,.0f} img/s, less than the model takes ({model:,.0f})",
                     "knob": "; ".join(knobs)}
-        fewer = f"data.num_threads={threads - 1} (now {threads} per process on {cores} cores), or " if threads > 1 else ""
+        fit = max(1, min(threads - 1, cores // world_size))  # ranks x threads within the cores
+        fewer = f"data.num_threads={fit} (now {threads} per process on {cores} cores), or " if threads > 1 else ""
         return {"verdict": "input-bound (contention)",
                 "why": f"the loader alone keeps up ({loader:,.0f} img/s) but not while training: the two share "
                        f"CPU cores or the GPU",
