@@ -1,4 +1,4 @@
-"""The DALI graph: read, decode, resize the shorter side, crop + flip; uint8 out.
+"""The DALI graph: read, decode, resize the shorter side, crop + flip; uint8 out (or standardized on CPU).
 
 One function builds the graph for every source and device. On GPU the JPEG decoder is DALI's
 `mixed` one and the resize and crop run as GPU operators; on CPU (`device_id=None`) the same code
@@ -19,10 +19,12 @@ time, so a graph that computed the crop window from the image shape with DALI ar
 host (and made up most of the CPU graph's time here). Batches also stay a pure function of
 (epoch, iteration): exact resume needs only the position, not DALI's random state.
 
-Standardization, (x - mean) / sqrt(var + eps) per image over all pixels and channels, is not in
-the graph: DALI cannot emit bfloat16 and `fn.normalize` cannot emit float16, so the graph hands
-uint8 to torch, which standardizes and casts in one pass (`pipeline/data/loader.py`). That moves
-a quarter of the bytes a float32 graph output would, for every training dtype.
+Standardization, (x - mean) / sqrt(var + eps) per image over all pixels and channels, happens
+where the training happens. For a GPU trainer the graph hands uint8 to torch, which standardizes
+and casts on the GPU in one pass (`pipeline/data/dali_loader.py`): DALI cannot emit bfloat16,
+`fn.normalize` cannot emit float16, and uint8 moves a quarter of the bytes of float32. For a CPU
+trainer that pass would run in the training process's own thread, so the graph standardizes in
+DALI's worker threads instead (`output="float32"` or `"float16"`).
 """
 
 from __future__ import annotations
@@ -104,11 +106,16 @@ def build_pipeline(
     prefetch_queue_depth: int,
     seed: int,
     samples_stream: Any = None,
+    output: Literal["uint8", "float32", "float16"] = "uint8",
+    std_eps: float = 1e-5,
     hw_decoder_load: float = 0.65,
     checkpoint: bytes | None = None,
     stop_after: str | None = None,
 ) -> Any:
-    """A built DALI pipeline with outputs (images uint8 HWC, labels int64).
+    """A built DALI pipeline with outputs (images HWC, labels int64).
+
+    Images are uint8 (`output="uint8"`), or standardized per image with `std_eps` in float32 or
+    float16.
 
     Two batch callbacks feed it, both called with DALI's batch_info and raising StopIteration at
     the end of an epoch: `arguments` returns (labels, *per-sample augmentation arguments in
@@ -155,8 +162,12 @@ def build_pipeline(
             return images, labels
         images = fn.crop_mirror_normalize(
             images, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"], crop_pos_y=arg["crop_y"], mirror=arg["mirror"],
-            dtype=types.UINT8, output_layout="HWC",
+            dtype=types.UINT8 if output == "uint8" else types.FLOAT, output_layout="HWC",
         )
+        if output != "uint8":
+            images = fn.normalize(images, axis_names="HWC", epsilon=std_eps)
+            if output == "float16":
+                images = fn.cast(images, dtype=types.FLOAT16)  # fn.normalize cannot emit float16
         if gpu:
             return images, labels.gpu()
         if device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI

@@ -10,9 +10,11 @@ What happens per batch, and on which thread:
    the remaining batches exactly.
 2. DALI reads, decodes, resizes and crops in its own threads and CUDA stream (dali_graph.py).
 3. `pipe.run(stream)` returns the batch ordered on torch's current stream: no host wait. The
-   uint8 NHWC output is viewed by torch through DLPack (no copy) and standardized per image into a
-   new tensor in the training dtype (NCHW, channels_last). The DALI buffer is kept alive until the
-   standardization has run on the GPU (a CUDA event), never longer.
+   uint8 NHWC output is viewed by torch through DLPack (no copy) and standardized per image on the
+   GPU into a new tensor in the training dtype (NCHW, channels_last). The DALI buffer is kept
+   alive until the standardization has run on the GPU (a CUDA event), never longer.
+   A CPU trainer gets the batch already standardized by DALI's worker threads (that pass would
+   otherwise run in the training thread): the hand-off is then a view, plus the cast to bfloat16.
 """
 
 from __future__ import annotations
@@ -137,11 +139,13 @@ class DaliLoader:
         self.arguments = ArgumentSource(images, plan, spec, seed, epoch_offset, history=prefetch_queue_depth + 2)
         samples = SampleSource(images, plan, epoch_offset, kind, device)
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
+        # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
+        output = "uint8" if self.outputs_on_gpu else ("float16" if dtype == torch.float16 else "float32")
         self.pipe = build_pipeline(
             self.arguments, samples, spec, sample_kind=kind, device=dali_device,
             device_id=device.index if self.outputs_on_gpu else None, batch_size=plan.batch_size,
-            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, seed=seed,
-            samples_stream=samples.stream if kind == "resident" else None,
+            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, seed=seed, output=output,
+            std_eps=std_eps, samples_stream=samples.stream if kind == "resident" else None,
             hw_decoder_load=hw_decoder_load, checkpoint=checkpoint,
             stop_after=None if stop_after == "full" else stop_after,
         )
@@ -165,8 +169,10 @@ class DaliLoader:
             yield outputs if self.raw else self.hand_off(outputs)
 
     def hand_off(self, outputs: tuple[Any, Any]) -> Batch:
-        """DALI's uint8 NHWC batch -> standardized NCHW channels_last in the training dtype, on the device."""
+        """DALI's NHWC batch -> standardized NCHW channels_last in the training dtype, on the device."""
         raw_images, raw_labels = (torch.from_dlpack(out.as_tensor()) for out in outputs)  # views, no copy
+        if raw_images.dtype != torch.uint8:  # standardized by DALI (a CPU trainer)
+            return raw_images.permute(0, 3, 1, 2).to(self.dtype), raw_labels.view(-1)  # channels_last view
         images = standardize(raw_images, self.std_eps, self.dtype)
         labels = raw_labels.view(-1).clone()
         if self.outputs_on_gpu:

@@ -2,9 +2,9 @@
 
 It exists to be compared against (`python -m pipeline.bench loader|train`), so it does the
 identical work: decode, resize the shorter side to s ~ U{min_side..max_side}, random crop x crop,
-flip, then the same hand-off as the DALI loader (uint8 NHWC batch on the device, standardized per
-image into the training dtype as NCHW channels_last by `standardize`), with the same sharded index
-plan. It is written the way a careful user would write it: uint8 tensor ops (torchvision.io
+flip, per-image standardization where the DALI loader does it (on the device for a GPU trainer:
+uint8 batches, `standardize` after the copy; in the workers for a CPU trainer), the training
+dtype, NCHW channels_last, with the same sharded index plan. It is written the way a careful user would write it: uint8 tensor ops (torchvision.io
 decoding, v2 functional resize) in worker processes, HWC crops so the collated batch needs no
 copy to become channels_last, pinned memory and non_blocking copies on CUDA.
 """
@@ -25,8 +25,10 @@ from pipeline.data.sources import ImageSet
 
 
 class _AugmentedImages(torch.utils.data.Dataset):
-    def __init__(self, images: ImageSet, spec: AugmentSpec) -> None:
-        self.images, self.spec = images, spec
+    """One augmented image, HWC: uint8, or standardized in `dtype` when `std_eps` is given."""
+
+    def __init__(self, images: ImageSet, spec: AugmentSpec, std_eps: float | None, dtype: torch.dtype) -> None:
+        self.images, self.spec, self.std_eps, self.dtype = images, spec, std_eps, dtype
 
     def __len__(self) -> int:
         return len(self.images)
@@ -57,8 +59,11 @@ class _AugmentedImages(torch.utils.data.Dataset):
         img = img[:, top:top + crop, left:left + crop]
         if random.random() < spec.flip_prob:
             img = img.flip(-1)
-        # HWC uint8, as DALI's output: the collated NHWC batch is a channels_last NCHW view.
-        return img.permute(1, 2, 0).contiguous(), int(self.images.labels[index])
+        # HWC, as DALI's output: the collated NHWC batch is a channels_last NCHW view.
+        hwc = img.permute(1, 2, 0).contiguous()
+        if self.std_eps is not None:
+            hwc = standardize(hwc[None], self.std_eps, self.dtype)[0].permute(1, 2, 0)
+        return hwc, int(self.images.labels[index])
 
 
 class _PlanSampler(torch.utils.data.Sampler):
@@ -80,9 +85,10 @@ class TorchvisionLoader:
     def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, *, device: torch.device,
                  dtype: torch.dtype, std_eps: float, num_workers: int, seed: int, start_epoch: int = 0) -> None:
         self.device, self.dtype, self.std_eps = device, dtype, std_eps
+        self.on_device = device.type == "cuda"  # standardize after the copy; else in the workers
         self._sampler = _PlanSampler(plan, start_epoch)
         self._loader = torch.utils.data.DataLoader(
-            _AugmentedImages(images, spec), batch_sampler=self._sampler, num_workers=num_workers,
+            _AugmentedImages(images, spec, None if self.on_device else std_eps, dtype), batch_sampler=self._sampler, num_workers=num_workers,
             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),
@@ -94,7 +100,10 @@ class TorchvisionLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self._loader:
-            images = standardize(images.to(self.device, non_blocking=True), self.std_eps, self.dtype)
+            if self.on_device:
+                images = standardize(images.to(self.device, non_blocking=True), self.std_eps, self.dtype)
+            else:
+                images = images.permute(0, 3, 1, 2)  # NHWC -> a channels_last NCHW view
             yield images, labels.to(self.device, non_blocking=True)
 
     def state_dict(self) -> None:
