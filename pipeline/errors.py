@@ -3,7 +3,8 @@
 Every problem a user can fix (a config key, a data file, a checkpoint, the run directory, the
 launch environment) raises a subclass of `UserError`; its message names the key, file or variable.
 Entry points catch `UserError` only, print its one line and exit with `ExitCode.BAD_INPUT`;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. `EndReason` says why a training run ended; W&B and
+runs/<name>/summary.json record it beside the exit code it gives.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
     trainer = Trainer(cfg, init_distributed(cfg.dist.backend))   # run dir, components, resume
     exit_code = trainer.fit()
 
-`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save. What a
-run is made of comes from `build_components` (pipeline/components.py); the step and the
-evaluation are the free functions of pipeline/step.py; checkpoints belong to `CheckpointManager`.
+`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save, then
+`finish()` records how the run ended, whatever the ending (a crash too): the summary, `end/reason`
+and the exit code in W&B and summary.json (pipeline/records.py). What a run is made of comes from
+`build_components` (pipeline/components.py); the step and the evaluation are the free functions of
+pipeline/step.py; checkpoints belong to `CheckpointManager`.
 """
 
 from __future__ import annotations
