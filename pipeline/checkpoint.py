@@ -28,7 +28,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -148,6 +148,7 @@ class Counters:
     best_top1: float = -1.0
     best_epoch: int = -1  # 1-based epoch of best_top1
     final: dict[str, float] = field(default_factory=dict)  # latest evaluation
+    wall_seconds: float = 0.0  # run time when written (s, all sessions): metrics.jsonl `time` continues from it
 
     def result_summary(self) -> dict[str, float]:
         """final/* and best/* figures for the run's summary (empty before the first evaluation)."""
@@ -207,6 +208,15 @@ class ResumePoint:
 # ------------------------------------------------------------------------------ the manager
 
 
+class SaveObserver(Protocol):
+    """Told around every checkpoint write (e.g. RunRecords: stamps the run time, then releases
+    the records the checkpoint made durable to W&B)."""
+
+    def before_save(self, counters: Counters) -> None: ...
+
+    def after_save(self, counters: Counters) -> None: ...
+
+
 class CheckpointManager:
     """Finds the resume point, restores it into the components, writes and prunes checkpoints."""
 
@@ -214,6 +224,7 @@ class CheckpointManager:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.config = config  # the resolved config as plain data, saved in every checkpoint
         self.epochs = epochs
+        self.observers: list[SaveObserver] = []
 
     def find_resume(self) -> ResumePoint | None:
         """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
@@ -279,11 +290,15 @@ class CheckpointManager:
         if distributed.any_rank(not parts.weights_are_finite()):
             log.error("weights are not finite: not writing %s", ", ".join(p.name for p in names))
             return
+        for observer in self.observers:
+            observer.before_save(counters)
         payload = self._payload(parts, counters)
         if payload is not None:
             for path in names:
                 atomic_save(payload, path)
         distributed.barrier()  # nobody resumes or exits before the file is complete
+        for observer in self.observers:
+            observer.after_save(counters)
 
     def _payload(self, parts: Components, counters: Counters) -> dict[str, Any] | None:
         """The full checkpoint on rank 0 (None elsewhere); every rank contributes its own state."""

@@ -3,12 +3,13 @@
 Every problem a user can fix (a config key, a data file, a checkpoint, the run directory, the
 launch environment) raises a subclass of `UserError`; its message names the key, file or variable.
 Entry points catch `UserError` only, print its one line and exit with `ExitCode.BAD_INPUT`;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. `EndReason` says why a training run ended; W&B and
+runs/<name>/summary.json record it beside the exit code it gives.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class ExitCode(IntEnum):
@@ -17,6 +18,31 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # config, data, checkpoint or launch problem found before or during start-up
     NONFINITE = 4  # the loss stayed NaN/inf for train.nonfinite_limit steps
     PREEMPTED = 75  # stopped by SIGTERM/SIGINT after writing a checkpoint (EX_TEMPFAIL: run again)
+
+
+class EndReason(str, Enum):
+    """Why a training run ended: `end/reason` in the W&B summary and summary.json."""
+
+    FINISHED = "finished"  # every epoch done
+    TARGET_REACHED = "target_reached"  # stopped early: the accuracy target was reached
+    PREEMPTED = "preempted"  # SIGTERM/SIGINT, checkpoint written
+    NONFINITE = "nonfinite"  # the loss stayed NaN/inf
+    CRASHED = "crashed"  # an exception escaped the training loop
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The process's exit status; a crash is ERROR unless bad input caused it (see `crash_exit_code`)."""
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {EndReason.FINISHED: ExitCode.OK, EndReason.TARGET_REACHED: ExitCode.OK,
+               EndReason.PREEMPTED: ExitCode.PREEMPTED, EndReason.NONFINITE: ExitCode.NONFINITE,
+               EndReason.CRASHED: ExitCode.ERROR}
+
+
+def crash_exit_code(exc: BaseException) -> ExitCode:
+    """The exit status an exception escaping the loop gives: 2 for bad input found mid-run, else 1."""
+    return ExitCode.BAD_INPUT if isinstance(exc, UserError) else ExitCode.ERROR
 
 
 class UserError(Exception):

@@ -1,10 +1,14 @@
-"""Measuring a run honestly: on-device loss accumulators, throughput windows, metrics.jsonl.
+"""Measuring a run honestly: on-device loss accumulators, throughput windows, the run clock, metrics.jsonl.
 
 No host-device sync happens per step: losses accumulate on the device and are read only at
 logging boundaries. Throughput is images / wall time between two synchronized window
 boundaries, excluding the first `warmup_steps` of every epoch (DALI refill after a reset,
 cudnn autotuning, compilation) and everything outside the training loop (evaluation,
 checkpointing). The data-wait share is the time the loop spent blocked on the loader.
+
+Run time (`time` in metrics.jsonl, `time/wall_seconds` in the summary) is a `RunClock`: the seconds
+earlier sessions had run when the checkpoint this one resumed from was written (Counters.wall_seconds)
+plus this process's own, so it keeps rising across a resume.
 """
 
 from __future__ import annotations
@@ -66,10 +70,12 @@ class ThroughputMeter:
     def __init__(self, batch_size: int, warmup_steps: int, device: torch.device) -> None:
         self.batch_size, self.warmup_steps, self.device = batch_size, warmup_steps, device
         self.total_images, self.total_seconds = 0, 0.0
+        self.train_seconds = 0.0  # wall time inside training epochs: steps, data waits, logging, step checkpoints
         self.start_epoch()
 
     def start_epoch(self) -> None:
         self.epoch_steps = 0
+        self.last_step_end = time.perf_counter()
         self.window_start: float | None = None
         self.images, self.wait = 0, 0.0
         if self.warmup_steps == 0:
@@ -94,6 +100,9 @@ class ThroughputMeter:
 
     def step_done(self) -> None:
         self.epoch_steps += 1
+        now = time.perf_counter()
+        self.train_seconds += now - self.last_step_end
+        self.last_step_end = now
         if self.window_start is not None:
             self.images += self.batch_size
         elif self.epoch_steps == self.warmup_steps:
@@ -122,12 +131,26 @@ class ThroughputMeter:
         return self.total_images / self.total_seconds if self.total_seconds else float("nan")
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object per logging step and per evaluation (rank 0 writes)."""
+class RunClock:
+    """Seconds the run has been running: `start_seconds` from earlier sessions plus this process's."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, start_seconds: float = 0.0) -> None:
+        self.start_seconds = start_seconds
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.start_seconds + time.monotonic() - self.t0
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logging step and per evaluation (rank 0 writes).
+
+    Each record gets `time`, the run clock's seconds, which continue from the checkpoint on resume.
+    """
+
+    def __init__(self, path: Path, enabled: bool, clock: RunClock | None = None) -> None:
         self.path, self.enabled = path, enabled
-        self.t0 = time.time()
+        self.clock = clock or RunClock()
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records a killed run wrote after the checkpoint it resumes from."""
@@ -140,9 +163,12 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"time": round(time.time() - self.t0, 3), **record}
+        record = {"time": round(self.clock.elapsed(), 3), **record}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path) if self.enabled and self.path.exists() else []
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -1,44 +1,142 @@
-"""Where a run's figures go: metrics.jsonl (the record of truth), W&B, and curves.png at the end.
+"""Where a run's figures go: metrics.jsonl (the record of truth), W&B, summary.json, resolved.json, curves.png.
 
-    records = RunRecords(cfg, run_dir, is_main=dist.is_main, resume_step=step, environment=env)
-    records.log({"step": 100, "epoch": 0.5, "train/loss": 1.2})   # metrics.jsonl + W&B
-    records.summary({"final/top1": 0.91})
-    records.finish(plot=True)
+    records = RunRecords(cfg, run_dir, is_main=dist.is_main, counters=counters, environment=env,
+                         resolved=values)                       # on resume: continues time, backfills W&B
+    checkpoints.observers.append(records)                       # checkpoints settle W&B history
+    records.log({"step": 100, "epoch": 0.5, "train/loss": 1.2})  # metrics.jsonl + W&B
+    records.summary({"final/top1": 0.91})                       # W&B summary + summary.json
+    records.finish(EndReason.FINISHED, ExitCode.OK)             # end/*, time/*, curves.png, W&B exit state
+
+`runs/<name>/summary.json` holds, flat, every value passed to `summary()` plus `end/reason`,
+`end/exit_code`, `time/wall_seconds` and (where known) `time/train_seconds`; it is written at the
+end of every run that ends on its own (finished, target reached, preempted, non-finite, crashed).
+A resumed session starts from the previous summary.json without its `end/*` and `time/*` keys, so
+a session killed before it could write one leaves no stale ending behind.
+`runs/<name>/resolved.json` holds the `resolved/*` values (pipeline/resolved.py) of the latest session.
 
 Only rank 0 writes; on other ranks every call is a no-op.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from pipeline.checkpoint import Counters
 from pipeline.config import Config
-from pipeline.metrics import MetricsLog, read_metrics
+from pipeline.errors import EndReason
+from pipeline.metrics import MetricsLog, RunClock
 from pipeline.plots import plot_curves
 from pipeline.tracking import Tracker
 
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE, RESOLVED_FILE = "summary.json", "resolved.json"
+SESSION_KEYS = ("end/", "time/")  # describe how a session ended: never carried into the next one
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """Write `values` to `path` through a temporary file and a rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
 
 class RunRecords:
-    def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, resume_step: int,
-                 environment: dict[str, Any]) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, counters: Counters,
+                 environment: dict[str, Any], resolved: dict[str, Any]) -> None:
         self.run_dir, self.is_main = run_dir, is_main
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
-        self.metrics.truncate_after(resume_step)  # a killed run may have logged past its checkpoint
+        resumed = counters.global_step > 0
+        self.clock = RunClock(counters.wall_seconds)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main, clock=self.clock)
+        self.metrics.truncate_after(counters.global_step)  # a killed run may have logged past its checkpoint
+        self.values: dict[str, Any] = {}  # everything summary() received: the W&B summary and summary.json
+        self.earlier_train_seconds: float | None = 0.0  # training time of earlier sessions; None = unknown
+        if is_main:
+            self.start_summary_file(resumed)
+            write_json(run_dir / RESOLVED_FILE, resolved)
         self.tracker = Tracker(cfg.wandb, enabled=is_main, run_dir=run_dir, run_name=run_dir.name,
-                               experiment=cfg.name, config=cfg.to_dict(), environment=environment)
+                               experiment=cfg.name, config=cfg.to_dict(), environment=environment, resolved=resolved)
+        self.tracker.backfill(self.metrics.read())
+        self.tracker.settle(counters.global_step, epoch_closed=counters.step_in_epoch == 0)
+
+    def start_summary_file(self, resumed: bool) -> None:
+        """Carry a resumed run's summary.json over without its session keys; a fresh run starts with none."""
+        path = self.run_dir / SUMMARY_FILE
+        earlier = read_json(path) if resumed else {}
+        # Only a session that stopped at its own checkpoint (preempted, finished) has no redone work in its time.
+        exact = earlier.get("end/reason") in (EndReason.PREEMPTED.value, EndReason.FINISHED.value)
+        self.earlier_train_seconds = (earlier.get("time/train_seconds") if exact else None) if resumed else 0.0
+        self.values = {k: v for k, v in earlier.items() if not k.startswith(SESSION_KEYS)}
+        if self.values:
+            write_json(path, self.values)
+        else:
+            path.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------------------- records
 
     def log(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
         self.tracker.log(record)
 
     def summary(self, values: dict[str, Any]) -> None:
+        self.values.update(values)
         self.tracker.summary(values)
 
-    def finish(self, plot: bool = True) -> None:
-        """Draw curves.png from metrics.jsonl (rank 0) and close the W&B run."""
-        if plot and self.is_main and self.metrics.path.exists():
-            records = read_metrics(self.metrics.path)
-            if records:
-                plot_curves(records, self.run_dir / "curves.png", title=self.run_dir.name)
-        self.tracker.finish()
+    # ------------------------------------------------- CheckpointManager observer (SaveObserver)
+
+    def before_save(self, counters: Counters) -> None:
+        counters.wall_seconds = round(self.clock.elapsed(), 3)
+
+    def after_save(self, counters: Counters) -> None:
+        self.tracker.settle(counters.global_step, epoch_closed=counters.step_in_epoch == 0)
+
+    # ----------------------------------------------------------------------------- finish
+
+    def finish(self, end: EndReason | None, exit_code: int, *, train_seconds: float | None = None,
+               plot: bool = True) -> None:
+        """Record why the run ended (W&B summary, summary.json), draw curves.png, close W&B with `exit_code`.
+
+        `end` None (eval.only) closes W&B only. `train_seconds`: this session's time in training epochs.
+        """
+        try:
+            if end is not None:
+                self.summary(self.ending(end, exit_code, train_seconds))
+                if self.is_main:
+                    self.write_safely(lambda: write_json(self.run_dir / SUMMARY_FILE, self.values))
+            if plot and self.is_main:
+                self.write_safely(self.plot)
+        finally:
+            self.tracker.finish(exit_code, preempting=end is EndReason.PREEMPTED,
+                                final=end in (EndReason.FINISHED, EndReason.TARGET_REACHED))
+
+    def ending(self, end: EndReason, exit_code: int, train_seconds: float | None) -> dict[str, Any]:
+        values = {"end/reason": end.value, "end/exit_code": int(exit_code),
+                  "time/wall_seconds": round(self.clock.elapsed(), 3)}
+        if train_seconds is not None and self.earlier_train_seconds is not None:
+            values["time/train_seconds"] = round(self.earlier_train_seconds + train_seconds, 3)
+        return values
+
+    def plot(self) -> None:
+        records = self.metrics.read()
+        if records:
+            plot_curves(records, self.run_dir / "curves.png", title=self.run_dir.name)
+
+    @staticmethod
+    def write_safely(write: Callable[[], None]) -> None:
+        """A full disk or a vanished directory must not hide how the run ended (W&B still closes)."""
+        try:
+            write()
+        except OSError as exc:
+            log.error("could not write to the run directory: %s", exc)

@@ -3,9 +3,11 @@
     trainer = Trainer(cfg, init_distributed(cfg.dist.backend))   # run dir, components, resume
     exit_code = trainer.fit()
 
-`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save. What a
-run is made of comes from `build_components` (pipeline/components.py); the step and the
-evaluation are the free functions of pipeline/step.py; checkpoints belong to `CheckpointManager`.
+`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save, then
+`finish()` records how the run ended, whatever the ending (a crash too): the summary, `end/reason`
+and the exit code in W&B and summary.json (pipeline/records.py). What a run is made of comes from
+`build_components` (pipeline/components.py); the step and the evaluation are the free functions of
+pipeline/step.py; checkpoints belong to `CheckpointManager`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pipeline.components import build_components, load_data, resolve_num_classes
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
 from pipeline.envinfo import describe, environment
-from pipeline.errors import CheckpointError, ExitCode
+from pipeline.errors import CheckpointError, EndReason, ExitCode, crash_exit_code
 from pipeline.metrics import StepStats, ThroughputMeter
 from pipeline.preemption import StopRequest
 from pipeline.progress import Progress
 from pipeline.records import RunRecords
+from pipeline.resolved import resolved_settings
 from pipeline.rundir import open_run_dir, setup_logging
 from pipeline.step import evaluate, train_step
 
@@ -59,8 +62,9 @@ class Trainer:
         self.stats = StepStats(dist.device)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
         self.progress = Progress(cfg.logging.progress, enabled=dist.is_main)
-        self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, resume_step=self.counters.global_step,
-                                  environment=env)
+        self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, environment=env,
+                                  resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
+        self.checkpoints.observers.append(self.records)  # run time into checkpoints; settled rows to W&B
 
     # ------------------------------------------------------------------------------- fit
 
@@ -68,34 +72,40 @@ class Trainer:
         if self.cfg.eval.only:
             return self.evaluate_only()
         self.stop.install()
+        end, code = EndReason.CRASHED, ExitCode.ERROR  # unless the loop ends on its own
         try:
-            return self.run_epochs()
+            end = self.run_epochs()
+            code = end.exit_code
         except NonFiniteLossError as exc:
             log.error("stopping: %s. Checkpoints in %s were not overwritten; resume from the last good "
                       "one with a lower optim.lr, or set train.nonfinite_limit.", exc, self.run_dir)
-            return ExitCode.NONFINITE
+            end, code = EndReason.NONFINITE, ExitCode.NONFINITE
+        except BaseException as exc:
+            code = crash_exit_code(exc)  # W&B and summary.json say "crashed"; the traceback goes on up
+            raise
         finally:
             self.stop.uninstall()
-            self.records.finish()
+            self.finish(end, code)
+        return code
 
-    def run_epochs(self) -> ExitCode:
+    def run_epochs(self) -> EndReason:
         c = self.counters
         while c.epoch < self.cfg.train.epochs:
             if not self.train_epoch():
                 self.checkpoints.save_step(self.parts, c)
                 log.warning("preempted at step %d: checkpoint written to %s; exit status %d",
                             c.global_step, self.run_dir, ExitCode.PREEMPTED)
-                return ExitCode.PREEMPTED
+                return EndReason.PREEMPTED
             c.epoch, c.step_in_epoch = c.epoch + 1, 0
             metrics = self.evaluate() if self.eval_due(c.epoch) else None
             if metrics is not None:
                 self.record_evaluation(metrics)
             self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch)
-        self.report_final()
-        return ExitCode.OK
+        return EndReason.FINISHED
 
     def evaluate_only(self) -> ExitCode:
         """eval.only: evaluate the restored weights, write eval.json, print the figures."""
+        code = ExitCode.ERROR
         try:
             if self.counters.global_step == 0 and self.cfg.checkpoint.resume == "auto":
                 raise CheckpointError(f"eval.only: no checkpoint in {self.run_dir}")
@@ -105,9 +115,13 @@ class Trainer:
                 log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
                          self.counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
                          metrics["val/loss"], metrics["val/images"])
-            return ExitCode.OK
+            code = ExitCode.OK
+            return code
+        except BaseException as exc:
+            code = crash_exit_code(exc)
+            raise
         finally:
-            self.records.finish(plot=False)
+            self.records.finish(None, code, plot=False)  # W&B's exit state only: the training run did not end
 
     def eval_due(self, epochs_done: int) -> bool:
         every = self.cfg.eval.every
@@ -194,12 +208,33 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- finish
 
-    def report_final(self) -> None:
+    def finish(self, end: EndReason, code: ExitCode) -> None:
+        """The summary, why the run ended and its exit code (W&B and summary.json), whatever the ending."""
+        try:
+            summary = self.final_summary(all_ranks=end is not EndReason.CRASHED)
+            self.records.summary(summary)
+            if end in (EndReason.FINISHED, EndReason.TARGET_REACHED):
+                self.report_final(summary["perf/mean_images_per_sec"])
+        finally:
+            self.records.finish(end, code, train_seconds=self.meter.train_seconds)
+
+    def final_summary(self, all_ranks: bool) -> dict[str, Any]:
+        """final/*, best/* and mean throughput. `all_ranks` False after a crash: no collective (ranks may be
+        gone), so only this rank's own throughput, and the total only when it is the only rank."""
+        per_device = self.meter.mean_images_per_sec_per_device
+        summary: dict[str, Any] = dict(self.counters.result_summary())
+        if all_ranks:
+            total = distributed.all_reduce_sum(torch.nan_to_num(torch.tensor([per_device], dtype=torch.float64))).item()
+            summary.update({"perf/mean_images_per_sec": total,
+                            "perf/mean_images_per_sec_per_device": total / self.dist.world_size})
+        elif per_device == per_device:  # measured
+            summary["perf/mean_images_per_sec_per_device"] = per_device
+            if self.dist.world_size == 1:
+                summary["perf/mean_images_per_sec"] = per_device
+        return summary
+
+    def report_final(self, total: float) -> None:
         c = self.counters
-        per_device = torch.nan_to_num(torch.tensor([self.meter.mean_images_per_sec_per_device], dtype=torch.float64))
-        total = distributed.all_reduce_sum(per_device).item()
-        summary = {"perf/mean_images_per_sec": total, "perf/mean_images_per_sec_per_device": total / self.dist.world_size}
-        self.records.summary({**summary, **c.result_summary()})
         if self.dist.is_main and c.final:
             speed = (f"{total:,.0f} img/s ({total / self.dist.world_size:,.0f} per device, warm-up and evaluation "
                      "excluded)" if total > 0 else "throughput not measured (epochs shorter than "

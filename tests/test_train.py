@@ -60,7 +60,8 @@ def test_wandb_offline_run_has_the_metrics_config_and_summary(single_run):
     wb = offline_run(run_dir)
     logged = set().union(*wb["history"])
     assert TRAIN_KEYS | VAL_KEYS | {"epoch", "step"} <= logged
-    assert wb["run"].run_group == "tiny-exp" and list(wb["run"].tags) == ["ci", "tiny"]
+    assert wb["run"].run_group == "tiny-exp"
+    assert list(wb["run"].tags) == ["ci", "tiny", "fp32", "cpu", "dali-cpu"]  # the user's, then the automatic ones
     assert wb["run"].display_name == "single"
     assert wb["config"]["optim"]["lr"] == 0.1 and wb["config"]["environment"]["torch"]
     assert {"final/top1", "best/top1", "best/epoch", "perf/mean_images_per_sec"} <= wb["summary"].keys()

@@ -120,11 +120,12 @@ def write_results(kind: str, rows: list[dict[str, Any]], cfg: Config, args: argp
 
 
 def log_to_wandb(cfg: Config, result: dict[str, Any], out: Path) -> None:
+    from pipeline.resolved import environment_settings
     from pipeline.tracking import Tracker
 
     tracker = Tracker(cfg.wandb, enabled=True, run_dir=out, run_name=out.name, experiment=cfg.name,
                       config={**cfg.to_dict(), "bench": result["settings"]}, environment=result["environment"],
-                      job_type="benchmark")
+                      job_type="benchmark", resolved=environment_settings(result["environment"]))
     if tracker.run is None:
         return
     import wandb
