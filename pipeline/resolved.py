@@ -83,7 +83,7 @@ def auto_tags(values: dict[str, Any]) -> list[str]:
     tags.append(f"{gpus}gpu" if gpus else "cpu")
     if "resolved/data_pipeline" in values:
         tags.append(values["resolved/data_pipeline"])
-    if values.get("resolved/compile"):
+    if values.get("resolved/compile", "off") != "off":  # a torch.compile mode
         tags.append("compiled")
     return tags
 

@@ -171,7 +171,7 @@ def test_resolved_settings_and_automatic_tags(resumed_run):
     resolved = json.loads((run_dir / "resolved.json").read_text())
     assert resolved["resolved/precision"] == "fp32"  # train.precision=auto on a CPU
     assert resolved["resolved/data_device"] == "cpu" and resolved["resolved/data_pipeline"] == "dali-cpu"
-    assert resolved["resolved/compile"] is False and resolved["resolved/world_size"] == 1
+    assert resolved["resolved/compile"] == "off" and resolved["resolved/world_size"] == 1
     assert resolved["resolved/nodes"] == 1 and resolved["resolved/gpu_count"] == 0
     assert resolved["resolved/per_device_batch"] == 32 and resolved["resolved/steps_per_epoch"] == 48
     assert resolved["resolved/effective_lr"] == 0.1
@@ -324,7 +324,8 @@ def test_node_count_and_tags():
     assert node_count({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}) == 2
     assert node_count({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_WORLD_SIZE": "2"}) == 2
     values = {"resolved/precision": "bf16", "resolved/gpu_count": 8, "resolved/data_pipeline": "dali-gpu",
-              "resolved/compile": True}
+              "resolved/compile": "reduce-overhead"}
     assert auto_tags(values) == ["bf16", "8gpu", "dali-gpu", "compiled"]
     assert auto_tags({"resolved/gpu_count": 0}) == ["cpu"]
+    assert "compiled" not in auto_tags({**values, "resolved/compile": "off"})
     assert merge_tags(["bf16", "mine"], auto_tags(values)) == ["bf16", "mine", "8gpu", "dali-gpu", "compiled"]
