@@ -152,6 +152,8 @@ class TrainConfig(Section):
     deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0.0, lt=1.0)
     ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
+    ema_warmup: bool = _f(True, "EMA decay of update n is min(ema_decay, (1 + n) / (10 + n)), so the EMA follows "
+                                "the weights from the first epoch; false = ema_decay from the second update on")
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
@@ -162,7 +164,11 @@ class EvalConfig(Section):
 
     every: int = _f(1, "evaluate every N epochs (the last epoch always); 0 = only at the end", ge=0)
     batch_size: int = _f(256, "images per evaluation step per process", gt=0)
-    use_ema: bool = _f(True, "evaluate the EMA weights when train.ema_decay > 0")
+    weights: Literal["ema", "raw", "both"] = _f(
+        "ema", "ema: the EMA weights when train.ema_decay > 0, else the raw ones; raw; both: EMA (the headline: "
+        "val/*, best, final, time to accuracy) and raw, also logged as val_ema/* and val_raw/*. "
+        "The former eval.use_ema=true/false still means ema/raw"
+    )
     only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
 
 
@@ -286,6 +292,8 @@ def _check_consistency(cfg: Config) -> None:
             )
     if sched.warmup_epochs >= epochs:
         raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs}")
+    if cfg.eval.weights == "both" and cfg.train.ema_decay == 0:
+        raise ConfigError("eval.weights: both needs an EMA (train.ema_decay > 0)")
     if cfg.eval.only and cfg.checkpoint.resume == "never":
         raise ConfigError("eval.only: needs a checkpoint (checkpoint.resume = auto or a file path)")
     name = cfg.logging.run_name
@@ -325,8 +333,24 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _migrate_legacy_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Keys of earlier versions, rewritten to their replacements (configs and overrides keep working)."""
+    section = values.get("eval")
+    if not (isinstance(section, dict) and "use_ema" in section):
+        return values
+    section = dict(section)
+    use_ema = section.pop("use_ema")
+    if not isinstance(use_ema, bool):
+        raise ConfigError(f"eval.use_ema: expected true or false (got {use_ema!r}); it is now eval.weights: ema | raw | both")
+    if "weights" in section:
+        raise ConfigError("eval.use_ema: replaced by eval.weights; give only eval.weights")
+    section["weights"] = "ema" if use_ema else "raw"
+    return {**values, "eval": section}
+
+
 def from_dict(values: dict[str, Any]) -> Config:
     """Validate plain data against the schema; raise ConfigError naming every bad key."""
+    values = _migrate_legacy_keys(values)
     try:
         cfg = Config.model_validate(values)
     except ValidationError as exc:

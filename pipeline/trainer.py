@@ -21,6 +21,7 @@ from pipeline.checkpoint import CheckpointManager, Counters
 from pipeline.components import build_components
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
+from pipeline.ema import name_evaluations
 from pipeline.envinfo import describe, environment
 from pipeline.errors import CheckpointError, ExitCode
 from pipeline.metrics import StepStats, ThroughputMeter
@@ -175,8 +176,11 @@ class Trainer:
     # ------------------------------------------------------------------------- evaluate
 
     def evaluate(self) -> dict[str, float]:
+        """val/* for the headline weights of eval.weights; val_ema/* and val_raw/* when both are evaluated."""
         self.parts.sync_buffers()
-        return evaluate(self.parts.eval_model(self.cfg.eval.use_ema), self.parts.eval_loader, self.parts.precision)
+        models = self.parts.eval_models(self.cfg.eval.weights)
+        return name_evaluations({name: evaluate(model, self.parts.eval_loader, self.parts.precision)
+                                 for name, model in models.items()})
 
     def record_evaluation(self, metrics: dict[str, float]) -> None:
         c = self.counters
@@ -185,9 +189,10 @@ class Trainer:
             c.best_top1, c.best_epoch = metrics["val/top1"], c.epoch
         record = {"step": c.global_step, "epoch": c.epoch, **metrics}
         self.records.log(record)
-        log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)",
+        raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
+        log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
                  c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch)
+                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
 
     # ----------------------------------------------------------------------------- finish
 
