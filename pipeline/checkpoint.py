@@ -35,6 +35,7 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.errors import CheckpointError
+from pipeline.tta import tta_summary
 
 if TYPE_CHECKING:
     from pipeline.components import Components
@@ -148,14 +149,19 @@ class Counters:
     best_top1: float = -1.0
     best_epoch: int = -1  # 1-based epoch of best_top1
     final: dict[str, float] = field(default_factory=dict)  # latest evaluation
+    # Time to accuracy (pipeline/tta.py), continued across resumes:
+    train_seconds: float = 0.0  # seconds in the training loop so far (evaluation and checkpoints excluded)
+    tta_wall_seconds: float = 0.0  # seconds the run's processes had run when this checkpoint was written
+    tta: dict[str, dict[str, float]] = field(default_factory=dict)  # "92.6" -> train_seconds, wall_seconds, epoch
 
     def result_summary(self) -> dict[str, float]:
-        """final/* and best/* figures for the run's summary (empty before the first evaluation)."""
+        """final/*, best/* and tta/* figures for the run's summary (empty before the first evaluation)."""
         if not self.final:
             return {}
         return {"final/top1": self.final["val/top1"], "final/top5": self.final["val/top5"],
                 "final/loss": self.final["val/loss"], "final/epoch": self.final["epoch"],
-                "best/top1": self.best_top1, "best/epoch": self.best_epoch}
+                "best/top1": self.best_top1, "best/epoch": self.best_epoch,
+                "time/train_seconds": round(self.train_seconds, 3), **tta_summary(self.tta)}
 
 
 def parameter_digest(model: nn.Module) -> str:

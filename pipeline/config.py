@@ -154,6 +154,8 @@ class TrainConfig(Section):
     ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
     ema_warmup: bool = _f(True, "EMA decay of update n is min(ema_decay, (1 + n) / (10 + n)), so the EMA follows "
                                 "the weights from the first epoch; false = ema_decay from the second update on")
+    tta_thresholds: list[float] = _f([0.90, 0.92, 0.926], "time to accuracy: headline top-1 levels (fractions, "
+                                     "at most one decimal in percent) whose first crossing is recorded")
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
@@ -292,6 +294,12 @@ def _check_consistency(cfg: Config) -> None:
             )
     if sched.warmup_epochs >= epochs:
         raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs}")
+    for threshold in cfg.train.tta_thresholds:
+        if not 0.0 < threshold <= 1.0 or abs(threshold * 1000 - round(threshold * 1000)) > 1e-6:
+            raise ConfigError(f"train.tta_thresholds: {threshold} must be a fraction in (0, 1] with at most one "
+                              "decimal in percent (0.926 = 92.6%)")
+    if len(set(cfg.train.tta_thresholds)) != len(cfg.train.tta_thresholds):
+        raise ConfigError(f"train.tta_thresholds: repeated values in {cfg.train.tta_thresholds}")
     if cfg.eval.weights == "both" and cfg.train.ema_decay == 0:
         raise ConfigError("eval.weights: both needs an EMA (train.ema_decay > 0)")
     if cfg.eval.only and cfg.checkpoint.resume == "never":

@@ -5,13 +5,15 @@
 
 `fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save. What a
 run is made of comes from `build_components` (pipeline/components.py); the step and the
-evaluation are the free functions of pipeline/step.py; checkpoints belong to `CheckpointManager`.
+evaluation are the free functions of pipeline/step.py; checkpoints belong to `CheckpointManager`;
+time to accuracy is pipeline/tta.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from pipeline.progress import Progress
 from pipeline.records import RunRecords
 from pipeline.rundir import open_run_dir, setup_logging
 from pipeline.step import evaluate, train_step
+from pipeline.tta import RunClock, describe_tta, record_crossings
 
 log = logging.getLogger("pipeline")
 
@@ -42,6 +45,7 @@ class NonFiniteLossError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo) -> None:
+        started = time.perf_counter()  # time to accuracy counts start-up (pipeline/tta.py)
         self.cfg, self.dist = cfg, dist
         self.run_dir = open_run_dir(cfg, dist.is_main)
         setup_logging(dist.rank, self.run_dir / "train.log")
@@ -53,6 +57,7 @@ class Trainer:
         resume = self.checkpoints.find_resume()
         self.parts = build_components(cfg, dist, resume)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
+        self.clock = RunClock(self.counters, dist.device, started)
         self.stop = StopRequest()
         self.stats = StepStats(dist.device)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
@@ -80,7 +85,8 @@ class Trainer:
         c = self.counters
         while c.epoch < self.cfg.train.epochs:
             if not self.train_epoch():
-                self.checkpoints.save_step(self.parts, c)
+                with self.clock.saving():
+                    self.checkpoints.save_step(self.parts, c)
                 log.warning("preempted at step %d: checkpoint written to %s; exit status %d",
                             c.global_step, self.run_dir, ExitCode.PREEMPTED)
                 return ExitCode.PREEMPTED
@@ -88,7 +94,8 @@ class Trainer:
             metrics = self.evaluate() if self.eval_due(c.epoch) else None
             if metrics is not None:
                 self.record_evaluation(metrics)
-            self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch)
+            with self.clock.saving():
+                self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch)
         self.report_final()
         return ExitCode.OK
 
@@ -119,6 +126,7 @@ class Trainer:
         parts.wrapped.train()
         self.meter.start_epoch()
         self.progress.start_epoch(c.epoch, self.cfg.train.epochs, steps, c.step_in_epoch)
+        self.clock.start_training()  # evaluation and checkpoints stay outside the training seconds
         try:
             for images, labels in self.meter.timed(parts.train_loader):
                 self.stats.add(self.step(images, labels))
@@ -130,10 +138,12 @@ class Trainer:
                     self.log_training()
                 every = self.cfg.checkpoint.every_steps
                 if every and c.global_step % every == 0 and c.step_in_epoch < steps:
-                    self.checkpoints.save_step(parts, c)
+                    with self.clock.saving():
+                        self.checkpoints.save_step(parts, c)
                 if self.stop_agreed():
                     return False
         finally:
+            self.clock.stop_training()
             self.progress.end_epoch()
         return not distributed.any_rank(self.stop.requested)
 
@@ -187,7 +197,9 @@ class Trainer:
         c.final = {**metrics, "epoch": c.epoch}
         if metrics["val/top1"] > c.best_top1:
             c.best_top1, c.best_epoch = metrics["val/top1"], c.epoch
-        record = {"step": c.global_step, "epoch": c.epoch, **metrics}
+        crossed = record_crossings(c.tta, self.cfg.train.tta_thresholds, metrics["val/top1"], epoch=c.epoch,
+                                   train_seconds=c.train_seconds, wall_seconds=self.clock.wall_seconds())
+        record = {"step": c.global_step, "epoch": c.epoch, **metrics, **crossed}
         self.records.log(record)
         raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
         log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
@@ -208,4 +220,6 @@ class Trainer:
                      "logging.perf_warmup_steps)")
             log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s",
                      100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch, speed)
+            log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
+                     describe_tta(c.tta, self.cfg.train.tta_thresholds), c.train_seconds)
             log.info("run directory: %s", self.run_dir)

@@ -1,0 +1,124 @@
+"""Time to accuracy: the bookkeeping in-process, then a real run that is resumed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import tta
+from pipeline.checkpoint import Counters
+from pipeline.config import ConfigError, load_config
+from pipeline.metrics import read_metrics
+from runs import assert_same_tensors, load_ckpt, run_train
+
+
+class FakeTime:
+    """Stands in for time.perf_counter: seconds advance only when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_time(monkeypatch):
+    clock = FakeTime()
+    monkeypatch.setattr(tta.time, "perf_counter", clock)
+    return clock
+
+
+def test_threshold_keys_are_percent_with_one_decimal():
+    assert [tta.threshold_key(t) for t in (0.9, 0.92, 0.926, 1.0, 0.05)] == ["90.0", "92.0", "92.6", "100.0", "5.0"]
+    assert tta.reaches(926 / 1000, 0.926) and tta.reaches(9260 / 10000, 0.926)
+    assert not tta.reaches(925 / 1000, 0.926)
+
+
+def test_first_crossings_are_recorded_once():
+    reached: dict = {}
+    thresholds = [0.926, 0.90, 0.92]
+    assert tta.record_crossings(reached, thresholds, 0.85, epoch=3, train_seconds=30, wall_seconds=40) == {}
+    new = tta.record_crossings(reached, thresholds, 0.921, epoch=7, train_seconds=70.12345, wall_seconds=90)
+    assert new == {"tta/90.0/train_seconds": 70.123, "tta/90.0/wall_seconds": 90, "tta/90.0/epoch": 7,
+                   "tta/92.0/train_seconds": 70.123, "tta/92.0/wall_seconds": 90, "tta/92.0/epoch": 7}
+    # A worse evaluation removes nothing; a better one adds only the new level.
+    assert tta.record_crossings(reached, thresholds, 0.80, epoch=8, train_seconds=80, wall_seconds=100) == {}
+    new = tta.record_crossings(reached, thresholds, 0.93, epoch=9, train_seconds=90, wall_seconds=110)
+    assert set(new) == {"tta/92.6/train_seconds", "tta/92.6/wall_seconds", "tta/92.6/epoch"}
+    assert reached["90.0"] == {"train_seconds": 70.123, "wall_seconds": 90, "epoch": 7}
+    summary = tta.tta_summary(reached)
+    assert summary["tta/90.0/epoch"] == 7 and summary["tta/92.6/epoch"] == 9 and len(summary) == 9
+    line = tta.describe_tta({"90.0": reached["90.0"]}, thresholds)
+    assert line == "90.0% at epoch 7 after 70.1 s of training (90.0 s wall); 92.0% not reached; 92.6% not reached"
+
+
+def test_counters_summary_carries_the_crossings():
+    c = Counters(final={"val/top1": 0.91, "val/top5": 1.0, "val/loss": 0.3, "epoch": 4}, best_top1=0.91,
+                 best_epoch=4, train_seconds=12.5, tta={"90.0": {"train_seconds": 12.5, "wall_seconds": 20.0, "epoch": 4}})
+    summary = c.result_summary()
+    assert summary["tta/90.0/train_seconds"] == 12.5 and summary["tta/90.0/epoch"] == 4
+    assert summary["time/train_seconds"] == 12.5 and summary["final/top1"] == 0.91
+
+
+def test_clock_excludes_checkpoints_and_continues_after_a_resume(fake_time):
+    counters = Counters(train_seconds=100.0, tta_wall_seconds=150.0)  # as restored from a checkpoint
+    clock = tta.RunClock(counters, torch.device("cpu"), started=fake_time.now)
+    fake_time.now += 5  # start-up of this attempt: wall time, not training
+    assert clock.wall_seconds() == 155.0
+    clock.start_training()
+    fake_time.now += 10
+    with clock.saving():  # a step checkpoint in the middle of the epoch
+        assert counters.train_seconds == 110.0 and counters.tta_wall_seconds == 165.0
+        fake_time.now += 3
+    fake_time.now += 7
+    clock.stop_training()
+    fake_time.now += 2  # evaluation
+    assert counters.train_seconds == 117.0 and clock.wall_seconds() == 177.0
+    with clock.saving():  # the epoch's checkpoint, outside the loop: nothing to pause
+        pass
+    assert counters.train_seconds == 117.0 and counters.tta_wall_seconds == 177.0
+
+
+def test_tta_config_checks():
+    cfg = load_config()
+    assert cfg.train.tta_thresholds == [0.90, 0.92, 0.926]
+    with pytest.raises(ConfigError, match=r"^train\.tta_thresholds: 0\.9265 must be a fraction"):
+        load_config(None, ["train.tta_thresholds=[0.9, 0.9265]"])
+    with pytest.raises(ConfigError, match=r"^train\.tta_thresholds: 1\.5 must be"):
+        load_config(None, ["train.tta_thresholds=[1.5]"])
+
+
+# ------------------------------------------------------------------------------ real runs
+
+THRESHOLDS = "train.tta_thresholds=[0.05, 0.999]"  # the tiny run reaches 5% at once and never 99.9%
+EMA = ("train.ema_decay=0.9", "eval.weights=both", "train.deterministic=true")
+
+
+@pytest.mark.slow
+def test_resume_keeps_time_to_accuracy_and_continues_the_ema(tmp_path):
+    run_train(tmp_path, "straight", THRESHOLDS, *EMA)
+    run_train(tmp_path, "split", THRESHOLDS, *EMA, "train.epochs=1")
+    before = load_ckpt(tmp_path / "split" / "last.pt")["counters"]
+    assert before["tta"]["5.0"]["epoch"] == 1 and "99.9" not in before["tta"]
+    proc = run_train(tmp_path, "split", THRESHOLDS, *EMA)  # resume=auto: epoch 2
+    assert "resumed from" in proc.stderr
+
+    after = load_ckpt(tmp_path / "split" / "last.pt")
+    counters = after["counters"]
+    assert counters["tta"] == before["tta"]  # kept from before the resume, not recomputed
+    assert counters["train_seconds"] > before["train_seconds"] > 0
+    assert counters["tta_wall_seconds"] > before["tta_wall_seconds"] > before["tta"]["5.0"]["train_seconds"]
+    assert "5.0% at epoch 1 after" in proc.stderr and "99.9% not reached" in proc.stderr
+
+    records = [r for r in read_metrics(tmp_path / "split" / "metrics.jsonl") if "val/top1" in r]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[0]["tta/5.0/train_seconds"] == before["tta"]["5.0"]["train_seconds"]
+    assert records[0]["tta/5.0/epoch"] == 1 and not any(k.startswith("tta/") for k in records[1])
+    assert records[1]["val/top1"] == records[1]["val_ema/top1"] and "val_raw/top1" in records[1]
+
+    # The EMA (weights, BatchNorm statistics, warm-up count) continued exactly across the resume.
+    straight = load_ckpt(tmp_path / "straight" / "last.pt")
+    assert int(after["ema"]["n_averaged"]) == 12
+    assert_same_tensors(straight["ema"], after["ema"], "ema")
+    assert_same_tensors(straight["model"], after["model"], "model")
