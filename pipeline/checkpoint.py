@@ -271,10 +271,11 @@ class CheckpointManager:
         if self.dist.is_main:
             prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
 
-    def save_epoch(self, parts: Components, counters: Counters, new_best: bool) -> None:
-        """last.pt every checkpoint.every_epochs (and after the last epoch); best.pt on a new best."""
+    def save_epoch(self, parts: Components, counters: Counters, new_best: bool, final: bool = False) -> None:
+        """last.pt every checkpoint.every_epochs and after the last epoch (or `final`: a run that stops
+        early); best.pt on a new best."""
         names = []
-        if counters.epoch % self.cfg.every_epochs == 0 or counters.epoch == self.epochs:
+        if counters.epoch % self.cfg.every_epochs == 0 or counters.epoch == self.epochs or final:
             names.append(self.run_dir / "last.pt")
         if new_best and self.cfg.save_best:
             names.append(self.run_dir / "best.pt")

@@ -156,6 +156,8 @@ class TrainConfig(Section):
                                 "the weights from the first epoch; false = ema_decay from the second update on")
     tta_thresholds: list[float] = _f([0.90, 0.92, 0.926], "time to accuracy: headline top-1 levels (fractions, "
                                      "at most one decimal in percent) whose first crossing is recorded")
+    target_accuracy: float = _f(0.0, "stop (exit 0) after the first evaluation whose headline top-1 reaches this "
+                                "fraction; 0 = off", ge=0.0, le=1.0)
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)

@@ -3,10 +3,11 @@
     trainer = Trainer(cfg, init_distributed(cfg.dist.backend))   # run dir, components, resume
     exit_code = trainer.fit()
 
-`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save. What a
-run is made of comes from `build_components` (pipeline/components.py); the step and the
-evaluation are the free functions of pipeline/step.py; checkpoints belong to `CheckpointManager`;
-time to accuracy is pipeline/tta.py.
+`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save, until
+`train.epochs` or, when set, until the headline top-1 reaches `train.target_accuracy`
+(`trainer.stopped_at_target`). What a run is made of comes from `build_components`
+(pipeline/components.py); the step and the evaluation are the free functions of pipeline/step.py;
+checkpoints belong to `CheckpointManager`; time to accuracy is pipeline/tta.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipeline.progress import Progress
 from pipeline.records import RunRecords
 from pipeline.rundir import open_run_dir, setup_logging
 from pipeline.step import evaluate, train_step
-from pipeline.tta import RunClock, describe_tta, record_crossings
+from pipeline.tta import RunClock, describe_tta, reaches, record_crossings
 
 log = logging.getLogger("pipeline")
 
@@ -58,6 +59,9 @@ class Trainer:
         self.parts = build_components(cfg, dist, resume)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
         self.clock = RunClock(self.counters, dist.device, started)
+        # True once train.target_accuracy is reached before the last epoch (here: before a resume):
+        # the run then ends early with exit 0.
+        self.stopped_at_target = self.target_reached(self.counters.final)
         self.stop = StopRequest()
         self.stats = StepStats(dist.device)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
@@ -83,7 +87,7 @@ class Trainer:
 
     def run_epochs(self) -> ExitCode:
         c = self.counters
-        while c.epoch < self.cfg.train.epochs:
+        while c.epoch < self.cfg.train.epochs and not self.stopped_at_target:
             if not self.train_epoch():
                 with self.clock.saving():
                     self.checkpoints.save_step(self.parts, c)
@@ -94,8 +98,13 @@ class Trainer:
             metrics = self.evaluate() if self.eval_due(c.epoch) else None
             if metrics is not None:
                 self.record_evaluation(metrics)
+                self.stopped_at_target = self.target_reached({**metrics, "epoch": c.epoch})
             with self.clock.saving():
-                self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch)
+                self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch,
+                                            final=self.stopped_at_target)
+        if self.stopped_at_target and self.dist.is_main:
+            log.info("stopping at epoch %d of %d: top-1 %.2f%% reached train.target_accuracy %.2f%%", c.epoch,
+                     self.cfg.train.epochs, 100 * c.final["val/top1"], 100 * self.cfg.train.target_accuracy)
         self.report_final()
         return ExitCode.OK
 
@@ -113,6 +122,12 @@ class Trainer:
             return ExitCode.OK
         finally:
             self.records.finish(plot=False)
+
+    def target_reached(self, evaluation: dict[str, float]) -> bool:
+        """Did `evaluation` (metrics and "epoch", or {} before any) reach train.target_accuracy before the last epoch?"""
+        target = self.cfg.train.target_accuracy
+        return (target > 0 and "val/top1" in evaluation and evaluation["epoch"] < self.cfg.train.epochs
+                and reaches(evaluation["val/top1"], target))
 
     def eval_due(self, epochs_done: int) -> bool:
         every = self.cfg.eval.every

@@ -1,4 +1,4 @@
-"""Time to accuracy: the bookkeeping in-process, then a real run that is resumed."""
+"""Time to accuracy and train.target_accuracy: the bookkeeping in-process, then real runs (resume, early stop)."""
 
 from __future__ import annotations
 
@@ -80,13 +80,15 @@ def test_clock_excludes_checkpoints_and_continues_after_a_resume(fake_time):
     assert counters.train_seconds == 117.0 and counters.tta_wall_seconds == 177.0
 
 
-def test_tta_config_checks():
+def test_tta_and_target_config_checks():
     cfg = load_config()
-    assert cfg.train.tta_thresholds == [0.90, 0.92, 0.926]
+    assert cfg.train.tta_thresholds == [0.90, 0.92, 0.926] and cfg.train.target_accuracy == 0
     with pytest.raises(ConfigError, match=r"^train\.tta_thresholds: 0\.9265 must be a fraction"):
         load_config(None, ["train.tta_thresholds=[0.9, 0.9265]"])
     with pytest.raises(ConfigError, match=r"^train\.tta_thresholds: 1\.5 must be"):
         load_config(None, ["train.tta_thresholds=[1.5]"])
+    with pytest.raises(ConfigError, match=r"^train\.target_accuracy: .*less than or equal to 1"):
+        load_config(None, ["train.target_accuracy=92.6"])
 
 
 # ------------------------------------------------------------------------------ real runs
@@ -122,3 +124,18 @@ def test_resume_keeps_time_to_accuracy_and_continues_the_ema(tmp_path):
     assert int(after["ema"]["n_averaged"]) == 12
     assert_same_tensors(straight["ema"], after["ema"], "ema")
     assert_same_tensors(straight["model"], after["model"], "model")
+
+
+@pytest.mark.slow
+def test_target_accuracy_stops_early_and_a_rerun_stays_stopped(tmp_path):
+    target = ("train.epochs=3", "train.target_accuracy=0.05", THRESHOLDS)
+    proc = run_train(tmp_path, "target", *target)  # check=True: exit status 0
+    assert "stopping at epoch 1 of 3: top-1" in proc.stderr and "reached train.target_accuracy 5.00%" in proc.stderr
+    last = load_ckpt(tmp_path / "target" / "last.pt")  # written although checkpoint.every_epochs is not due
+    assert last["counters"]["epoch"] == 1 and last["counters"]["global_step"] == 6
+    assert (tmp_path / "target" / "best.pt").exists()
+
+    again = run_train(tmp_path, "target", *target)  # a requeued job: resumes, sees the target, ends
+    assert "resumed from" in again.stderr and "stopping at epoch 1 of 3" in again.stderr
+    assert load_ckpt(tmp_path / "target" / "last.pt")["counters"]["global_step"] == 6
+    assert "epoch 2/3" not in again.stderr
