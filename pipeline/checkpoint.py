@@ -35,6 +35,7 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.errors import CheckpointError
+from pipeline.tta import tta_summary
 
 if TYPE_CHECKING:
     from pipeline.components import Components
@@ -148,15 +149,18 @@ class Counters:
     best_top1: float = -1.0
     best_epoch: int = -1  # 1-based epoch of best_top1
     final: dict[str, float] = field(default_factory=dict)  # latest evaluation
+    # Run clocks (pipeline/metrics.py RunClock), continued across resumes:
     wall_seconds: float = 0.0  # run time when written (s, all sessions): metrics.jsonl `time` continues from it
+    train_seconds: float = 0.0  # seconds in the training loop so far (evaluation and checkpoints excluded)
+    tta: dict[str, dict[str, float]] = field(default_factory=dict)  # "92.6" -> train_seconds, wall_seconds, epoch
 
     def result_summary(self) -> dict[str, float]:
-        """final/* and best/* figures for the run's summary (empty before the first evaluation)."""
+        """final/*, best/* and tta/* figures for the run's summary (empty before the first evaluation)."""
         if not self.final:
             return {}
         return {"final/top1": self.final["val/top1"], "final/top5": self.final["val/top5"],
                 "final/loss": self.final["val/loss"], "final/epoch": self.final["epoch"],
-                "best/top1": self.best_top1, "best/epoch": self.best_epoch}
+                "best/top1": self.best_top1, "best/epoch": self.best_epoch, **tta_summary(self.tta)}
 
 
 def parameter_digest(model: nn.Module) -> str:
@@ -276,10 +280,11 @@ class CheckpointManager:
         if self.dist.is_main:
             prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
 
-    def save_epoch(self, parts: Components, counters: Counters, new_best: bool) -> None:
-        """last.pt every checkpoint.every_epochs (and after the last epoch); best.pt on a new best."""
+    def save_epoch(self, parts: Components, counters: Counters, new_best: bool, final: bool = False) -> None:
+        """last.pt every checkpoint.every_epochs and after the last epoch (or `final`: a run that stops
+        early); best.pt on a new best."""
         names = []
-        if counters.epoch % self.cfg.every_epochs == 0 or counters.epoch == self.epochs:
+        if counters.epoch % self.cfg.every_epochs == 0 or counters.epoch == self.epochs or final:
             names.append(self.run_dir / "last.pt")
         if new_best and self.cfg.save_best:
             names.append(self.run_dir / "best.pt")

@@ -24,6 +24,7 @@ from pipeline.checkpoint import ResumePoint
 from pipeline.config import Config
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.distributed import DistInfo
+from pipeline.ema import WeightEMA, Weights, evaluated_models
 from pipeline.errors import ConfigError
 from pipeline.optim import build_optimizer
 from pipeline.precision import Precision, build_precision
@@ -44,7 +45,7 @@ class Components:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     precision: Precision
-    ema: torch.optim.swa_utils.AveragedModel | None
+    ema: WeightEMA | None
     train_loader: Loader
     eval_loader: Loader | None
     local_batch: int  # images per step on this rank
@@ -53,8 +54,9 @@ class Components:
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
 
-    def eval_model(self, use_ema: bool) -> nn.Module:
-        return self.ema.module if self.ema is not None and use_ema else self.model
+    def eval_models(self, weights: Weights) -> dict[str, nn.Module]:
+        """The modules eval.weights asks for, keyed "ema" / "raw", the headline first."""
+        return evaluated_models(self.model, self.ema, weights)
 
     def sync_buffers(self) -> None:
         """All ranks adopt rank 0's BatchNorm statistics (model and EMA) before evaluating or saving.
@@ -63,8 +65,8 @@ class Components:
         still holds the statistics of its own last batch.
         """
         distributed.broadcast_buffers(self.model)
-        if self.ema is not None:
-            distributed.broadcast_buffers(self.ema)
+        if self.ema is not None:  # the module only: n_averaged is a CPU tensor, equal on every rank
+            distributed.broadcast_buffers(self.ema.module)
 
     def weights_are_finite(self) -> bool:
         params = [*self.model.parameters(), *(self.ema.parameters() if self.ema is not None else [])]
@@ -179,11 +181,7 @@ def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = N
     torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs per rank
     optimizer = build_optimizer(cfg.optim, model, cfg.train.global_batch_size, dist.device)
     scheduler = build_scheduler(cfg.schedule, optimizer, cfg.train.epochs, len(train_loader))
-    ema = None
-    if cfg.train.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    ema = WeightEMA(model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
     return Components(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, precision=precision,
                       ema=ema, train_loader=train_loader, eval_loader=eval_loader,
                       local_batch=cfg.train.global_batch_size // dist.world_size)

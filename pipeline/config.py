@@ -163,6 +163,12 @@ class TrainConfig(Section):
     deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0.0, lt=1.0)
     ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
+    ema_warmup: bool = _f(True, "EMA decay of update n is min(ema_decay, (1 + n) / (10 + n)), so the EMA follows "
+                                "the weights from the first epoch; false = ema_decay from the second update on")
+    tta_thresholds: list[float] = _f([0.90, 0.92, 0.926], "time to accuracy: headline top-1 levels (fractions, "
+                                     "at most one decimal in percent) whose first crossing is recorded")
+    target_accuracy: float = _f(0.0, "stop (exit 0) after the first evaluation whose headline top-1 reaches this "
+                                "fraction; 0 = off", ge=0.0, le=1.0)
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
@@ -179,7 +185,11 @@ class EvalConfig(Section):
 
     every: int = _f(1, "evaluate every N epochs (the last epoch always); 0 = only at the end", ge=0)
     batch_size: int = _f(256, "images per evaluation step per process", gt=0)
-    use_ema: bool = _f(True, "evaluate the EMA weights when train.ema_decay > 0")
+    weights: Literal["ema", "raw", "both"] = _f(
+        "ema", "ema: the EMA weights when train.ema_decay > 0, else the raw ones; raw; both: EMA (the headline: "
+        "val/*, best, final, time to accuracy) and raw, also logged as val_ema/* and val_raw/*. "
+        "The former eval.use_ema=true/false still means ema/raw"
+    )
     only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
 
 
@@ -335,6 +345,14 @@ def _check_consistency(cfg: Config) -> None:
             )
     if sched.warmup_epochs >= epochs:
         raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs}")
+    for threshold in cfg.train.tta_thresholds:
+        if not 0.0 < threshold <= 1.0 or abs(threshold * 1000 - round(threshold * 1000)) > 1e-6:
+            raise ConfigError(f"train.tta_thresholds: {threshold} must be a fraction in (0, 1] with at most one "
+                              "decimal in percent (0.926 = 92.6%)")
+    if len(set(cfg.train.tta_thresholds)) != len(cfg.train.tta_thresholds):
+        raise ConfigError(f"train.tta_thresholds: repeated values in {cfg.train.tta_thresholds}")
+    if cfg.eval.weights == "both" and cfg.train.ema_decay == 0:
+        raise ConfigError("eval.weights: both needs an EMA (train.ema_decay > 0)")
     if cfg.eval.only and cfg.checkpoint.resume == "never":
         raise ConfigError("eval.only: needs a checkpoint (checkpoint.resume = auto or a file path)")
     name = cfg.logging.run_name
@@ -374,8 +392,24 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _migrate_legacy_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Keys of earlier versions, rewritten to their replacements (configs and overrides keep working)."""
+    section = values.get("eval")
+    if not (isinstance(section, dict) and "use_ema" in section):
+        return values
+    section = dict(section)
+    use_ema = section.pop("use_ema")
+    if not isinstance(use_ema, bool):
+        raise ConfigError(f"eval.use_ema: expected true or false (got {use_ema!r}); it is now eval.weights: ema | raw | both")
+    if "weights" in section:
+        raise ConfigError("eval.use_ema: replaced by eval.weights; give only eval.weights")
+    section["weights"] = "ema" if use_ema else "raw"
+    return {**values, "eval": section}
+
+
 def from_dict(values: dict[str, Any]) -> Config:
     """Validate plain data against the schema; raise ConfigError naming every bad key."""
+    values = _migrate_legacy_keys(values)
     try:
         cfg = Config.model_validate(values)
     except ValidationError as exc:

@@ -6,9 +6,13 @@ boundaries, excluding the first `warmup_steps` of every epoch (DALI refill after
 cudnn autotuning, compilation) and everything outside the training loop (evaluation,
 checkpointing). The data-wait share is the time the loop spent blocked on the loader.
 
-Run time (`time` in metrics.jsonl, `time/wall_seconds` in the summary) is a `RunClock`: the seconds
-earlier sessions had run when the checkpoint this one resumed from was written (Counters.wall_seconds)
-plus this process's own, so it keeps rising across a resume.
+The run's two clocks are one `RunClock`, kept in the checkpoint counters so both continue on resume:
+- run time (`time` in metrics.jsonl, `time/wall_seconds` and `tta/*/wall_seconds` in the summary):
+  the seconds earlier sessions had run when the checkpoint this one resumed from was written
+  (Counters.wall_seconds) plus this process's own, from the trainer's start;
+- training time (`time/train_seconds`, `tta/*/train_seconds`): seconds inside the training loop
+  (data, steps, logging), the device synchronized when a loop ends; evaluation and checkpoint
+  writing excluded. Work lost after a checkpoint is redone and counted once.
 """
 
 from __future__ import annotations
@@ -70,12 +74,10 @@ class ThroughputMeter:
     def __init__(self, batch_size: int, warmup_steps: int, device: torch.device) -> None:
         self.batch_size, self.warmup_steps, self.device = batch_size, warmup_steps, device
         self.total_images, self.total_seconds = 0, 0.0
-        self.train_seconds = 0.0  # wall time inside training epochs: steps, data waits, logging, step checkpoints
         self.start_epoch()
 
     def start_epoch(self) -> None:
         self.epoch_steps = 0
-        self.last_step_end = time.perf_counter()
         self.window_start: float | None = None
         self.images, self.wait = 0, 0.0
         if self.warmup_steps == 0:
@@ -100,9 +102,6 @@ class ThroughputMeter:
 
     def step_done(self) -> None:
         self.epoch_steps += 1
-        now = time.perf_counter()
-        self.train_seconds += now - self.last_step_end
-        self.last_step_end = now
         if self.window_start is not None:
             self.images += self.batch_size
         elif self.epoch_steps == self.warmup_steps:
@@ -132,14 +131,42 @@ class ThroughputMeter:
 
 
 class RunClock:
-    """Seconds the run has been running: `start_seconds` from earlier sessions plus this process's."""
+    """Run time and training time of a run, continued from the counters of a resumed one.
 
-    def __init__(self, start_seconds: float = 0.0) -> None:
-        self.start_seconds = start_seconds
-        self.t0 = time.monotonic()
+    Also a checkpoint observer (CheckpointManager.observers): a checkpoint pauses the training
+    clock and stamps the run time into the counters it saves.
+    """
 
-    def elapsed(self) -> float:
-        return self.start_seconds + time.monotonic() - self.t0
+    def __init__(self, counters: Any, device: torch.device, started: float | None = None) -> None:
+        self.counters, self.device = counters, device
+        started = time.perf_counter() if started is None else started
+        self.origin = started - counters.wall_seconds  # perf_counter() value at the run's "zero"
+        self.segment_start: float | None = None  # set while the training loop runs
+        self.paused = False  # by a checkpoint written inside the training loop
+
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.origin
+
+    def start_training(self) -> None:
+        """The training loop starts: its time counts as training until stop_training()."""
+        self.segment_start = time.perf_counter()
+
+    def stop_training(self) -> None:
+        """The training loop ended; queued device work is training time, so the device is synchronized first."""
+        if self.segment_start is not None:
+            synchronize(self.device)
+            self.counters.train_seconds += time.perf_counter() - self.segment_start
+            self.segment_start = None
+
+    def before_save(self, counters: Any) -> None:
+        self.paused = self.segment_start is not None
+        self.stop_training()
+        counters.wall_seconds = round(self.wall_seconds(), 3)
+
+    def after_save(self, counters: Any) -> None:
+        if self.paused:
+            self.start_training()
+        self.paused = False
 
 
 class MetricsLog:
@@ -148,9 +175,8 @@ class MetricsLog:
     Each record gets `time`, the run clock's seconds, which continue from the checkpoint on resume.
     """
 
-    def __init__(self, path: Path, enabled: bool, clock: RunClock | None = None) -> None:
-        self.path, self.enabled = path, enabled
-        self.clock = clock or RunClock()
+    def __init__(self, path: Path, enabled: bool, clock: RunClock) -> None:
+        self.path, self.enabled, self.clock = path, enabled, clock
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records a killed run wrote after the checkpoint it resumes from."""
@@ -163,7 +189,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"time": round(self.clock.elapsed(), 3), **record}
+        record = {"time": round(self.clock.wall_seconds(), 3), **record}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 

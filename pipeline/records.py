@@ -1,14 +1,14 @@
 """Where a run's figures go: metrics.jsonl (the record of truth), W&B, summary.json, resolved.json, curves.png.
 
-    records = RunRecords(cfg, run_dir, is_main=dist.is_main, counters=counters, environment=env,
-                         resolved=values)                       # on resume: continues time, backfills W&B
+    records = RunRecords(cfg, run_dir, is_main=dist.is_main, counters=counters, clock=clock,
+                         environment=env, resolved=values)      # on resume: backfills W&B
     checkpoints.observers.append(records)                       # checkpoints settle W&B history
     records.log({"step": 100, "epoch": 0.5, "train/loss": 1.2})  # metrics.jsonl + W&B
     records.summary({"final/top1": 0.91})                       # W&B summary + summary.json
     records.finish(EndReason.FINISHED, ExitCode.OK)             # end/*, time/*, curves.png, W&B exit state
 
 `runs/<name>/summary.json` holds, flat, every value passed to `summary()` plus `end/reason`,
-`end/exit_code`, `time/wall_seconds` and (where known) `time/train_seconds`; it is written at the
+`end/exit_code`, `time/wall_seconds` and `time/train_seconds` (the run clock's, pipeline/metrics.py); it is written at the
 end of every run that ends on its own (finished, target reached, preempted, non-finite, crashed).
 A resumed session starts from the previous summary.json without its `end/*` and `time/*` keys, so
 a session killed before it could write one leaves no stale ending behind.
@@ -54,15 +54,13 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 class RunRecords:
-    def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, counters: Counters,
+    def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, counters: Counters, clock: RunClock,
                  environment: dict[str, Any], resolved: dict[str, Any]) -> None:
-        self.run_dir, self.is_main = run_dir, is_main
+        self.run_dir, self.is_main, self.counters, self.clock = run_dir, is_main, counters, clock
         resumed = counters.global_step > 0
-        self.clock = RunClock(counters.wall_seconds)
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main, clock=self.clock)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main, clock=clock)
         self.metrics.truncate_after(counters.global_step)  # a killed run may have logged past its checkpoint
         self.values: dict[str, Any] = {}  # everything summary() received: the W&B summary and summary.json
-        self.earlier_train_seconds: float | None = 0.0  # training time of earlier sessions; None = unknown
         if is_main:
             self.start_summary_file(resumed)
             write_json(run_dir / RESOLVED_FILE, resolved)
@@ -75,9 +73,6 @@ class RunRecords:
         """Carry a resumed run's summary.json over without its session keys; a fresh run starts with none."""
         path = self.run_dir / SUMMARY_FILE
         earlier = read_json(path) if resumed else {}
-        # Only a session that stopped at its own checkpoint (preempted, finished) has no redone work in its time.
-        exact = earlier.get("end/reason") in (EndReason.PREEMPTED.value, EndReason.FINISHED.value)
-        self.earlier_train_seconds = (earlier.get("time/train_seconds") if exact else None) if resumed else 0.0
         self.values = {k: v for k, v in earlier.items() if not k.startswith(SESSION_KEYS)}
         if self.values:
             write_json(path, self.values)
@@ -97,22 +92,21 @@ class RunRecords:
     # ------------------------------------------------- CheckpointManager observer (SaveObserver)
 
     def before_save(self, counters: Counters) -> None:
-        counters.wall_seconds = round(self.clock.elapsed(), 3)
+        pass  # the run clock, an observer before this one, stamps the counters
 
     def after_save(self, counters: Counters) -> None:
         self.tracker.settle(counters.global_step, epoch_closed=counters.step_in_epoch == 0)
 
     # ----------------------------------------------------------------------------- finish
 
-    def finish(self, end: EndReason | None, exit_code: int, *, train_seconds: float | None = None,
-               plot: bool = True) -> None:
+    def finish(self, end: EndReason | None, exit_code: int, *, plot: bool = True) -> None:
         """Record why the run ended (W&B summary, summary.json), draw curves.png, close W&B with `exit_code`.
 
-        `end` None (eval.only) closes W&B only. `train_seconds`: this session's time in training epochs.
+        `end` None (eval.only) closes W&B only.
         """
         try:
             if end is not None:
-                self.summary(self.ending(end, exit_code, train_seconds))
+                self.summary(self.ending(end, exit_code))
                 if self.is_main:
                     self.write_safely(lambda: write_json(self.run_dir / SUMMARY_FILE, self.values))
             if plot and self.is_main:
@@ -121,12 +115,10 @@ class RunRecords:
             self.tracker.finish(exit_code, preempting=end is EndReason.PREEMPTED,
                                 final=end in (EndReason.FINISHED, EndReason.TARGET_REACHED))
 
-    def ending(self, end: EndReason, exit_code: int, train_seconds: float | None) -> dict[str, Any]:
-        values = {"end/reason": end.value, "end/exit_code": int(exit_code),
-                  "time/wall_seconds": round(self.clock.elapsed(), 3)}
-        if train_seconds is not None and self.earlier_train_seconds is not None:
-            values["time/train_seconds"] = round(self.earlier_train_seconds + train_seconds, 3)
-        return values
+    def ending(self, end: EndReason, exit_code: int) -> dict[str, Any]:
+        return {"end/reason": end.value, "end/exit_code": int(exit_code),
+                "time/wall_seconds": round(self.clock.wall_seconds(), 3),
+                "time/train_seconds": round(self.counters.train_seconds, 3)}
 
     def plot(self) -> None:
         records = self.metrics.read()

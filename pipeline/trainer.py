@@ -3,17 +3,19 @@
     trainer = Trainer(cfg, init_distributed(cfg.dist.backend))   # run dir, components, resume
     exit_code = trainer.fit()
 
-`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save, then
+`fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save, until
+`train.epochs` or, when set, until the headline top-1 reaches `train.target_accuracy`; then
 `finish()` records how the run ended, whatever the ending (a crash too): the summary, `end/reason`
 and the exit code in W&B and summary.json (pipeline/records.py). What a run is made of comes from
 `build_components` (pipeline/components.py); the step and the evaluation are the free functions of
-pipeline/step.py; checkpoints belong to `CheckpointManager`.
+pipeline/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is pipeline/tta.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import torch
@@ -23,15 +25,17 @@ from pipeline.checkpoint import CheckpointManager, Counters
 from pipeline.components import build_components, load_data, resolve_num_classes
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
+from pipeline.ema import name_evaluations
 from pipeline.envinfo import describe, environment
 from pipeline.errors import CheckpointError, EndReason, ExitCode, crash_exit_code
-from pipeline.metrics import StepStats, ThroughputMeter
+from pipeline.metrics import RunClock, StepStats, ThroughputMeter
 from pipeline.preemption import StopRequest
 from pipeline.progress import Progress
 from pipeline.records import RunRecords
 from pipeline.resolved import resolved_settings
 from pipeline.rundir import open_run_dir, setup_logging
 from pipeline.step import evaluate, train_step
+from pipeline.tta import describe_tta, reaches, record_crossings
 
 log = logging.getLogger("pipeline")
 
@@ -44,6 +48,7 @@ class NonFiniteLossError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo) -> None:
+        started = time.perf_counter()  # the run clock counts start-up (pipeline/metrics.py RunClock)
         setup_logging(dist.rank)
         data = load_data(cfg.data)  # the data completes the config (model.num_classes: auto) ...
         self.cfg = cfg = resolve_num_classes(cfg, data)
@@ -58,13 +63,19 @@ class Trainer:
         resume = self.checkpoints.find_resume()
         self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
+        self.clock = RunClock(self.counters, dist.device, started)
+        # True once train.target_accuracy is reached before the last epoch (here: before a resume):
+        # the run then ends early with exit 0.
+        self.stopped_at_target = self.target_reached(self.counters.final)
         self.stop = StopRequest()
         self.stats = StepStats(dist.device)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
         self.progress = Progress(cfg.logging.progress, enabled=dist.is_main)
-        self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, environment=env,
+        self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
+                                  environment=env,
                                   resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
-        self.checkpoints.observers.append(self.records)  # run time into checkpoints; settled rows to W&B
+        # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
+        self.checkpoints.observers += [self.clock, self.records]
 
     # ------------------------------------------------------------------------------- fit
 
@@ -90,7 +101,7 @@ class Trainer:
 
     def run_epochs(self) -> EndReason:
         c = self.counters
-        while c.epoch < self.cfg.train.epochs:
+        while c.epoch < self.cfg.train.epochs and not self.stopped_at_target:
             if not self.train_epoch():
                 self.checkpoints.save_step(self.parts, c)
                 log.warning("preempted at step %d: checkpoint written to %s; exit status %d",
@@ -100,7 +111,14 @@ class Trainer:
             metrics = self.evaluate() if self.eval_due(c.epoch) else None
             if metrics is not None:
                 self.record_evaluation(metrics)
-            self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch)
+                self.stopped_at_target = self.target_reached({**metrics, "epoch": c.epoch})
+            self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch,
+                                        final=self.stopped_at_target)
+        if self.stopped_at_target:
+            if self.dist.is_main:
+                log.info("stopping at epoch %d of %d: top-1 %.2f%% reached train.target_accuracy %.2f%%", c.epoch,
+                         self.cfg.train.epochs, 100 * c.final["val/top1"], 100 * self.cfg.train.target_accuracy)
+            return EndReason.TARGET_REACHED
         return EndReason.FINISHED
 
     def evaluate_only(self) -> ExitCode:
@@ -123,6 +141,12 @@ class Trainer:
         finally:
             self.records.finish(None, code, plot=False)  # W&B's exit state only: the training run did not end
 
+    def target_reached(self, evaluation: dict[str, float]) -> bool:
+        """Did `evaluation` (metrics and "epoch", or {} before any) reach train.target_accuracy before the last epoch?"""
+        target = self.cfg.train.target_accuracy
+        return (target > 0 and "val/top1" in evaluation and evaluation["epoch"] < self.cfg.train.epochs
+                and reaches(evaluation["val/top1"], target))
+
     def eval_due(self, epochs_done: int) -> bool:
         every = self.cfg.eval.every
         return epochs_done == self.cfg.train.epochs or (every > 0 and epochs_done % every == 0)
@@ -135,6 +159,7 @@ class Trainer:
         parts.wrapped.train()
         self.meter.start_epoch()
         self.progress.start_epoch(c.epoch, self.cfg.train.epochs, steps, c.step_in_epoch)
+        self.clock.start_training()  # evaluation and checkpoints stay outside the training seconds
         try:
             for images, labels in self.meter.timed(parts.train_loader):
                 self.stats.add(self.step(images, labels))
@@ -150,6 +175,7 @@ class Trainer:
                 if self.stop_agreed():
                     return False
         finally:
+            self.clock.stop_training()
             self.progress.end_epoch()
         return not distributed.any_rank(self.stop.requested)
 
@@ -192,19 +218,25 @@ class Trainer:
     # ------------------------------------------------------------------------- evaluate
 
     def evaluate(self) -> dict[str, float]:
+        """val/* for the headline weights of eval.weights; val_ema/* and val_raw/* when both are evaluated."""
         self.parts.sync_buffers()
-        return evaluate(self.parts.eval_model(self.cfg.eval.use_ema), self.parts.eval_loader, self.parts.precision)
+        models = self.parts.eval_models(self.cfg.eval.weights)
+        return name_evaluations({name: evaluate(model, self.parts.eval_loader, self.parts.precision)
+                                 for name, model in models.items()})
 
     def record_evaluation(self, metrics: dict[str, float]) -> None:
         c = self.counters
         c.final = {**metrics, "epoch": c.epoch}
         if metrics["val/top1"] > c.best_top1:
             c.best_top1, c.best_epoch = metrics["val/top1"], c.epoch
-        record = {"step": c.global_step, "epoch": c.epoch, **metrics}
+        crossed = record_crossings(c.tta, self.cfg.train.tta_thresholds, metrics["val/top1"], epoch=c.epoch,
+                                   train_seconds=c.train_seconds, wall_seconds=self.clock.wall_seconds())
+        record = {"step": c.global_step, "epoch": c.epoch, **metrics, **crossed}
         self.records.log(record)
-        log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)",
+        raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
+        log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
                  c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch)
+                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
 
     # ----------------------------------------------------------------------------- finish
 
@@ -216,7 +248,7 @@ class Trainer:
             if end in (EndReason.FINISHED, EndReason.TARGET_REACHED):
                 self.report_final(summary["perf/mean_images_per_sec"])
         finally:
-            self.records.finish(end, code, train_seconds=self.meter.train_seconds)
+            self.records.finish(end, code)
 
     def final_summary(self, all_ranks: bool) -> dict[str, Any]:
         """final/*, best/* and mean throughput. `all_ranks` False after a crash: no collective (ranks may be
@@ -241,4 +273,6 @@ class Trainer:
                      "logging.perf_warmup_steps)")
             log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s",
                      100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch, speed)
+            log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
+                     describe_tta(c.tta, self.cfg.train.tta_thresholds), c.train_seconds)
             log.info("run directory: %s", self.run_dir)

@@ -19,12 +19,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from pipeline.checkpoint import Counters
 from pipeline.config import load_config
 from pipeline.errors import EndReason
 from pipeline.fingerprint import data_fingerprint
-from pipeline.metrics import read_metrics
+from pipeline.metrics import RunClock, read_metrics
 from pipeline.records import RunRecords
 from pipeline.resolved import auto_tags, merge_tags, node_count
 from runs import REPO, TINY, load_ckpt, run_env, run_train, train_command
@@ -285,21 +286,23 @@ def test_records_continue_a_resumed_run(tmp_path):
     (run_dir / "summary.json").write_text(json.dumps(
         {"best/top1": 0.5, "tta/90/epoch": 4, "end/reason": "preempted", "end/exit_code": 75,
          "time/wall_seconds": 2.5, "time/train_seconds": 2.0}))
-    counters = Counters(epoch=1, step_in_epoch=0, global_step=6, wall_seconds=2.5)
-    records = RunRecords(cfg, run_dir, is_main=True, counters=counters, environment={},
+    counters = Counters(epoch=1, step_in_epoch=0, global_step=6, wall_seconds=2.5, train_seconds=2.0)
+    clock = RunClock(counters, torch.device("cpu"))
+    records = RunRecords(cfg, run_dir, is_main=True, counters=counters, clock=clock, environment={},
                          resolved={"resolved/precision": "fp32"})
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [3, 6]  # step 9 came after the checkpoint
     assert summary_json(run_dir) == {"best/top1": 0.5, "tta/90/epoch": 4}
     assert json.loads((run_dir / "resolved.json").read_text()) == {"resolved/precision": "fp32"}
     records.log({"step": 7, "train/loss": 1.0})
     assert read_metrics(run_dir / "metrics.jsonl")[-1]["time"] >= 2.5
-    records.before_save(counters)
+    clock.before_save(counters)
     assert counters.wall_seconds >= 2.5
+    counters.train_seconds += 1.0  # this session's training
     records.summary({"tta/92/epoch": 9})
-    records.finish(EndReason.FINISHED, 0, train_seconds=1.0, plot=False)
+    records.finish(EndReason.FINISHED, 0, plot=False)
     summary = summary_json(run_dir)
     assert summary["tta/90/epoch"] == 4 and summary["tta/92/epoch"] == 9 and summary["end/reason"] == "finished"
-    assert summary["time/train_seconds"] == 3.0  # 2.0 before the preemption + 1.0 now
+    assert summary["time/train_seconds"] == 3.0  # 2.0 before the preemption (from the checkpoint) + 1.0 now
 
 
 def test_data_fingerprint_names_the_data_not_the_place(tmp_path):
