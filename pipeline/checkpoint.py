@@ -45,7 +45,9 @@ __all__ = ["CheckpointError", "CheckpointManager", "Counters", "ResumePoint", "a
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the DALI graph draws its augmentation in the batch callback (a format-1 loader position does not
+# restore into it) and the counters carry the run clocks and time to accuracy.
+FORMAT_VERSION = 2
 STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
 # Config keys that must match to resume: they change parameter shapes or what a step means.
 MUST_MATCH = ("model", "train.global_batch_size", "data.source")
@@ -77,8 +79,13 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # truncated zip, bad pickle, disallowed global, ...
         raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: not a checkpoint of this project (format {ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path}: not a checkpoint of this project "
+                              f"({type(ckpt).__name__ if not isinstance(ckpt, dict) else 'no format_version'})")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written in checkpoint format {ckpt['format_version']}; this version reads "
+                              f"format {FORMAT_VERSION}. Start the run afresh (checkpoint.resume=never), or finish "
+                              f"it with the version that wrote it")
     return ckpt
 
 
