@@ -127,7 +127,8 @@ class Tracker:
         self.run.define_metric("epoch")
         self.run.define_metric("train/*", step_metric="step")
         self.run.define_metric("perf/*", step_metric="step")
-        self.run.define_metric("val/*", step_metric="epoch")
+        for evaluated in ("val/*", "val_ema/*", "val_raw/*", "tta/*"):  # per evaluation: against epochs
+            self.run.define_metric(evaluated, step_metric="epoch")
         for name, (x_axis, aggregates) in SUMMARY_AGGREGATES.items():
             self.run.define_metric(name, step_metric=x_axis, summary=aggregates)
         if self.mode == "offline":
