@@ -10,7 +10,8 @@
 # cu12x or CPU-only torch (DALI runs its CPU operators with either). NVIDIA apex is optional and
 # is never installed from PyPI: the PyPI package named "apex" is an unrelated project.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The real checkout, also when reached through a symlinked copy: the editable install must point at it.
+root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 venv="${VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.installed-from"
