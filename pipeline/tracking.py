@@ -108,6 +108,10 @@ class Tracker:
             import wandb
         except ImportError:
             raise RuntimeError("wandb is not installed: run scripts/setup_env.sh, or set wandb.mode=disabled") from None
+        # Own the W&B service: one inherited from a parent process (WANDB_SERVICE, set by any process
+        # that used wandb before starting this one) outlives this process when it is killed and keeps
+        # its run's stream open, and the resumed run is then refused ("run ID ... is in use").
+        os.environ.pop("WANDB_SERVICE", None)
         id_file = run_dir / "wandb-run-id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
