@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.entry import run_entry
+from pipeline.entry import exit_now, run_entry
 
 
 def train(cfg, dist) -> int:
@@ -29,4 +29,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))

@@ -15,7 +15,7 @@ from models import list_models
 from pipeline.config import Config, split_args
 from pipeline.constants import BENCH_RESULTS_DIR
 from pipeline.distributed import DistInfo
-from pipeline.entry import run_entry
+from pipeline.entry import exit_now, run_entry
 from pipeline.envinfo import describe, environment
 
 log = logging.getLogger(__name__)
@@ -106,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
