@@ -40,6 +40,15 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> N
         time.sleep(0.02)
 
 
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{text!r} did not appear in {path} (exit {proc.returncode})")
+        time.sleep(0.005)
+
+
 def descendants(pid: int) -> list[int]:
     children = [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
     return children + [d for c in children for d in descendants(c)]
@@ -126,7 +135,9 @@ def test_second_signal_exits_at_once(tmp_path):
                        "data.train.max_side=100", "data.train.crop=96")
     wait_for_file(tmp_path / "twice" / "step-00000004.pt", proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)  # two separate key presses (signals sent back to back would merge)
+    # Two separate key presses: the second only once the first was handled (a signal that arrives
+    # while Python is inside one long torch call would merge with the first).
+    wait_for_text(tmp_path / "twice" / "train.log", "SIGINT received: stopping after the current step", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGINT
