@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The CPU check: the figures of BENCHMARKS.md's CPU sections, in one go, on the development
+# machine (2 cores, no GPU; DALI in CPU-only mode). Run it on a quiet machine: the ratios are
+# from one run, single figures move by up to ~10% between runs.
+#
+#   bash bench/cpu_check.sh [OUT_DIR]     # default bench-results/cpu-check; then: bench report OUT_DIR
+#
+# Data as in bench/device_check.sh: the CIFAR-10 JPEG tree extracted from
+# ../shared/data/cifar10-jpeg.tar.gz into $DATA (default /tmp/data) and the in-memory archive
+# written from it by scripts/make_cifar_archive.py. Every step runs even if one fails.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${1:-bench-results/cpu-check}"
+python="${PYTHON:-python3}"
+[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
+data="${DATA:-/tmp/data}"
+tarball="${CIFAR_JPEG:-../shared/data/cifar10-jpeg.tar.gz}"
+jpeg=(data.source=imagefolder "data.root=$data/cifar10")
+memory=(data.source=cifar10 "data.root=$data/cifar-py")
+mkdir -p "$out"
+status=0
+step() {  # step NAME COMMAND...: run, keep going on failure, log and time it
+    local name="$1"; shift
+    local t0=$SECONDS
+    echo "=== $name: $*" | tee "$out/$name.log" >&2
+    "$@" 2>&1 | tee -a "$out/$name.log" >&2 || status=1
+    echo "=== $name: $((SECONDS - t0)) s" >&2
+}
+bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results under $out/NAME
+    local name="$1" kind="$2"; shift 2
+    step "$name" "$python" -m pipeline.bench "$kind" "$@" wandb.mode=disabled --out="$out/$name"
+}
+if [[ ! -d "$data/cifar10/train" ]]; then
+    mkdir -p "$data" && tar -xzf "$tarball" -C "$data" || { echo "no CIFAR-10 JPEG tarball at $tarball" >&2; exit 1; }
+fi
+[[ -f "$data/cifar-py/cifar-10-python.tar.gz" ]] || "$python" scripts/make_cifar_archive.py "$tarball" "$data/cifar-py"
+
+# Read every file once: the first backend measured must not pay for a cold page cache alone (a
+# first run measured DALI at 1.28x torchvision on cold files, 1.69x warm).
+tar -cf - -C "$data" cifar10 > /dev/null
+
+git rev-parse --short=12 HEAD > "$out/git-revision.txt"
+# The input pipeline alone: DALI CPU vs torchvision (2 threads / 2 workers), per-stage table.
+bench loader-jpeg-b64 loader "${jpeg[@]}" --stages
+bench loader-jpeg-b256 loader "${jpeg[@]}" train.global_batch_size=256 --stages
+bench loader-sample-b64 loader data.source=sample
+bench loader-memory-b64 loader "${memory[@]}" --stages
+# End to end at the reference settings (122 px, batch 64): DALI-fed vs torchvision-fed vs synthetic.
+bench train-jpeg-b64 train configs/squeezenet_cifar10.yaml "${jpeg[@]}" --steps 10 --repeats 5 --warmup 3
+# Where the bottleneck is on this machine, for the quickstart.
+bench doctor-quickstart doctor configs/quickstart.yaml
+echo
+"$python" -m pipeline.bench report "$out"
+exit $status
