@@ -28,6 +28,14 @@ def train_a_step(model: nn.Module, optimizer: torch.optim.Optimizer, seed: int) 
     optimizer.step()
 
 
+def train_and_average(model: nn.Module, optimizer: torch.optim.Optimizer, seeds: range, *averaged) -> None:
+    """A training step per seed, each followed by an update of every averaged model."""
+    for n in seeds:
+        train_a_step(model, optimizer, seed=n)
+        for avg in averaged:
+            avg.update_parameters(model)
+
+
 def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items() if v.is_floating_point()}
 
@@ -64,9 +72,7 @@ def test_integer_buffers_are_copied_not_averaged():
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ema = WeightEMA(model, decay=0.9)
-    for n in range(5):
-        train_a_step(model, optimizer, seed=n)
-        ema.update_parameters(model)
+    train_and_average(model, optimizer, range(5), ema)
     count = ema.module[1].num_batches_tracked
     assert count.dtype == torch.long and int(count) == int(model[1].num_batches_tracked) == 5
 
@@ -77,10 +83,7 @@ def test_without_warmup_it_is_torchs_averaged_model():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ours = WeightEMA(model, decay=0.9, warmup=False)
     torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
-    for n in range(5):
-        train_a_step(model, optimizer, seed=n)
-        ours.update_parameters(model)
-        torchs.update_parameters(model)
+    train_and_average(model, optimizer, range(5), ours, torchs)
     for key, value in float_state(torchs.module).items():
         assert torch.equal(ours.module.state_dict()[key], value), key
 
@@ -89,19 +92,14 @@ def test_state_dict_resumes_exactly_and_continues_the_warmup():
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ema = WeightEMA(model, decay=0.999)
-    for n in range(4):
-        train_a_step(model, optimizer, seed=n)
-        ema.update_parameters(model)
+    train_and_average(model, optimizer, range(4), ema)
     saved = {k: v.clone() for k, v in ema.state_dict().items()}
     assert set(saved) == {"n_averaged", *(f"module.{k}" for k in model.state_dict())}  # AveragedModel's keys
 
     resumed = WeightEMA(tiny_model(seed=1), decay=0.999)  # a fresh process: different initial weights
     resumed.load_state_dict(saved, strict=True)
     assert int(resumed.n_averaged) == 4 and resumed.current_decay() == pytest.approx(5 / 14)
-    for n in range(4, 8):
-        train_a_step(model, optimizer, seed=n)
-        ema.update_parameters(model)
-        resumed.update_parameters(model)
+    train_and_average(model, optimizer, range(4, 8), ema, resumed)
     for key, value in ema.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
 
