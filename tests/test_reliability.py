@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -334,3 +335,23 @@ def test_wandb_api_key_is_never_written(tmp_path):
     assert any(p.suffix == ".wandb" for p in files) and any(p.name == "last.pt" for p in files)
     for path in files:
         assert secret.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+
+
+def test_exit_now_keeps_the_code_the_exit_handlers_and_buffered_output(tmp_path):
+    """The entry points' fast exit skips module teardown, not what an exit must still do."""
+    marker = tmp_path / "handler-ran"
+    script = f"""
+import atexit, logging, sys
+from pipeline.entry import exit_now
+atexit.register(lambda: open({str(marker)!r}, "w").write("yes"))
+logging.basicConfig(stream=sys.stderr)
+logging.getLogger("x").warning("logged line")
+sys.stdout.write("buffered line without a newline")  # a pipe: block-buffered
+exit_now(3)
+"""
+    env = {k: v for k, v in run_env().items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered line without a newline"
+    assert "logged line" in proc.stderr
+    assert marker.read_text() == "yes"
