@@ -11,33 +11,16 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-bench-results/cpu-check}"
-python="${PYTHON:-python3}"
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
 data="${DATA:-/tmp/data}"
-tarball="${CIFAR_JPEG:-../shared/data/cifar10-jpeg.tar.gz}"
 jpeg=(data.source=imagefolder "data.root=$data/cifar10")
 memory=(data.source=cifar10 "data.root=$data/cifar-py")
 mkdir -p "$out"
-status=0
-step() {  # step NAME COMMAND...: run, keep going on failure, log and time it
-    local name="$1"; shift
-    local t0=$SECONDS
-    echo "=== $name: $*" | tee "$out/$name.log" >&2
-    "$@" 2>&1 | tee -a "$out/$name.log" >&2 || status=1
-    echo "=== $name: $((SECONDS - t0)) s" >&2
-}
+source bench/common.sh
 bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results under $out/NAME
     local name="$1" kind="$2"; shift 2
     step "$name" "$python" -m pipeline.bench "$kind" "$@" wandb.mode=disabled --out="$out/$name"
 }
-if [[ ! -d "$data/cifar10/train" ]]; then
-    mkdir -p "$data" && tar -xzf "$tarball" -C "$data" || { echo "no CIFAR-10 JPEG tarball at $tarball" >&2; exit 1; }
-fi
-[[ -f "$data/cifar-py/cifar-10-python.tar.gz" ]] || "$python" scripts/make_cifar_archive.py "$tarball" "$data/cifar-py"
-
-# Read every file once: the first backend measured must not pay for a cold page cache alone (a
-# first run measured DALI at 1.28x torchvision on cold files, 1.69x warm).
-tar -cf - -C "$data" cifar10 > /dev/null
+prepare_data "$data" "${CIFAR_JPEG:-../shared/data/cifar10-jpeg.tar.gz}" || exit 1
 
 git rev-parse --short=12 HEAD > "$out/git-revision.txt"
 # The input pipeline alone: DALI CPU vs torchvision (2 threads / 2 workers), per-stage table.

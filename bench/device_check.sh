@@ -20,8 +20,6 @@ out="${1:-bench-results/device-check}"
 shift || true
 phases=("${@:-loaders eager compiled ceiling}")
 phases=(${phases[*]})
-python="${PYTHON:-python3}"
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
 config=configs/squeezenet_cifar10.yaml
 data="${DATA:-/tmp/data}"
 threads="${THREADS:-8}"
@@ -39,27 +37,13 @@ else
     cudagraphs=reduce-overhead compiled=default
 fi
 mkdir -p "$out"
-status=0
-step() {  # step NAME COMMAND...: run, keep going on failure, time it
-    local name="$1"; shift
-    local t0=$SECONDS
-    echo "=== $name" >&2
-    "$@" 2>&1 | tee "$out/$name.log" >&2 || status=1
-    echo "=== $name: $((SECONDS - t0)) s" >&2
-}
+source bench/common.sh
 bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results under $out/NAME
     local name="$1" kind="$2"; shift 2
     step "$name" "$python" -m pipeline.bench "$kind" "$config" "${common[@]}" "${timing[@]}" "$@" --out="$out/$name"
 }
-prepare_data() {
-    [[ -n "${QUICK:-}" ]] && return
-    local tarball="${CIFAR_JPEG:-.device/cifar10-jpeg.tar.gz}"
-    [[ -f "$tarball" ]] || tarball=../shared/data/cifar10-jpeg.tar.gz
-    if [[ ! -d "$data/cifar10/train" ]]; then
-        mkdir -p "$data" && tar -xzf "$tarball" -C "$data" || { echo "no CIFAR-10 JPEG tarball at $tarball" >&2; return 1; }
-    fi
-    [[ -f "$data/cifar-py/cifar-10-python.tar.gz" ]] || "$python" scripts/make_cifar_archive.py "$tarball" "$data/cifar-py"
-}
+tarball="${CIFAR_JPEG:-.device/cifar10-jpeg.tar.gz}"
+[[ -f "$tarball" ]] || tarball=../shared/data/cifar10-jpeg.tar.gz
 
 "$python" - <<'PY' >&2
 import torch
@@ -71,7 +55,7 @@ except ImportError:
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), DALI {version}, {gpu}")
 PY
-step data prepare_data
+[[ -n "${QUICK:-}" ]] || step data prepare_data "$data" "$tarball"
 for phase in "${phases[@]}"; do
     case "$phase" in
     loaders)  # the input pipeline alone, per backend, with DALI's per-stage table
