@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.jsonl import read_metrics
 
 # Keys that differ between any two runs by construction: comparing them says nothing.
 IGNORED_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
@@ -67,20 +68,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl; a partial last line (a run killed mid-write) is dropped, any other bad line is an error."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise CompareError(f"{path}:{number}: not a JSON record") from None
-    return records
 
 
 def continuous_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,7 +109,7 @@ def load_run(path: str | Path) -> Run:
         name=path.resolve().name,
         path=path,
         config=flatten(read_yaml_or_json(path / "config.yaml")),
-        records=continuous_time(read_records(path / "metrics.jsonl")),
+        records=continuous_time(read_metrics(path / "metrics.jsonl")),
         summary=read_yaml_or_json(summary_path) if summary_path.is_file() else {},
     )
     run.figures = {**derive_figures(run), **run.summary}
@@ -330,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.runs)
-    except CompareError as exc:
+    except UserError as exc:  # CompareError, or a metrics.jsonl that is not JSON (RunDirError)
         print(f"compare error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(format_table(runs, markdown=args.markdown))

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from pipeline import distributed
+from pipeline.jsonl import read_metrics
 
 
 class StepStats:
@@ -182,9 +183,8 @@ class MetricsLog:
         """On resume: drop records a killed run wrote after the checkpoint it resumes from."""
         if not (self.enabled and self.path.exists()):
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [record for record in read_metrics(self.path) if record.get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -195,7 +195,3 @@ class MetricsLog:
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path) if self.enabled and self.path.exists() else []
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -23,9 +23,9 @@ import torch
 
 from pipeline.checkpoint import Counters
 from pipeline.config import load_config
-from pipeline.errors import EndReason
+from pipeline.errors import EndReason, RunDirError
 from pipeline.fingerprint import data_fingerprint
-from pipeline.metrics import RunClock, read_metrics
+from pipeline.metrics import MetricsLog, RunClock, read_metrics
 from pipeline.records import RunRecords
 from pipeline.resolved import auto_tags, merge_tags, node_count
 from runs import REPO, TINY, load_ckpt, run_env, run_train, train_command
@@ -334,3 +334,19 @@ def test_node_count_and_tags():
     assert auto_tags({"resolved/gpu_count": 0}) == ["cpu"]
     assert "compiled" not in auto_tags({**values, "resolved/compile": "off"})
     assert merge_tags(["bf16", "mine"], auto_tags(values)) == ["bf16", "mine", "8gpu", "dali-gpu", "compiled"]
+
+
+def test_resume_survives_a_partial_last_metrics_line(tmp_path):
+    """A run killed mid-write leaves half a line; resuming drops it (and the records after the checkpoint)."""
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"time": 1.0, "step": 3, "train/loss": 2.5}, {"time": 2.0, "step": 6, "val/top1": 0.1},
+            {"time": 3.0, "step": 9, "train/loss": 2.1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"time": 4.0, "step": 1')
+    log = MetricsLog(path, enabled=True, clock=None)
+    log.truncate_after(6)
+    assert read_metrics(path) == rows[:2]
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in rows[:2])  # the kept lines as written
+
+    path.write_text(json.dumps(rows[0]) + "\nnot json\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl:2: not a JSON record"):
+        log.truncate_after(6)
