@@ -35,6 +35,12 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def __enter__(self) -> "StopRequest":
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
             if signum != signal.SIGINT:

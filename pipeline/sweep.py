@@ -39,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 
 from pipeline.config import ConfigError, load_config, parse_overrides, split_args
+from pipeline.preemption import StopRequest
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train_dist.py"
 PREEMPTED = 75  # train_dist.py's exit status after a signal (checkpoint written)
@@ -155,27 +156,12 @@ def train_command(config: str | None, point: Point, nproc: int) -> list[str]:
     return [*launcher, str(TRAIN_SCRIPT), *([config] if config else []), *point.overrides]
 
 
-class StopAfterPoint:
+class StopAfterPoint(StopRequest):
     """SIGTERM/SIGINT while a point trains: remember it and start no further point.
 
     The training process gets its own copy of a terminal's Ctrl-C (same process group) and stops
     itself with a checkpoint; forwarding the signal would make that its second one, which exits at
     once without a checkpoint."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopAfterPoint":
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
