@@ -16,7 +16,7 @@ from pipeline.entry import exit_now, run_entry
 
 
 def train(cfg, dist) -> int:
-    from pipeline.trainer import Trainer  # torch loads after the config check
+    from pipeline.training.trainer import Trainer  # torch loads after the config check
 
     return Trainer(cfg, dist).fit()
 

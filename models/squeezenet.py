@@ -1,6 +1,6 @@
 """SqueezeNet family: the pre-activation bypass network of the reference recipe and the classics.
 
-Pure `nn.Module`s: no DDP, AMP, device or data logic here (wrapping happens in pipeline.trainer).
+Pure `nn.Module`s: no DDP, AMP, device or data logic here (wrapping happens in pipeline.training.trainer).
 
 `SqueezeNetBypass` follows the public Chainer SqueezeNet-on-CIFAR-10 result (92.63%): Fire modules
 built from BatchNorm -> ReLU -> Conv units, identity bypasses around fire3/5/7/9, ceil-mode pools,

@@ -1,1 +1,20 @@
-"""Training machinery: typed config, DALI input pipelines, the distributed trainer and benchmarks."""
+"""The library: typed config, DALI input pipelines, the distributed trainer, run records, benchmarks, tools.
+
+Packages, in the order their imports go (each imports only from those above it):
+
+    pipeline/             config.py (the schema), errors.py (UserError and exit codes), constants.py,
+                          distributed.py (process group, collectives, device sync), entry.py (CLI skeleton)
+    pipeline/data/        where images come from and how they reach the device: sources, the sharded
+                          index plan, the DALI graph, the loaders (DALI, torchvision, synthetic)
+    pipeline/runs/        what a run leaves behind: run directory, metrics.jsonl, W&B, summary.json,
+                          resolved values, data fingerprint, run clock, curves, console progress
+    pipeline/training/    the loop and what it is made of: trainer, components, step, checkpoint,
+                          EMA, optimizer, schedule, precision, meters, preemption, time to accuracy
+    pipeline/bench/       throughput benchmarks, built on the same public builders as training
+    pipeline/tools/       tools that read finished run directories: compare, sweep
+
+`data/` and the root know nothing of training or run records; `runs/` knows nothing of the loop
+(what it needs of the checkpoint counters is a protocol); `training/` uses `data/` and `runs/`;
+`bench/` and `tools/` sit on top. tests/test_layout.py checks these directions and that no module
+imports another's `_private` names.
+"""

@@ -1,4 +1,4 @@
-"""Process-group setup for torchrun (or a plain single process) and the few collectives we use.
+"""Process-group setup for torchrun (or a plain single process), the few collectives we use, device sync.
 
 Reads RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT through torch's env:// rendezvous).
 One process per GPU on `cuda:LOCAL_RANK` with NCCL; CPU processes use gloo. A separate gloo
@@ -80,6 +80,12 @@ def _restart_scoped_store(world_size: int, timeout: datetime.timedelta) -> Any:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
                           is_master=False, timeout=timeout)
     return dist.PrefixStore(f"squeezenet-dali/restart-{restart}", store)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): only at measurement boundaries."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def destroy() -> None:

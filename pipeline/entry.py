@@ -38,7 +38,9 @@ def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
         print_user_error(exc, "config error")
         return int(ExitCode.BAD_INPUT)
 
-    from pipeline import distributed  # after the config check: bad input fails fast, before torch loads
+    from pipeline import (
+        distributed,  # after the config check: bad input fails fast, before torch loads
+    )
 
     try:
         dist = distributed.init_distributed(cfg.dist.backend, cfg.dist.timeout_s)

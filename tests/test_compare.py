@@ -1,4 +1,4 @@
-"""pipeline.compare and pipeline.sweep on runs of the real trainer (the tiny settings of tests/runs.py).
+"""pipeline.tools.compare and pipeline.tools.sweep on runs of the real trainer (the tiny settings of tests/runs.py).
 
     pytest tests/test_compare.py
 """
@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import compare, sweep
+from pipeline.tools import compare
+from pipeline.tools import sweep
 from pipeline.config import load_config
 from runs import REPO, TINY, run_env, run_train
 
 # Three runs, each differing from the baseline in one key. The first two come from a local grid
-# (`pipeline.sweep`, which the sweep test checks), the third from run_train at the same time:
+# (`pipeline.tools.sweep`, which the sweep test checks), the third from run_train at the same time:
 # five processes would not fit this file's time budget on two cores.
 SWEEP = ["--grid", "optim.lr=0.1,0.05", "--name", "cmp"]
 VARIANTS = {"cmp-lr0.1": ("0.1", "0.0"), "cmp-lr0.05": ("0.05", "0.0"), "cmp-smooth": ("0.1", "0.1")}
@@ -32,7 +33,7 @@ DIFFERING = {"optim.lr", "train.label_smoothing"}
 @dataclass
 class Runs:
     root: Path                             # holds the three run directories
-    sweep: subprocess.CompletedProcess     # what `python -m pipeline.sweep` printed
+    sweep: subprocess.CompletedProcess     # what `python -m pipeline.tools.sweep` printed
 
     def dirs(self) -> list[str]:
         return [str(self.root / name) for name in VARIANTS]
@@ -42,7 +43,7 @@ class Runs:
 def runs(tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("compare-runs")
     with ThreadPoolExecutor(2) as pool:
-        swept = pool.submit(run_cli, "pipeline.sweep", *SWEEP, *TINY, f"logging.runs_dir={root}")
+        swept = pool.submit(run_cli, "pipeline.tools.sweep", *SWEEP, *TINY, f"logging.runs_dir={root}")
         pool.submit(run_train, root, "cmp-smooth", "train.label_smoothing=0.1", "wandb.group=cmp").result()
         proc = swept.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -164,7 +165,7 @@ def test_not_a_run_directory_exits_2_naming_the_path(tmp_path):
     for bad, why in [(tmp_path / "missing", "no such run directory"),
                      (tmp_path / "no-metrics", "no metrics.jsonl"),
                      (tmp_path / "nothing-*", "no run directories match")]:
-        proc = run_cli("pipeline.compare", str(bad))
+        proc = run_cli("pipeline.tools.compare", str(bad))
         assert proc.returncode == 2, proc.stderr
         assert str(bad) in proc.stderr and why in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

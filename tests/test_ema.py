@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import ConfigError, load_config
-from pipeline.ema import WeightEMA, evaluated_models, name_evaluations, warmup_decay
+from pipeline.training.ema import WeightEMA, evaluated_models, name_evaluations, warmup_decay
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

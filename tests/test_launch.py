@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.metrics import read_metrics
+from pipeline.runs.metrics import read_metrics
 from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env
 
 # Shards follow the global rank and the step is deterministic, so how the ranks are spread over

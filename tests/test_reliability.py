@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint as ckpt_io
-from pipeline.metrics import read_metrics
+from pipeline.training import checkpoint as ckpt_io
+from pipeline.runs.metrics import read_metrics
 from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env, run_train, train_command
 
 # Long enough to interrupt: 3 epochs x 12 steps, a step checkpoint every 4 steps.
@@ -147,7 +147,7 @@ def test_second_signal_exits_at_once(tmp_path):
 
 def test_a_repeated_sigterm_is_the_same_stop_request():
     """Under SLURM + torchrun one stop arrives twice (scancel, then the agent): it must not skip the checkpoint."""
-    from pipeline.preemption import StopRequest
+    from pipeline.training.preemption import StopRequest
 
     stop = StopRequest().install()
     try:
@@ -299,7 +299,7 @@ def test_unwritable_run_directory_is_reported(tmp_path):
 
 def test_opening_the_run_directory_leaves_only_the_config(tmp_path):
     from pipeline.config import load_config
-    from pipeline.rundir import open_run_dir
+    from pipeline.runs.rundir import open_run_dir
 
     cfg = load_config(None, [f"logging.runs_dir={tmp_path}", "logging.run_name=x"])
     run_dir = open_run_dir(cfg, is_main=True)  # one process: the shared-directory check passes trivially

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
-from pipeline.optim import build_optimizer, param_groups, scaled_lr
-from pipeline.schedule import build_scheduler, lr_factor
+from pipeline.training.optim import build_optimizer, param_groups, scaled_lr
+from pipeline.training.schedule import build_scheduler, lr_factor
 from models import build_model
 
 SPE = 10  # steps per epoch

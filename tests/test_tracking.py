@@ -1,7 +1,7 @@
 """What W&B and the run directory say about a run, read back from the files themselves.
 
 Real runs of the trainer (W&B offline), real signals, and W&B's own .wandb files read with
-pipeline/wandb_files.py: how each run ended (exit code, state, `end/reason` in W&B and
+pipeline/runs/wandb_files.py: how each run ended (exit code, state, `end/reason` in W&B and
 summary.json), history equal to metrics.jsonl across a preemption, a SIGKILL and two resumes,
 `time` that keeps rising across resumes, the resolved settings and the automatic tags.
 """
@@ -21,13 +21,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.checkpoint import Counters
+from pipeline.training.checkpoint import Counters
 from pipeline.config import load_config
 from pipeline.errors import EndReason, RunDirError
-from pipeline.fingerprint import data_fingerprint
-from pipeline.metrics import MetricsLog, RunClock, read_metrics
-from pipeline.records import RunRecords
-from pipeline.resolved import auto_tags, merge_tags, node_count
+from pipeline.runs.fingerprint import data_fingerprint
+from pipeline.runs.clock import RunClock
+from pipeline.runs.metrics import MetricsLog, read_metrics
+from pipeline.runs.records import RunRecords
+from pipeline.runs.resolved import auto_tags, merge_tags, node_count
 from runs import REPO, TINY, load_ckpt, run_env, run_train, train_command
 from test_reliability import kill_job, start_train
 from wandb_log import offline_run, read_records, session_logs
@@ -204,7 +205,7 @@ def test_a_row_waits_for_the_evaluation_of_its_step(tmp_path):
     """A stop on an epoch's last step is checkpointed before that epoch's evaluation; the evaluation (in
     the next session) joins the same W&B row, so the row is sent only when the epoch-end checkpoint
     closes it. Real W&B offline sessions in this process."""
-    from pipeline.tracking import Tracker
+    from pipeline.runs.tracking import Tracker
 
     cfg = load_config(None, ["wandb.mode=offline"]).wandb
 

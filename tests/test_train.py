@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.metrics import read_metrics
+from pipeline.runs.metrics import read_metrics
 from runs import REPO, assert_same_tensors, load_ckpt, run_train
 from wandb_log import offline_run
 

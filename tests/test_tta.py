@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import metrics, tta
-from pipeline.checkpoint import Counters
+from pipeline.runs import clock as metrics
+from pipeline.training import tta
+from pipeline.training.checkpoint import Counters
 from pipeline.config import ConfigError, load_config
-from pipeline.metrics import RunClock, read_metrics
+from pipeline.runs.clock import RunClock
+from pipeline.runs.metrics import read_metrics
 from runs import assert_same_tensors, load_ckpt, run_train
 
 

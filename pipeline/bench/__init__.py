@@ -21,5 +21,6 @@ bench-results/<kind>-<time>/), and a W&B `benchmark` job unless wandb.mode=disab
 
 Modules: `measure` (timing), `loader`, `model`, `train` (also `scaling`), `doctor`, `roofline`, `report`
 (tables, charts, results.json, W&B), `__main__` (the command line). Every benchmark builds its
-loaders, models and steps through the same public functions as the trainer.
+loaders, models and steps through the same public functions as the trainer (pipeline.data,
+pipeline.training); nothing here imports trainer.py, and nothing below imports pipeline.bench.
 """

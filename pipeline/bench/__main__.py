@@ -16,7 +16,7 @@ from pipeline.config import Config, split_args
 from pipeline.constants import BENCH_RESULTS_DIR
 from pipeline.distributed import DistInfo
 from pipeline.entry import exit_now, run_entry
-from pipeline.envinfo import describe, environment
+from pipeline.runs.envinfo import describe, environment
 
 log = logging.getLogger(__name__)
 KINDS = ("loader", "model", "train", "scaling", "doctor", "report")
@@ -60,11 +60,11 @@ def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: lis
     from pipeline.bench.report import format_table, log_to_wandb, write_results
     from pipeline.bench.roofline import roofline
     from pipeline.bench.train import bench_scaling, bench_train
-    from pipeline.rundir import setup_logging
+    from pipeline.runs.rundir import setup_logging
 
     setup_logging(dist.rank)
     if cfg.model.num_classes == "auto":  # the benchmarks build loaders and heads from the number
-        from pipeline.components import load_data, resolve_num_classes
+        from pipeline.training.components import load_data, resolve_num_classes
 
         cfg = resolve_num_classes(cfg, load_data(cfg.data))
     torch.backends.cudnn.benchmark = True  # as in training: autotuned convolutions (during warm-up)

@@ -32,7 +32,7 @@ from pipeline.data import load_image_sets
 from pipeline.data.loader import resolve_dali_device
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
-from pipeline.precision import build_precision
+from pipeline.training.precision import build_precision
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pipeline.bench.measure import batch_consumer, measure
 from pipeline.config import Config
 from pipeline.data import Loader, build_loader, load_image_sets
 from pipeline.data.dali_graph import STAGES
-from pipeline.precision import build_precision
+from pipeline.training.precision import build_precision
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from pipeline.data import Loader
-from pipeline.metrics import synchronize
+from pipeline.distributed import synchronize
 
 
 def measure(run: Callable[[int], int], *, warmup: int, steps: int, repeats: int, device: torch.device) -> dict[str, Any]:

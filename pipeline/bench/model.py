@@ -13,9 +13,9 @@ import torch
 from models import build_model, list_models
 from pipeline.bench.measure import measure
 from pipeline.config import Config
-from pipeline.optim import build_optimizer
-from pipeline.precision import build_precision
-from pipeline.step import train_step
+from pipeline.training.optim import build_optimizer
+from pipeline.training.precision import build_precision
+from pipeline.training.step import train_step
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.envinfo import describe, environment
+from pipeline.runs.envinfo import describe, environment
 
 
 def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
@@ -120,8 +120,8 @@ def write_results(kind: str, rows: list[dict[str, Any]], cfg: Config, args: argp
 
 
 def log_to_wandb(cfg: Config, result: dict[str, Any], out: Path) -> None:
-    from pipeline.resolved import environment_settings
-    from pipeline.tracking import Tracker
+    from pipeline.runs.resolved import environment_settings
+    from pipeline.runs.tracking import Tracker
 
     tracker = Tracker(cfg.wandb, enabled=True, run_dir=out, run_name=out.name, experiment=cfg.name,
                       config={**cfg.to_dict(), "bench": result["settings"]}, environment=result["environment"],

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from models import build_model
-from pipeline.metrics import synchronize
-from pipeline.precision import build_precision
+from pipeline.distributed import synchronize
+from pipeline.training.precision import build_precision
 
 
 def memory_traffic_bytes(model_name: str, num_classes: int, side: int, dtype: torch.dtype, batch: int,

@@ -15,13 +15,13 @@ import torch
 
 from pipeline import distributed
 from pipeline.bench.measure import endless, measure, summarize
-from pipeline.components import Components, build_components
 from pipeline.config import Config
 from pipeline.constants import REPO_ROOT
 from pipeline.data import Loader, build_loader, load_image_sets
 from pipeline.distributed import DistInfo
-from pipeline.precision import resolve_precision
-from pipeline.step import train_step
+from pipeline.training.components import Components, build_components
+from pipeline.training.precision import resolve_precision
+from pipeline.training.step import train_step
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Run a grid of configurations one after another through train_dist.py: W&B sweeps without W&B.
 
-    python -m pipeline.sweep configs/quickstart.yaml --grid optim.lr=0.05,0.1 --grid train.label_smoothing=0,0.1
-    python -m pipeline.sweep configs/quickstart.yaml --grid schedule.name=onecycle,cosine train.epochs=5 --nproc 2
-    python -m pipeline.sweep configs/quickstart.yaml --grid optim.lr=0.05,0.1 --name lr --dry-run   # commands only
+    python -m pipeline.tools.sweep configs/quickstart.yaml --grid optim.lr=0.05,0.1 --grid train.label_smoothing=0,0.1
+    python -m pipeline.tools.sweep configs/quickstart.yaml --grid schedule.name=onecycle,cosine train.epochs=5 --nproc 2
+    python -m pipeline.tools.sweep configs/quickstart.yaml --grid optim.lr=0.05,0.1 --name lr --dry-run   # commands only
 
 Every point of the cartesian product of the --grid values is a training run with the fixed
 `key=value` overrides, the point's own values, `logging.run_name=<sweep name>-<point label>`
@@ -10,7 +10,7 @@ Every point of the cartesian product of the --grid values is a training run with
 against the config schema before the first one starts (a bad key or value: one line, exit 2).
 Points run in order, each through the real entry point (`python train_dist.py`, or torchrun with
 --nproc > 1); a failed point is reported and the sweep goes on. At the end the
-`pipeline.compare` table of the runs is printed.
+`pipeline.tools.compare` table of the runs is printed.
 
 The sweep name defaults to `<config name>-sweep-<date>-<time>`. Run names depend only on the
 sweep name and the point, so the same command with the same --name continues an interrupted
@@ -39,9 +39,10 @@ from pathlib import Path
 from types import FrameType
 
 from pipeline.config import ConfigError, load_config, parse_overrides, split_args
-from pipeline.preemption import StopRequest
+from pipeline.constants import REPO_ROOT
+from pipeline.training.preemption import StopRequest
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train_dist.py"
+TRAIN_SCRIPT = REPO_ROOT / "train_dist.py"
 PREEMPTED = 75  # train_dist.py's exit status after a signal (checkpoint written)
 SET_BY_SWEEP = ("logging.run_name", "wandb.group")
 
@@ -185,7 +186,7 @@ def run_points(config: str | None, points: list[Point], nproc: int) -> dict[str,
 
 def report(points: list[Point], results: dict[str, int], sweep_name: str) -> int:
     """Print which points failed and the comparison table; return the sweep's exit status."""
-    from pipeline import compare
+    from pipeline.tools import compare
 
     runs = []
     for point in points:
@@ -211,7 +212,7 @@ def report(points: list[Point], results: dict[str, int], sweep_name: str) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]: fixed for every point")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",

@@ -1,12 +1,12 @@
 """What a run actually ran with, once every `auto` was decided: the `resolved/*` values and tags.
 
-    values = resolved_settings(cfg, dist, parts, env)  # {"resolved/precision": "bf16", "resolved/world_size": 8, ...}
+    values = resolved_settings(cfg, dist, parts, env)  # pipeline/training/components.py: {"resolved/precision": "bf16", ...}
     auto_tags(values)                                   # ["bf16", "8gpu", "dali-gpu", "compiled"]
 
 The config says `train.precision: auto` and `data.device: auto`; these say what that became
 (bf16 or fp32, gpu or cpu), with the scale of the job (processes, nodes, batch per device, the
 learning rate after `optim.lr_scaling`), what it ran on (GPU, versions, git revision) and which
-data (`resolved/data_fingerprint`, pipeline/fingerprint.py). Rank 0 writes them to
+data (`resolved/data_fingerprint`, pipeline/runs/fingerprint.py). Rank 0 writes them to
 runs/<name>/resolved.json and the W&B config; the tags make the main axes filterable in W&B.
 Benchmarks carry the machine's share of them (`environment_settings`).
 """
@@ -14,12 +14,7 @@ Benchmarks carry the machine's share of them (`environment_settings`).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:
-    from pipeline.components import Components
-    from pipeline.config import Config
-    from pipeline.distributed import DistInfo
+from typing import Any, Mapping
 
 
 def node_count(env: Mapping[str, str] = os.environ) -> int:
@@ -43,34 +38,6 @@ def environment_settings(env: dict[str, Any]) -> dict[str, Any]:
         "resolved/dali": env.get("dali"),
         "resolved/git": git.removesuffix("-dirty"),
         "resolved/git_dirty": git.endswith("-dirty"),
-    }
-
-
-def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[str, Any]) -> dict[str, Any]:
-    """Every resolved value of a training run (rank 0 calls this: the data fingerprint lists or hashes the data)."""
-    from pipeline.data.loader import resolve_dali_device
-    from pipeline.fingerprint import data_fingerprint
-    from pipeline.optim import scaled_lr
-
-    on_gpu = dist.device.type == "cuda"
-    if cfg.data.source == "synthetic":
-        data_device, pipeline = ("gpu" if on_gpu else "cpu"), "synthetic"
-    else:
-        data_device = resolve_dali_device(cfg.data.device)
-        pipeline = f"dali-{data_device}"
-    return {
-        **environment_settings(env),
-        "resolved/gpu_count": dist.world_size if on_gpu else 0,  # GPUs this job trains on
-        "resolved/precision": parts.precision.name,
-        "resolved/data_device": data_device,
-        "resolved/data_pipeline": pipeline,
-        "resolved/compile": cfg.train.compile,
-        "resolved/world_size": dist.world_size,
-        "resolved/per_device_batch": parts.local_batch,
-        "resolved/global_batch_size": cfg.train.global_batch_size,
-        "resolved/effective_lr": scaled_lr(cfg.optim, cfg.train.global_batch_size),
-        "resolved/steps_per_epoch": parts.steps_per_epoch,
-        "resolved/data_fingerprint": data_fingerprint(cfg.data),
     }
 
 

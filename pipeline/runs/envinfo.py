@@ -13,7 +13,6 @@ import torch
 from pipeline.constants import REPO_ROOT
 
 
-
 def _run(cmd: list[str]) -> str | None:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=REPO_ROOT)

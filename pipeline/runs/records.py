@@ -8,11 +8,11 @@
     records.finish(EndReason.FINISHED, ExitCode.OK)             # end/*, time/*, curves.png, W&B exit state
 
 `runs/<name>/summary.json` holds, flat, every value passed to `summary()` plus `end/reason`,
-`end/exit_code`, `time/wall_seconds` and `time/train_seconds` (the run clock's, pipeline/metrics.py); it is written at the
+`end/exit_code`, `time/wall_seconds` and `time/train_seconds` (the run clock's, pipeline/runs/clock.py); it is written at the
 end of every run that ends on its own (finished, target reached, preempted, non-finite, crashed).
 A resumed session starts from the previous summary.json without its `end/*` and `time/*` keys, so
 a session killed before it could write one leaves no stale ending behind.
-`runs/<name>/resolved.json` holds the `resolved/*` values (pipeline/resolved.py) of the latest session.
+`runs/<name>/resolved.json` holds the `resolved/*` values (pipeline/runs/resolved.py) of the latest session.
 
 Only rank 0 writes; on other ranks every call is a no-op.
 """
@@ -25,12 +25,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.checkpoint import Counters
 from pipeline.config import Config
 from pipeline.errors import EndReason
-from pipeline.metrics import MetricsLog, RunClock
-from pipeline.plots import plot_curves
-from pipeline.tracking import Tracker
+from pipeline.runs.clock import RunClock, RunPosition
+from pipeline.runs.metrics import MetricsLog
+from pipeline.runs.plots import plot_curves
+from pipeline.runs.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 class RunRecords:
-    def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, counters: Counters, clock: RunClock,
+    def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, counters: RunPosition, clock: RunClock,
                  environment: dict[str, Any], resolved: dict[str, Any]) -> None:
         self.run_dir, self.is_main, self.counters, self.clock = run_dir, is_main, counters, clock
         resumed = counters.global_step > 0
@@ -91,10 +91,10 @@ class RunRecords:
 
     # ------------------------------------------------- CheckpointManager observer (SaveObserver)
 
-    def before_save(self, counters: Counters) -> None:
+    def before_save(self, counters: RunPosition) -> None:
         pass  # the run clock, an observer before this one, stamps the counters
 
-    def after_save(self, counters: Counters) -> None:
+    def after_save(self, counters: RunPosition) -> None:
         self.tracker.settle(counters.global_step, epoch_closed=counters.step_in_epoch == 0)
 
     # ----------------------------------------------------------------------------- finish

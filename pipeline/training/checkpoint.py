@@ -28,18 +28,17 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from pipeline import distributed
+from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError
-from pipeline.tta import tta_summary
-
-if TYPE_CHECKING:
-    from pipeline.components import Components
-    from pipeline.distributed import DistInfo
+from pipeline.training.ema import WeightEMA
+from pipeline.training.precision import Precision
+from pipeline.training.tta import tta_summary
 
 __all__ = ["CheckpointError", "CheckpointManager", "Counters", "ResumePoint", "atomic_save", "load"]
 
@@ -156,7 +155,7 @@ class Counters:
     best_top1: float = -1.0
     best_epoch: int = -1  # 1-based epoch of best_top1
     final: dict[str, float] = field(default_factory=dict)  # latest evaluation
-    # Run clocks (pipeline/metrics.py RunClock), continued across resumes:
+    # Run clocks (pipeline/runs/clock.py RunClock), continued across resumes:
     wall_seconds: float = 0.0  # run time when written (s, all sessions): metrics.jsonl `time` continues from it
     train_seconds: float = 0.0  # seconds in the training loop so far (evaluation and checkpoints excluded)
     tta: dict[str, dict[str, float]] = field(default_factory=dict)  # "92.6" -> train_seconds, wall_seconds, epoch
@@ -219,6 +218,23 @@ class ResumePoint:
 # ------------------------------------------------------------------------------ the manager
 
 
+class Checkpointable(Protocol):
+    """What a checkpoint saves and restores: the parts of a run (pipeline/training/components.py `Components`)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    ema: WeightEMA | None
+
+    @property
+    def train_loader(self) -> Any: ...  # its state_dict() is the loader position
+
+    def sync_buffers(self) -> None: ...
+
+    def weights_are_finite(self) -> bool: ...
+
+
 class SaveObserver(Protocol):
     """Told around every checkpoint write (e.g. RunRecords: stamps the run time, then releases
     the records the checkpoint made durable to W&B)."""
@@ -262,7 +278,7 @@ class CheckpointManager:
                 f"(checkpoint.resume={path.parent / 'last.pt'})")
         return ResumePoint(path, ckpt)
 
-    def restore(self, resume: ResumePoint, parts: Components) -> Counters:
+    def restore(self, resume: ResumePoint, parts: Checkpointable) -> Counters:
         """Load every state_dict strictly into `parts`; returns the saved counters."""
         ckpt = resume.ckpt
         parts.model.load_state_dict(ckpt["model"], strict=True)
@@ -281,13 +297,13 @@ class CheckpointManager:
                      counters.epoch, counters.step_in_epoch, counters.global_step)
         return counters
 
-    def save_step(self, parts: Components, counters: Counters) -> None:
+    def save_step(self, parts: Checkpointable, counters: Counters) -> None:
         """A mid-epoch checkpoint step-<global step>.pt; keeps the newest checkpoint.keep_last."""
         self._write(parts, counters, [step_path(self.run_dir, counters.global_step)])
         if self.dist.is_main:
             prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
 
-    def save_epoch(self, parts: Components, counters: Counters, new_best: bool, final: bool = False) -> None:
+    def save_epoch(self, parts: Checkpointable, counters: Counters, new_best: bool, final: bool = False) -> None:
         """last.pt every checkpoint.every_epochs and after the last epoch (or `final`: a run that stops
         early); best.pt on a new best."""
         names = []
@@ -298,7 +314,7 @@ class CheckpointManager:
         if names:
             self._write(parts, counters, names)
 
-    def _write(self, parts: Components, counters: Counters, names: list[Path]) -> None:
+    def _write(self, parts: Checkpointable, counters: Counters, names: list[Path]) -> None:
         if distributed.any_rank(not parts.weights_are_finite()):
             log.error("weights are not finite: not writing %s", ", ".join(p.name for p in names))
             return
@@ -312,7 +328,7 @@ class CheckpointManager:
         for observer in self.observers:
             observer.after_save(counters)
 
-    def _payload(self, parts: Components, counters: Counters) -> dict[str, Any] | None:
+    def _payload(self, parts: Checkpointable, counters: Counters) -> dict[str, Any] | None:
         """The full checkpoint on rank 0 (None elsewhere); every rank contributes its own state."""
         parts.sync_buffers()
         rank_states = distributed.gather_objects({"loader": parts.train_loader.state_dict(),

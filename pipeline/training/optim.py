@@ -46,7 +46,9 @@ def _apex_fused_sgd(device: torch.device):
         raise ConfigError(f"optim.impl: apex (NVIDIA apex FusedSGD) runs only on CUDA GPUs, and this process "
                           f"trains on {device.type}; use optim.impl=auto (or foreach)")
     try:
-        from apex.optimizers import FusedSGD  # NVIDIA apex only; the PyPI "apex" lacks this module
+        from apex.optimizers import (
+            FusedSGD,  # NVIDIA apex only; the PyPI "apex" lacks this module
+        )
     except ImportError:
         raise ConfigError(APEX_HELP) from None
     return FusedSGD

@@ -11,7 +11,7 @@ records were logged (measured with wandb 0.31: a process SIGKILLed 2 s after log
 the 7-byte header alone; after 300 rows, 3 blocks holding the rows up to step 281). So a killed
 session leaves a prefix of what it logged, never a later record without the earlier ones. The
 trainer reads these files on resume to learn what earlier sessions delivered
-(pipeline/tracking.py); the tests read them to check what was logged without mocking wandb.
+(pipeline/runs/tracking.py); the tests read them to check what was logged without mocking wandb.
 """
 
 from __future__ import annotations

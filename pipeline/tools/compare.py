@@ -1,9 +1,9 @@
 """Compare runs side by side: one table of what differs between them and what each one reached.
 
-    python -m pipeline.compare runs/quickstart-a runs/quickstart-b
-    python -m pipeline.compare 'runs/quick*'                      # glob patterns are expanded here too
-    python -m pipeline.compare 'runs/lr-sweep-*' --markdown      # a GitHub table for BENCHMARKS.md or a PR
-    python -m pipeline.compare runs/A runs/B --plot compare.png  # top-1 and loss vs epoch and wall time
+    python -m pipeline.tools.compare runs/quickstart-a runs/quickstart-b
+    python -m pipeline.tools.compare 'runs/quick*'                      # glob patterns are expanded here too
+    python -m pipeline.tools.compare 'runs/lr-sweep-*' --markdown      # a GitHub table for BENCHMARKS.md or a PR
+    python -m pipeline.tools.compare runs/A runs/B --plot compare.png  # top-1 and loss vs epoch and wall time
 
 One row per run: its name, the config keys whose values differ between the runs (dotted keys of
 each run's config.yaml; the run name, runs_dir and W&B name are left out), final top-1 (the last
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.jsonl import read_metrics
+from pipeline.runs.metrics import read_metrics
 
 # Keys that differ between any two runs by construction: comparing them says nothing.
 IGNORED_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
@@ -309,7 +309,7 @@ def load_runs(args: list[str]) -> list[Run]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories or glob patterns (runs/quick*)")
     parser.add_argument("--markdown", action="store_true", help="print a GitHub Markdown table")

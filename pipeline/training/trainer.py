@@ -6,14 +6,13 @@
 `fit()` reads as a table of contents: per epoch `train_epoch()` -> `evaluate()` -> save, until
 `train.epochs` or, when set, until the headline top-1 reaches `train.target_accuracy`; then
 `finish()` records how the run ended, whatever the ending (a crash too): the summary, `end/reason`
-and the exit code in W&B and summary.json (pipeline/records.py). What a run is made of comes from
-`build_components` (pipeline/components.py); the step and the evaluation are the free functions of
-pipeline/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is pipeline/tta.py.
+and the exit code in W&B and summary.json (pipeline/runs/records.py). What a run is made of comes from
+`build_components` (pipeline/training/components.py); the step and the evaluation are the free functions of
+pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is pipeline/training/tta.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -21,21 +20,22 @@ from typing import Any
 import torch
 
 from pipeline import distributed
-from pipeline.checkpoint import CheckpointManager, Counters
-from pipeline.components import build_components, load_data, resolve_num_classes
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
-from pipeline.ema import name_evaluations
-from pipeline.envinfo import describe, environment
-from pipeline.errors import CheckpointError, EndReason, ExitCode, crash_exit_code
-from pipeline.metrics import RunClock, StepStats, ThroughputMeter
-from pipeline.preemption import StopRequest
-from pipeline.progress import Progress
-from pipeline.records import RunRecords
-from pipeline.resolved import resolved_settings
-from pipeline.rundir import open_run_dir, setup_logging
-from pipeline.step import evaluate, train_step
-from pipeline.tta import describe_tta, reaches, record_crossings
+from pipeline.errors import EndReason, ExitCode, crash_exit_code
+from pipeline.runs.clock import RunClock
+from pipeline.runs.envinfo import describe, environment
+from pipeline.runs.progress import Progress
+from pipeline.runs.records import RunRecords
+from pipeline.runs.rundir import open_run_dir, setup_logging
+from pipeline.training.checkpoint import CheckpointManager, Counters
+from pipeline.training.components import build_components, load_data, resolve_num_classes, resolved_settings
+from pipeline.training.ema import name_evaluations
+from pipeline.training.meters import StepStats, ThroughputMeter
+from pipeline.training.preemption import StopRequest
+from pipeline.training.step import evaluate, train_step
+from pipeline.training.summary import evaluate_checkpoint, final_summary, report_final
+from pipeline.training.tta import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
 
@@ -48,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo) -> None:
-        started = time.perf_counter()  # the run clock counts start-up (pipeline/metrics.py RunClock)
+        started = time.perf_counter()  # the run clock counts start-up (pipeline/runs/clock.py RunClock)
         setup_logging(dist.rank)
         data = load_data(cfg.data)  # the data completes the config (model.num_classes: auto) ...
         self.cfg = cfg = resolve_num_classes(cfg, data)
@@ -122,17 +122,10 @@ class Trainer:
         return EndReason.FINISHED
 
     def evaluate_only(self) -> ExitCode:
-        """eval.only: evaluate the restored weights, write eval.json, print the figures."""
+        """eval.only: evaluate the restored weights (eval.json), then close W&B with the exit code."""
         code = ExitCode.ERROR
         try:
-            if self.counters.global_step == 0 and self.cfg.checkpoint.resume == "auto":
-                raise CheckpointError(f"eval.only: no checkpoint in {self.run_dir}")
-            metrics = self.evaluate()
-            if self.dist.is_main:
-                (self.run_dir / "eval.json").write_text(json.dumps({**metrics, "step": self.counters.global_step}, indent=1))
-                log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
-                         self.counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                         metrics["val/loss"], metrics["val/images"])
+            evaluate_checkpoint(self.evaluate, self.counters, self.cfg.checkpoint, self.run_dir, self.dist)
             code = ExitCode.OK
             return code
         except BaseException as exc:
@@ -243,36 +236,10 @@ class Trainer:
     def finish(self, end: EndReason, code: ExitCode) -> None:
         """The summary, why the run ended and its exit code (W&B and summary.json), whatever the ending."""
         try:
-            summary = self.final_summary(all_ranks=end is not EndReason.CRASHED)
+            summary = final_summary(self.counters, self.meter, self.dist, all_ranks=end is not EndReason.CRASHED)
             self.records.summary(summary)
             if end in (EndReason.FINISHED, EndReason.TARGET_REACHED):
-                self.report_final(summary["perf/mean_images_per_sec"])
+                report_final(self.counters, self.cfg.train, self.dist, summary["perf/mean_images_per_sec"],
+                             self.run_dir)
         finally:
             self.records.finish(end, code)
-
-    def final_summary(self, all_ranks: bool) -> dict[str, Any]:
-        """final/*, best/* and mean throughput. `all_ranks` False after a crash: no collective (ranks may be
-        gone), so only this rank's own throughput, and the total only when it is the only rank."""
-        per_device = self.meter.mean_images_per_sec_per_device
-        summary: dict[str, Any] = dict(self.counters.result_summary())
-        if all_ranks:
-            total = distributed.all_reduce_sum(torch.nan_to_num(torch.tensor([per_device], dtype=torch.float64))).item()
-            summary.update({"perf/mean_images_per_sec": total,
-                            "perf/mean_images_per_sec_per_device": total / self.dist.world_size})
-        elif per_device == per_device:  # measured
-            summary["perf/mean_images_per_sec_per_device"] = per_device
-            if self.dist.world_size == 1:
-                summary["perf/mean_images_per_sec"] = per_device
-        return summary
-
-    def report_final(self, total: float) -> None:
-        c = self.counters
-        if self.dist.is_main and c.final:
-            speed = (f"{total:,.0f} img/s ({total / self.dist.world_size:,.0f} per device, warm-up and evaluation "
-                     "excluded)" if total > 0 else "throughput not measured (epochs shorter than "
-                     "logging.perf_warmup_steps)")
-            log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s",
-                     100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch, speed)
-            log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
-                     describe_tta(c.tta, self.cfg.train.tta_thresholds), c.train_seconds)
-            log.info("run directory: %s", self.run_dir)

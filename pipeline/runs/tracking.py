@@ -29,7 +29,7 @@ larger step only and cannot take a row back, so:
 - A SIGKILL loses what W&B's service had not written yet (its .wandb file grows in 32 KiB blocks;
   a short run killed leaves none). The service writes in order, so W&B holds every settled row up to
   some step. On resume the tracker learns that step (offline: the run's earlier offline .wandb
-  files, pipeline/wandb_files.py; online: the step wandb resumes at, `run.starting_step`) and sends
+  files, pipeline/runs/wandb_files.py; online: the step wandb resumes at, `run.starting_step`) and sends
   first the metrics.jsonl records after it (`backfill`). Nothing twice, nothing missing.
 - Live monitoring: every record goes to the summary under `live/` the moment it is logged (the
   runs table shows the current loss, lr and images/sec); history trails by at most one checkpoint
@@ -56,8 +56,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.resolved import auto_tags, merge_tags
-from pipeline.wandb_files import delivered_step, session_logs
+from pipeline.runs.resolved import auto_tags, merge_tags
+from pipeline.runs.wandb_files import delivered_step, session_logs
 
 log = logging.getLogger(__name__)
 

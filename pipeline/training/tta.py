@@ -1,6 +1,6 @@
 """Time to accuracy: how long a run took to first reach each headline top-1 level, across resumes.
 
-    clock = RunClock(counters, device)      # pipeline/metrics.py: training time and run time
+    clock = RunClock(counters, device)      # pipeline/runs/clock.py: training time and run time
     new = record_crossings(counters.tta, cfg.train.tta_thresholds, metrics["val/top1"], epoch=counters.epoch,
                            train_seconds=counters.train_seconds, wall_seconds=clock.wall_seconds())
     records.log({**metrics, **new})         # tta/92.6/train_seconds, tta/92.6/wall_seconds, tta/92.6/epoch
@@ -16,7 +16,7 @@ records three figures, keyed by the threshold in percent with one decimal (0.926
   evaluation and checkpoints.
 - `epoch`: the 1-based epoch of that evaluation.
 
-Both clocks are the run clock (pipeline/metrics.py `RunClock`), kept in the checkpoint counters
+Both clocks are the run clock (pipeline/runs/clock.py `RunClock`), kept in the checkpoint counters
 (`train_seconds`, `wall_seconds`) and continued on resume, so a resumed run's figures include every
 attempt's start-up but not the work lost after the checkpoint it resumed from (that work is done
 again and counted once). Crossings already recorded are kept, never recomputed. A threshold is only

@@ -20,16 +20,19 @@ from torch import nn
 
 from models import build_model, list_models
 from pipeline import distributed
-from pipeline.checkpoint import ResumePoint
 from pipeline.config import Config
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
+from pipeline.data.loader import resolve_dali_device
 from pipeline.distributed import DistInfo
-from pipeline.ema import WeightEMA, Weights, evaluated_models
 from pipeline.errors import ConfigError
-from pipeline.optim import build_optimizer
-from pipeline.precision import Precision, build_precision
-from pipeline.schedule import build_scheduler
-from pipeline.step import wrap_model
+from pipeline.runs.fingerprint import data_fingerprint
+from pipeline.runs.resolved import environment_settings
+from pipeline.training.checkpoint import ResumePoint
+from pipeline.training.ema import WeightEMA, Weights, evaluated_models
+from pipeline.training.optim import build_optimizer, scaled_lr
+from pipeline.training.precision import Precision, build_precision
+from pipeline.training.schedule import build_scheduler
+from pipeline.training.step import wrap_model
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +188,27 @@ def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = N
     return Components(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, precision=precision,
                       ema=ema, train_loader=train_loader, eval_loader=eval_loader,
                       local_batch=cfg.train.global_batch_size // dist.world_size)
+
+
+def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[str, Any]) -> dict[str, Any]:
+    """Every resolved value of a training run (rank 0 calls this: the data fingerprint lists or hashes the data)."""
+    on_gpu = dist.device.type == "cuda"
+    if cfg.data.source == "synthetic":
+        data_device, pipeline = ("gpu" if on_gpu else "cpu"), "synthetic"
+    else:
+        data_device = resolve_dali_device(cfg.data.device)
+        pipeline = f"dali-{data_device}"
+    return {
+        **environment_settings(env),
+        "resolved/gpu_count": dist.world_size if on_gpu else 0,  # GPUs this job trains on
+        "resolved/precision": parts.precision.name,
+        "resolved/data_device": data_device,
+        "resolved/data_pipeline": pipeline,
+        "resolved/compile": cfg.train.compile,
+        "resolved/world_size": dist.world_size,
+        "resolved/per_device_batch": parts.local_batch,
+        "resolved/global_batch_size": cfg.train.global_batch_size,
+        "resolved/effective_lr": scaled_lr(cfg.optim, cfg.train.global_batch_size),
+        "resolved/steps_per_epoch": parts.steps_per_epoch,
+        "resolved/data_fingerprint": data_fingerprint(cfg.data),
+    }

@@ -19,8 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline import distributed
 from pipeline.data import Loader
 from pipeline.distributed import DistInfo
-from pipeline.precision import Precision
-
+from pipeline.training.precision import Precision
 
 _CUDAGRAPH_TREES = "torch._inductor.cudagraph_trees"  # loaded by torch.compile when it builds CUDA graphs
 

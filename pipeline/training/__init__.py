@@ -1,0 +1,15 @@
+"""Training: the loop and the parts of a run.
+
+    trainer.py      Trainer: resume, epochs (train -> evaluate -> checkpoint), how the run ends
+    components.py   build_components: model, wrapped model, optimizer, schedule, precision, EMA, loaders
+    step.py         wrap_model, train_step, evaluate: the free functions the trainer and benchmarks share
+    checkpoint.py   CheckpointManager, Counters, ResumePoint: atomic, strict, weights_only checkpoints
+    ema.py, optim.py, schedule.py, precision.py   the weight EMA, SGD, learning-rate schedules, AMP
+    meters.py       on-device loss statistics and throughput windows
+    preemption.py   SIGTERM/SIGINT: finish the step, checkpoint, exit 75
+    summary.py      final/*, best/*, the last console lines, eval.only
+    tta.py          time to accuracy
+
+Imports go to pipeline.data, pipeline.runs and the root; nothing here imports pipeline.bench or
+pipeline.tools.
+"""
