@@ -73,6 +73,15 @@ def test_train_benchmark_reports_the_data_stall_and_the_torchvision_baseline(tmp
         row["real_images_per_sec"]["median"] / row["torchvision_images_per_sec"]["median"])
 
 
+def test_train_benchmark_runs_the_trainers_step_with_the_configs_ema(tmp_path):
+    """bench train runs TrainingStep, as the trainer does: every step moves the schedule and the EMA."""
+    (row,) = run_bench(tmp_path, "train", "data.source=sample", "--feeds=synthetic,real", "train.ema_decay=0.99",
+                       "schedule.name=cosine", "schedule.milestones=[]", "logging.log_every=3")["results"]
+    steps = 2 * (1 + 2 * 2)  # two feeds, each: 1 warm-up step, then 2 repeats of 2 steps
+    assert row["ema_decay"] == 0.99
+    assert row["step_work"] == {"steps": steps, "schedule_steps": steps, "ema_updates": steps}
+
+
 def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path):
     result = run_bench(tmp_path, "doctor", "data.source=sample")
     *rates, verdict = result["results"]

@@ -96,12 +96,14 @@ def bench_doctor(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[
     per_process = 1.0 / dist.world_size
     rows = [{"what": "loader alone", **_rate(loader_rate(cfg, args, dist))}]
     rates = training_rates(cfg, args, dist, ["synthetic", "real"])
+    rates.pop("work")
     rows.append({"what": "model alone (synthetic input)", **_rate(summarize([r * per_process for r in rates["synthetic"]]))})
     rows.append({"what": "end to end", **_rate(summarize([r * per_process for r in rates["real"]]))})
     bigger = cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"source": "synthetic"}),
         "train": cfg.train.model_copy(update={"global_batch_size": 4 * cfg.train.global_batch_size})})
     rates_4x = training_rates(bigger, args, dist, ["synthetic"])
+    rates_4x.pop("work")
     rows.append({"what": "model alone at 4x batch", **_rate(summarize([r * per_process for r in rates_4x["synthetic"]]))})
     loader, model, e2e, model_4x = (row["images_per_sec"]["median"] for row in rows)
     within_noise = rows[2]["images_per_sec"]["max"] >= rows[1]["images_per_sec"]["min"]

@@ -19,9 +19,8 @@ from pipeline.config import Config
 from pipeline.constants import REPO_ROOT
 from pipeline.data import Loader, build_loader, load_image_sets
 from pipeline.distributed import DistInfo
-from pipeline.training.components import Components, build_components
+from pipeline.training.components import Components, build_components, build_training_step
 from pipeline.training.precision import resolve_precision
-from pipeline.training.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +49,41 @@ def training_feeds(cfg: Config, parts: Components, dist: DistInfo, feeds: list[s
     return loaders
 
 
-def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo, feeds: list[str]) -> dict[str, list[float]]:
+def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo, feeds: list[str]) -> dict[str, Any]:
     """Images/sec per repeat of real training steps from each feed, summed over processes.
 
-    Model, optimizer, precision, compile mode and the DALI loader come from `build_components`,
-    as in training. Feeds are measured one after the other, each alone: interleaving would let one
+    Returns {feed: [images/sec per repeat]} and "work": the steps run, and the schedule steps and
+    EMA updates they made (equal to the steps: the trainer's step does both). Model, optimizer,
+    precision, compile mode and the DALI loader come from `build_components`,
+    and the step is the trainer's own (`build_training_step`: model, optimizer, schedule, the
+    config's EMA, loss statistics read every logging.log_every steps), so the figure is what
+    training gets. Feeds are measured one after the other, each alone: interleaving would let one
     loader's prefetching run (or sit ready) during the other's timing.
     """
     parts = build_components(cfg, dist, with_eval=False)
+    step = build_training_step(parts, cfg.train)
+    log_every = cfg.logging.log_every
     rates = {}
+    done = 0  # steps so far, over every feed
     for name, loader in training_feeds(cfg, parts, dist, feeds).items():
         batches = endless(loader)
 
         def run(n: int, batches=batches) -> int:
+            nonlocal done
             for _ in range(n):
-                train_step(parts.wrapped, parts.optimizer, parts.precision, *next(batches))
+                step(*next(batches), done)
+                done += 1
+                if done % log_every == 0:  # the trainer's logging boundary: the loss statistics are read
+                    step.stats.read()
             return n * parts.local_batch
 
         local = measure(run, warmup=args.warmup, steps=args.steps, repeats=args.repeats, device=dist.device)
         rates[name] = distributed.all_reduce_sum(torch.tensor(local["repeats"], dtype=torch.float64)).tolist()
         del batches, loader
         gc.collect()
+    # What the step did, for the record: the schedule and the EMA advanced once per step, as in training.
+    rates["work"] = {"steps": done, "schedule_steps": parts.scheduler.last_epoch,
+                     "ema_updates": int(parts.ema.n_averaged) if parts.ema is not None else 0}
     return rates
 
 
@@ -79,7 +92,8 @@ def bench_train(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[d
     rates = training_rates(cfg, args, dist, args.feeds or list(FEEDS))
     row: dict[str, Any] = {"model": cfg.model.name, "source": cfg.data.source, "processes": dist.world_size,
                            "global_batch_size": cfg.train.global_batch_size, "compile": cfg.train.compile,
-                           "precision": resolve_precision(cfg.train.precision, dist.device), "size": cfg.data.train.crop}
+                           "precision": resolve_precision(cfg.train.precision, dist.device), "size": cfg.data.train.crop,
+                           "ema_decay": cfg.train.ema_decay, "step_work": rates.pop("work")}
     for name, total in rates.items():
         row[f"{name}_images_per_sec"] = summarize(total)
         row[f"{name}_images_per_sec_per_process"] = summarize([t / dist.world_size for t in total])

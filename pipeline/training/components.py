@@ -4,6 +4,7 @@
     cfg = resolve_num_classes(cfg, data)          # model.num_classes: auto -> the data's count
     parts = build_components(cfg, dist, resume, data=data)   # model, wrapped model, optimizer,
                                                   # schedule, precision, EMA, train and eval loaders
+    step = build_training_step(parts, cfg.train)  # what runs per step (pipeline/training/step.py)
 The trainer and `python -m pipeline.bench train` both call it, so a benchmark measures the
 setup that trains. Each builder receives only its own config section.
 """
@@ -32,7 +33,7 @@ from pipeline.training.ema import WeightEMA, Weights, evaluated_models
 from pipeline.training.optim import build_optimizer, scaled_lr
 from pipeline.training.precision import Precision, build_precision
 from pipeline.training.schedule import build_scheduler
-from pipeline.training.step import wrap_model
+from pipeline.training.step import TrainingStep, wrap_model
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class Components:
     def weights_are_finite(self) -> bool:
         params = [*self.model.parameters(), *(self.ema.parameters() if self.ema is not None else [])]
         return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def build_training_step(parts: Components, train_cfg: Any) -> TrainingStep:
+    """The step the trainer runs (and `bench train` measures): model, optimizer, schedule, EMA, statistics."""
+    return TrainingStep(parts.model, parts.wrapped, parts.optimizer, parts.scheduler, parts.precision, parts.ema,
+                        label_smoothing=train_cfg.label_smoothing, debug_nan_step=train_cfg.debug_nan_step)
 
 
 def configure_determinism(train_cfg: Any, rank: int) -> None:

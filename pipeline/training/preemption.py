@@ -13,6 +13,8 @@ import os
 import signal
 from types import FrameType
 
+from pipeline import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -54,3 +56,16 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+
+class StopAgreement:
+    """Has any rank been asked to stop? One rank alone stops at once; several compare notes every
+    `every` steps (a CPU message on the control group, no GPU sync), so all stop after the same step."""
+
+    def __init__(self, request: StopRequest, world_size: int, every: int = 10) -> None:
+        self.request, self.world_size, self.every = request, world_size, every
+
+    def __call__(self, global_step: int) -> bool:
+        if self.world_size == 1:
+            return self.request.requested
+        return global_step % self.every == 0 and distributed.any_rank(self.request.requested)

@@ -1,10 +1,23 @@
-"""The model's side of training, as free functions: wrap, one training step, one evaluation.
-
-The trainer and the benchmarks call exactly these, so a benchmark measures the step that trains.
+"""The model's side of training: wrap the model, one training step, one evaluation.
 
     wrapped = wrap_model(model, dist, compile="off")      # channels_last -> compile -> DDP
-    loss = train_step(wrapped, optimizer, precision, images, labels)   # stays on the device
+    step = TrainingStep(model, wrapped, optimizer, scheduler, precision, ema, label_smoothing=0.1)
+    step(images, labels, global_step)                     # what the trainer runs per step: forward,
+                                                          # backward, optimizer, schedule, EMA, loss statistics
     metrics = evaluate(model, eval_loader, precision)     # exact over all ranks
+
+The trainer and `python -m pipeline.bench train` both run `TrainingStep` (built by
+`build_training_step` in components.py from the config), so a benchmark measures the step that
+trains, the EMA included. `train_step` (forward, backward, optimizer) is the model alone, for
+`bench model`.
+
+CUDA graphs (`train.compile=reduce-overhead`) are captured on the second or third call of the
+compiled model, while DALI's own threads keep issuing CUDA work for the next batches. That is
+safe: torch's CUDA-graph trees capture with `capture_error_mode="thread_local"`
+(torch/_inductor/cudagraph_trees.py), under which CUDA prohibits unsafe calls (allocations,
+synchronizations) only from the capturing thread, so DALI's threads and streams neither break
+nor join the capture; the batches they produce are inputs that the graph copies into its static
+buffers before each replay.
 """
 
 from __future__ import annotations
@@ -19,6 +32,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline import distributed
 from pipeline.data import Loader
 from pipeline.distributed import DistInfo
+from pipeline.sections import no_section
+from pipeline.training.ema import WeightEMA
+from pipeline.training.meters import StepStats
 from pipeline.training.precision import Precision
 
 _CUDAGRAPH_TREES = "torch._inductor.cudagraph_trees"  # loaded by torch.compile when it builds CUDA graphs
@@ -42,9 +58,9 @@ def wrap_model(model: nn.Module, dist: DistInfo, *, compile: str = "off") -> nn.
     return wrapped
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, images: torch.Tensor,
-               labels: torch.Tensor, label_smoothing: float = 0.0, poison: bool = False) -> torch.Tensor:
-    """Forward, backward and optimizer step; returns the loss on the device (no host sync).
+def forward_backward(model: nn.Module, precision: Precision, images: torch.Tensor, labels: torch.Tensor,
+                     label_smoothing: float = 0.0, poison: bool = False) -> torch.Tensor:
+    """Forward and backward; returns the loss on the device (no host sync). Gradients are replaced, not added.
 
     `poison` makes the loss NaN (train.debug_nan_step, for testing the non-finite guard).
     """
@@ -58,11 +74,55 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Pr
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if poison:
         loss = loss * float("nan")
-    optimizer.zero_grad(set_to_none=True)
     precision.scaler.scale(loss).backward()
+    return loss.detach()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, precision: Precision) -> None:
+    """The optimizer step (through the fp16 gradient scaler when there is one); then the gradients go."""
     precision.scaler.step(optimizer)
     precision.scaler.update()
-    return loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, images: torch.Tensor,
+               labels: torch.Tensor, label_smoothing: float = 0.0, poison: bool = False) -> torch.Tensor:
+    """The model alone: forward, backward and optimizer step; returns the loss on the device."""
+    loss = forward_backward(model, precision, images, labels, label_smoothing, poison)
+    optimizer_step(optimizer, precision)
+    return loss
+
+
+class TrainingStep:
+    """One training step as the trainer runs it: model, optimizer, schedule, EMA, loss statistics.
+
+    Everything stays on the device; `stats` (meters.StepStats) is read at logging boundaries.
+    `section` is the host-overhead ledger's hook (pipeline/sections.py); a no-op otherwise.
+    """
+
+    def __init__(self, model: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, precision: Precision, ema: WeightEMA | None, *,
+                 label_smoothing: float = 0.0, debug_nan_step: int = -1) -> None:
+        self.model, self.wrapped, self.optimizer, self.scheduler = model, wrapped, optimizer, scheduler
+        self.precision, self.ema = precision, ema
+        self.label_smoothing, self.debug_nan_step = label_smoothing, debug_nan_step
+        self.stats = StepStats(precision.device)
+        self.section = no_section
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, global_step: int) -> None:
+        """Train on one batch; `global_step` is the number of steps done before this one."""
+        poison = 0 <= self.debug_nan_step <= global_step  # testing aid
+        with self.section("model"):
+            loss = forward_backward(self.wrapped, self.precision, images, labels, self.label_smoothing, poison)
+        with self.section("optimizer"):
+            optimizer_step(self.optimizer, self.precision)
+        with self.section("schedule"):
+            self.scheduler.step()
+        if self.ema is not None:
+            with self.section("ema"):
+                self.ema.update_parameters(self.model)
+        with self.section("statistics"):
+            self.stats.add(loss)
 
 
 @torch.no_grad()

@@ -29,18 +29,16 @@ from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
 from pipeline.runs.rundir import open_run_dir, setup_logging
 from pipeline.training.checkpoint import CheckpointManager, Counters
-from pipeline.training.components import build_components, load_data, resolve_num_classes, resolved_settings
+from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
+                                          resolved_settings)
 from pipeline.training.ema import name_evaluations
-from pipeline.training.meters import StepStats, ThroughputMeter
-from pipeline.training.preemption import StopRequest
-from pipeline.training.step import evaluate, train_step
+from pipeline.training.meters import ThroughputMeter
+from pipeline.training.preemption import StopAgreement, StopRequest
+from pipeline.training.step import evaluate
 from pipeline.training.summary import evaluate_checkpoint, final_summary, report_final
 from pipeline.training.tta import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
-
-STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop request (a CPU message)
-
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -68,7 +66,8 @@ class Trainer:
         # the run then ends early with exit 0.
         self.stopped_at_target = self.target_reached(self.counters.final)
         self.stop = StopRequest()
-        self.stats = StepStats(dist.device)
+        self.stop_agreed = StopAgreement(self.stop, dist.world_size)
+        self.training_step = build_training_step(self.parts, cfg.train)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
         self.progress = Progress(cfg.logging.progress, enabled=dist.is_main)
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
@@ -155,7 +154,7 @@ class Trainer:
         self.clock.start_training()  # evaluation and checkpoints stay outside the training seconds
         try:
             for images, labels in self.meter.timed(parts.train_loader):
-                self.stats.add(self.step(images, labels))
+                self.training_step(images, labels, c.global_step)
                 self.meter.step_done()
                 c.step_in_epoch += 1
                 c.global_step += 1
@@ -165,32 +164,15 @@ class Trainer:
                 every = self.cfg.checkpoint.every_steps
                 if every and c.global_step % every == 0 and c.step_in_epoch < steps:
                     self.checkpoints.save_step(parts, c)
-                if self.stop_agreed():
+                if self.stop_agreed(c.global_step):
                     return False
         finally:
             self.clock.stop_training()
             self.progress.end_epoch()
         return not distributed.any_rank(self.stop.requested)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimizer step, the schedule and the EMA; the loss stays on the device."""
-        parts, train = self.parts, self.cfg.train
-        poison = 0 <= train.debug_nan_step <= self.counters.global_step  # testing aid
-        loss = train_step(parts.wrapped, parts.optimizer, parts.precision, images, labels, train.label_smoothing,
-                          poison=poison)
-        parts.scheduler.step()
-        if parts.ema is not None:
-            parts.ema.update_parameters(parts.model)
-        return loss
-
-    def stop_agreed(self) -> bool:
-        """Has any rank been asked to stop? Ranks compare notes every STOP_CHECK_EVERY steps."""
-        if not self.dist.distributed:
-            return self.stop.requested
-        return self.counters.global_step % STOP_CHECK_EVERY == 0 and distributed.any_rank(self.stop.requested)
-
     def log_training(self) -> None:
-        c, stats = self.counters, self.stats.read()
+        c, stats = self.counters, self.training_step.stats.read()
         if stats["max_bad_streak"] >= self.cfg.train.nonfinite_limit:
             raise NonFiniteLossError(
                 f"the loss was NaN/inf for {stats['max_bad_streak']} consecutive steps "
