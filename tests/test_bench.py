@@ -165,3 +165,31 @@ def test_results_are_logged_to_wandb_as_a_benchmark_job(tmp_path):
     (logged,) = [row for row in wb["history"] if "benchmark/model/_type" in row]
     assert logged["benchmark/model/_type"] == "table-file" and logged["benchmark/model/nrows"] == 1
     assert wb["config"]["bench"]["steps"] == 2 and wb["config"]["environment"]["torch"]
+
+
+def test_the_overhead_ledger_counts_reads_uploads_and_ops_by_section():
+    """The ledger's counters, on code whose reads and uploads are known."""
+    from pipeline.bench.overhead import Ledger
+
+    ledger = Ledger()
+    x = torch.randn(8)
+    with ledger.counting(torch.device("cpu")):
+        with ledger.section("reads"):
+            x.sum().item()        # 1: _local_scalar_dense
+            bool(x[0] > 0)        # 1
+            float(x.max())        # 1
+            x.tolist()            # 1
+            x.cpu()               # 1
+            x.to("cpu")           # 1
+            x.nonzero()           # 1: a data-dependent shape
+        with ledger.section("uploads"):
+            torch.tensor([1.0, 2.0])   # 1: a tensor from host data
+            torch.as_tensor([3])       # 1
+        with ledger.section("quiet"):
+            y = x * 2 + 1              # 2 ops, nothing read
+            with ledger.section("inner"):
+                torch._foreach_add_([x, y], 1.0)  # 1 op, counted in the innermost section
+    assert dict(ledger.reads) == {"reads": 7}
+    assert dict(ledger.uploads) == {"uploads": 2}
+    assert ledger.ops["quiet"] == 2 and ledger.ops["inner"] == 1
+    assert set(ledger.ns) == {"reads", "uploads", "quiet", "inner"} and all(v > 0 for v in ledger.ns.values())

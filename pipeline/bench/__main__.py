@@ -19,7 +19,7 @@ from pipeline.entry import exit_now, run_entry
 from pipeline.runs.envinfo import describe, environment
 
 log = logging.getLogger(__name__)
-KINDS = ("loader", "model", "train", "scaling", "doctor", "report")
+KINDS = ("loader", "model", "train", "scaling", "doctor", "overhead", "report")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[str]]:
@@ -57,6 +57,7 @@ def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: lis
     from pipeline.bench.doctor import bench_doctor
     from pipeline.bench.loader import bench_loader
     from pipeline.bench.model import bench_model
+    from pipeline.bench.overhead import bench_overhead
     from pipeline.bench.report import format_table, log_to_wandb, write_results
     from pipeline.bench.roofline import roofline
     from pipeline.bench.train import bench_scaling, bench_train
@@ -83,6 +84,8 @@ def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: lis
         rows = bench_train(cfg, args, dist)
     elif args.kind == "doctor":
         rows = bench_doctor(cfg, args, dist)
+    elif args.kind == "overhead":
+        rows = bench_overhead(cfg, args, dist)
     else:
         rows = bench_scaling(cfg_path, overrides, args, out)
     if dist.is_main:

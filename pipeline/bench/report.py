@@ -36,6 +36,8 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
                              f"{rl['bound_images_per_sec']:,.0f} img/s; measured = {100 * rl['fraction_of_bound']:.0f}% of it")
     elif kind == "doctor":
         lines += doctor_lines(rows)
+    elif kind == "overhead":
+        lines += overhead_lines(rows)
     else:  # train / scaling
         def cell(r: dict[str, Any], feed: str) -> str:
             return rate(r[f"{feed}_images_per_sec"]) if f"{feed}_images_per_sec" in r else "-"
@@ -53,6 +55,34 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
                          f"{ratio(r, 'real_over_synthetic', pct=True):>10} {ratio(r, 'real_over_torchvision'):>8} "
                          f"{'-' if eff is None else f'{100 * eff:.0f}%':>6}")
     return "\n".join(lines)
+
+
+def overhead_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The host-overhead ledger: per step and section, then the totals and the per-occasion rows."""
+    def num(value: float) -> str:
+        return f"{value:g}" if value == int(value) else f"{value:.2f}"
+
+    lines = [f"{'per training step':<38} {'ops':>7} {'reads':>6} {'uploads':>8} {'host us (min-max)':>26}  top ops"]
+    for r in rows:
+        if "ops_per_step" not in r:
+            continue
+        if "host_us" in r:
+            h = r["host_us"]
+            host = f"{h['median']:>9,.1f} ({h['min']:,.1f}-{h['max']:,.1f})" if h else "-"
+        else:
+            host = f"{r['host_us_sum_of_medians']:>9,.1f} (sum)"
+            if "wall_us_per_step" in r:
+                host += f", wall {r['wall_us_per_step']:,.0f}"
+        top = ", ".join(f"{k} {v:g}" for k, v in list(r.get("top_ops", {}).items())[:4])
+        lines.append(f"{r['component']:<38} {num(r['ops_per_step']):>7} {num(r['reads_per_step']):>6} "
+                     f"{num(r['uploads_per_step']):>8} {host:>26}  {top}")
+    for r in rows:
+        if "ops" in r:
+            lines.append(f"{r['component']:<38} {num(r['ops']):>7} {num(r['reads']):>6} {num(r['uploads']):>8}")
+        elif "ops_per_step" not in r and "host_us" in r:
+            h = r["host_us"]
+            lines.append(f"{r['component']:<38} {'':>7} {'':>6} {'':>8} {h['median']:>9,.1f} ({h['min']:,.1f}-{h['max']:,.1f})")
+    return lines
 
 
 def doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -82,6 +112,9 @@ def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None
     elif kind == "doctor":
         labels = [r["what"] for r in rows if "images_per_sec" in r]
         stats = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
+    elif kind == "overhead":
+        labels = [r["component"] for r in rows if r.get("host_us") and "ops_per_step" in r]
+        stats = [r["host_us"] for r in rows if r.get("host_us") and "ops_per_step" in r]
     else:
         labels, stats = [], []
         for r in rows:
@@ -95,7 +128,8 @@ def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None
     ax.barh(range(len(labels)), medians, xerr=errors, capsize=3, color="#4c72b0")
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlabel("images / second (median, min-max)")
+    ax.set_xlabel("host microseconds per step (median, min-max)" if kind == "overhead"
+                  else "images / second (median, min-max)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

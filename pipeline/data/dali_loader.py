@@ -31,6 +31,7 @@ from pipeline.data.images import find_bad_images
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
 from pipeline.errors import BadImageError
+from pipeline.sections import no_section
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class DaliLoader:
         kind = sample_kind(images, dali_device)
         self.arguments = ArgumentSource(images, plan, spec, seed, epoch_offset, history=prefetch_queue_depth + 2)
         samples = SampleSource(images, plan, epoch_offset, kind, device)
+        self.callbacks = (self.arguments, samples)  # what DALI calls per batch, on the training thread
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
         output = "uint8" if self.outputs_on_gpu else ("float16" if dtype == torch.float16 else "float32")
@@ -150,6 +152,7 @@ class DaliLoader:
             stop_after=None if stop_after == "full" else stop_after,
         )
         self.raw = stop_after is not None  # benchmark stage timing: yield DALI's outputs untouched
+        self.section = no_section  # the host-overhead ledger's hook (pipeline/sections.py)
         self._in_flight: deque[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = deque()
 
     def __len__(self) -> int:
@@ -173,7 +176,8 @@ class DaliLoader:
         raw_images, raw_labels = (torch.from_dlpack(out.as_tensor()) for out in outputs)  # views, no copy
         if raw_images.dtype != torch.uint8:  # standardized by DALI (a CPU trainer)
             return raw_images.permute(0, 3, 1, 2).to(self.dtype), raw_labels.view(-1)  # channels_last view
-        images = standardize(raw_images, self.std_eps, self.dtype)
+        with self.section("standardize"):
+            images = standardize(raw_images, self.std_eps, self.dtype)
         labels = raw_labels.view(-1).clone()
         if self.outputs_on_gpu:
             # DALI may reuse its buffer once our view is gone, while the kernels reading it are
