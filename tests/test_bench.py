@@ -193,3 +193,21 @@ def test_the_overhead_ledger_counts_reads_uploads_and_ops_by_section():
     assert dict(ledger.uploads) == {"uploads": 2}
     assert ledger.ops["quiet"] == 2 and ledger.ops["inner"] == 1
     assert set(ledger.ns) == {"reads", "uploads", "quiet", "inner"} and all(v > 0 for v in ledger.ns.values())
+
+
+def test_the_training_step_adds_few_operators_and_reads_nothing_back(tmp_path):
+    """The ledger on the trainer's real step (EMA on): the cost outside the model stays a handful of
+    operators, and no step or evaluation batch waits for the device. A per-tensor EMA (~180
+    operators) or a per-step .item() would fail here."""
+    rows = run_bench(tmp_path, "overhead", "data.source=sample", "train.ema_decay=0.99", "eval.batch_size=100",
+                     "train.label_smoothing=0.1")["results"]
+    by = {r["component"]: r for r in rows}
+    assert {"loader", "model", "optimizer", "schedule", "ema", "statistics", "meter", "stop agreement"} <= by.keys()
+    assert by["model"]["ops_per_step"] > 100  # the counter sees the forward and backward
+    assert by["ema"]["ops_per_step"] <= 3  # one fused lerp, one fused copy, the counter
+    assert by["statistics"]["ops_per_step"] == 0
+    assert by["non-model per step"]["ops_per_step"] <= 20
+    assert by["total per step"]["reads_per_step"] == 0 and by["total per step"]["uploads_per_step"] == 0
+    evaluation = by["evaluation, per batch"]
+    assert evaluation["ops"] > 50 and evaluation["reads"] == 0 and evaluation["uploads"] == 0
+    assert by["logging boundary (every logging.log_every steps)"]["reads"] >= 1  # where reads belong

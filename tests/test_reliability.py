@@ -214,8 +214,8 @@ def test_atomic_save_and_load_errors(tmp_path):
     torch.save({"not": "ours"}, path)
     with pytest.raises(ckpt_io.CheckpointError, match="not a checkpoint of this project"):
         ckpt_io.load(path)
-    torch.save({"format_version": 1, "counters": {}}, path)
-    with pytest.raises(ckpt_io.CheckpointError, match=r"format 1; this version reads format 2\. Start the run afresh"):
+    torch.save({"format_version": 2, "counters": {}}, path)
+    with pytest.raises(ckpt_io.CheckpointError, match=r"format 2; this version reads format 3\. Start the run afresh"):
         ckpt_io.load(path)
 
 

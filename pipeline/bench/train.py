@@ -32,7 +32,7 @@ def training_feeds(cfg: Config, parts: Components, dist: DistInfo, feeds: list[s
     """The loaders each end-to-end measurement trains from, all with the same batch and dtype."""
     common = dict(train=True, batch_size=parts.local_batch, rank=dist.rank, world_size=dist.world_size,
                   seed=cfg.train.seed, device=dist.device, dtype=parts.precision.dtype,
-                  num_classes=cfg.model.num_classes)
+                  num_classes=cfg.model.num_classes, compile_standardize=cfg.train.compile != "off")
     loaders: dict[str, Loader] = {}
     for feed in feeds:
         if feed == "synthetic":

@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,7 +47,9 @@ log = logging.getLogger(__name__)
 
 # 2: the DALI graph draws its augmentation in the batch callback (a format-1 loader position does not
 # restore into it) and the counters carry the run clocks and time to accuracy.
-FORMAT_VERSION = 2
+# 3: the loader position is (epoch, step), not a DALI checkpoint, and an epoch's augmentation is
+# drawn at once from (seed, epoch): a format-2 mid-epoch position would resume other batches.
+FORMAT_VERSION = 3
 STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
 # Config keys that must match to resume: they change parameter shapes or what a step means.
 MUST_MATCH = ("model", "train.global_batch_size", "data.source")
@@ -63,7 +66,11 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
@@ -170,12 +177,30 @@ class Counters:
 
 
 def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer: equal on all ranks unless DDP replicas diverged."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    """SHA-256 of every parameter and buffer: equal on all ranks unless DDP replicas diverged.
+
+    The tensors' bytes, in memory order (channels_last weights are viewed, not copied: every rank
+    wraps its model alike, wrap_model), are joined on the device and copied to the host once.
+    """
+    state = model.state_dict()
+    flat = [t.detach().as_strided((t.numel(),), (1,)).view(torch.uint8) if t.numel() else t.detach().view(-1)
+            .view(torch.uint8) for t in state.values()]
+    h = hashlib.sha256("\n".join(state).encode())
+    h.update(torch.cat(flat).cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy a written checkpoint file so that readers see either the old `dst` or the complete copy."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(dst.parent)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -322,8 +347,9 @@ class CheckpointManager:
             observer.before_save(counters)
         payload = self._payload(parts, counters)
         if payload is not None:
-            for path in names:
-                atomic_save(payload, path)
+            atomic_save(payload, names[0])
+            for path in names[1:]:  # last.pt and best.pt hold the same bytes: serialised once
+                atomic_copy(names[0], path)
         distributed.barrier()  # nobody resumes or exits before the file is complete
         for observer in self.observers:
             observer.after_save(counters)
@@ -331,9 +357,10 @@ class CheckpointManager:
     def _payload(self, parts: Checkpointable, counters: Counters) -> dict[str, Any] | None:
         """The full checkpoint on rank 0 (None elsewhere); every rank contributes its own state."""
         parts.sync_buffers()
+        # The digest checks that every rank holds the same model: nothing to compare with one rank.
+        digest = parameter_digest(parts.model) if self.dist.distributed else None
         rank_states = distributed.gather_objects({"loader": parts.train_loader.state_dict(),
-                                                  "rng": rng_state(self.dist.device),
-                                                  "digest": parameter_digest(parts.model)})
+                                                  "rng": rng_state(self.dist.device), "digest": digest})
         if not self.dist.is_main:
             return None
         if len({r["digest"] for r in rank_states}) > 1:

@@ -65,16 +65,19 @@ class Components:
     def sync_buffers(self) -> None:
         """All ranks adopt rank 0's BatchNorm statistics (model and EMA) before evaluating or saving.
 
-        DDP broadcasts buffers at the start of each forward, so after the last step each rank
-        still holds the statistics of its own last batch.
+        DDP does not broadcast buffers during training (wrap_model), so between two of these calls
+        every rank's statistics follow its own batches. Every evaluation and every checkpoint
+        starts here, so a resumed run continues from the same statistics as an uninterrupted one.
         """
         distributed.broadcast_buffers(self.model)
         if self.ema is not None:  # the module only: n_averaged is a CPU tensor, equal on every rank
             distributed.broadcast_buffers(self.ema.module)
 
+    @torch.no_grad()
     def weights_are_finite(self) -> bool:
+        """Every parameter (and EMA parameter) finite: one fused max-abs over all of them, one read."""
         params = [*self.model.parameters(), *(self.ema.parameters() if self.ema is not None else [])]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        return bool(torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all())
 
 
 def build_training_step(parts: Components, train_cfg: Any) -> TrainingStep:
@@ -157,7 +160,7 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
                         len(train_set.skipped), len(val_set.skipped))
     local_batch = cfg.train.global_batch_size // dist.world_size
     common = dict(rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed, device=dist.device,
-                  dtype=dtype, num_classes=cfg.model.num_classes)
+                  dtype=dtype, num_classes=cfg.model.num_classes, compile_standardize=cfg.train.compile != "off")
     train_loader = build_loader(cfg.data, images=train_set, train=True, batch_size=local_batch,
                                 max_steps=cfg.train.max_steps_per_epoch,
                                 state=resume.loader_state(dist) if resume else None,

@@ -25,7 +25,7 @@ feeds them through `p * decay + q * (1 - decay)` and truncates the result back t
 so on torch 2.14 the counter stays at its first value (1, 1, 1, ... where the model has 1, 2, 3)
 rather than counting batches.
 
-**State.** `n_averaged` (a CPU int64 buffer, so reading it never waits for the GPU) and
+**State.** `n_averaged` (a CPU int64 buffer, mirrored by a Python int so the step reads no tensor) and
 `module.*` are the state_dict, the same keys `AveragedModel` had, so checkpoints written before
 this module load strictly and a resume continues the warm-up where it stopped.
 """
@@ -61,37 +61,69 @@ class WeightEMA(nn.Module):
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))  # updates so far (CPU)
+        self.updates = 0  # n_averaged as a Python int: the decay is computed without reading a tensor
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.count_updates())
+        self.pairs: _Pairs | None = None  # the tensor lists of the first update, reused by every later one
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
+    def count_updates(self) -> None:
+        self.updates = int(self.n_averaged)
+
     def current_decay(self) -> float:
         """The decay the next update will use (0 = copy)."""
-        n = int(self.n_averaged)
         if self.warmup:
-            return warmup_decay(self.decay, n)
-        return 0.0 if n == 0 else self.decay
+            return warmup_decay(self.decay, self.updates)
+        return 0.0 if self.updates == 0 else self.decay
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        """Move the average towards `model` (the raw module, not a DDP or compiled wrapper)."""
-        decay = self.current_decay()
-        averaged, live, integer_pairs = [], [], []
-        for mine, theirs in zip(self._tensors(self.module), self._tensors(model), strict=True):
-            if mine.is_floating_point():
-                averaged.append(mine)
-                live.append(theirs.detach().to(mine.dtype))
-            else:
-                integer_pairs.append((mine, theirs))
-        if averaged:
-            torch._foreach_lerp_(averaged, live, 1.0 - decay)  # mine += (1 - decay) * (theirs - mine)
-        for mine, theirs in integer_pairs:
-            mine.copy_(theirs)
-        self.n_averaged += 1
+        """Move the average towards `model` (the raw module, not a DDP or compiled wrapper).
 
-    @staticmethod
-    def _tensors(module: nn.Module) -> list[torch.Tensor]:
-        return [*module.parameters(), *module.buffers()]
+        Three operators whatever the model's size: one fused lerp of every floating-point tensor,
+        one fused copy of the integer buffers, the counter. The tensor lists are taken at the first
+        update: the optimizer, BatchNorm and `load_state_dict` all update tensors in place, so they
+        stay the tensors that train (do not move `model` to another device after the EMA's first update).
+        """
+        if self.pairs is None or self.pairs.live is not model:
+            self.pairs = _Pairs.of(self.module, model)
+        pairs = self.pairs
+        if pairs.averaged:
+            torch._foreach_lerp_(pairs.averaged, pairs.live_float, 1.0 - self.current_decay())
+        if pairs.counters:
+            torch._foreach_copy_(pairs.counters, pairs.live_counters)
+        self.n_averaged += 1
+        self.updates += 1
+
+
+class _Pairs:
+    """The averaged model's tensors beside the live model's: floating point (averaged) and integer (copied)."""
+
+    def __init__(self, live: nn.Module) -> None:
+        self.live = live
+        self.averaged: list[torch.Tensor] = []
+        self.live_float: list[torch.Tensor] = []
+        self.counters: list[torch.Tensor] = []
+        self.live_counters: list[torch.Tensor] = []
+
+    @classmethod
+    def of(cls, averaged: nn.Module, live: nn.Module) -> "_Pairs":
+        pairs = cls(live)
+        mine_all = [*averaged.parameters(), *averaged.buffers()]
+        theirs_all = [*live.parameters(), *live.buffers()]
+        for mine, theirs in zip(mine_all, theirs_all, strict=True):
+            if mine.shape != theirs.shape or mine.dtype != theirs.dtype or mine.device != theirs.device:
+                raise ValueError(f"EMA: the live model's tensors ({theirs.dtype} {tuple(theirs.shape)} on "
+                                 f"{theirs.device}) differ from the averaged copy's ({mine.dtype} "
+                                 f"{tuple(mine.shape)} on {mine.device}): build the EMA from the model it averages")
+            if mine.is_floating_point():
+                pairs.averaged.append(mine)
+                pairs.live_float.append(theirs.detach())  # detached once, here, not at every step
+            else:
+                pairs.counters.append(mine)
+                pairs.live_counters.append(theirs)
+        return pairs
 
 
 def evaluated_models(model: nn.Module, ema: WeightEMA | None, weights: Weights) -> dict[str, nn.Module]:

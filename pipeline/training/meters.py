@@ -1,6 +1,6 @@
-"""Meters of the training loop: on-device loss accumulators and throughput windows, with no per-step sync.
+"""Meters of the training loop: the losses of a logging window and throughput windows, with no per-step sync.
 
-Losses accumulate on the device and are read only at logging boundaries. Throughput is images /
+Losses stay on the device and are read only at logging boundaries. Throughput is images /
 wall time between two synchronized window boundaries, excluding the first `warmup_steps` of every
 epoch (DALI refill after a reset, cudnn autotuning, compilation) and everything outside the
 training loop (evaluation, checkpointing). The data-wait share is the time the loop spent
@@ -9,6 +9,7 @@ blocked on the loader.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterable, Iterator
 
@@ -19,20 +20,20 @@ from pipeline.distributed import synchronize
 
 
 class StepStats:
-    """Loss sum and non-finite streaks, accumulated on the device between logging boundaries."""
+    """The losses of the steps since the last logging boundary, kept on the device until it.
 
-    def __init__(self, device: torch.device) -> None:
-        zeros = lambda dtype: torch.zeros((), device=device, dtype=dtype)  # noqa: E731
-        self.loss_sum, self.finite_steps = zeros(torch.float64), zeros(torch.int64)
-        self.bad_streak, self.max_bad_streak = zeros(torch.int64), zeros(torch.int64)
+    `add` only keeps a reference to the step's (already detached) loss: no operator, no kernel.
+    `read` stacks the window, copies it to the host once and computes the mean finite loss and
+    the non-finite streaks there. Read at least every few thousand steps (the trainer reads every
+    logging.log_every steps): the window holds one scalar tensor per step.
+    """
+
+    def __init__(self) -> None:
+        self.window: list[torch.Tensor] = []
+        self.bad_streak = 0  # non-finite losses in a row at the end of the last window read (this rank)
 
     def add(self, loss: torch.Tensor) -> None:
-        loss = loss.detach()
-        finite = torch.isfinite(loss)
-        self.loss_sum += torch.where(finite, loss, 0).double()
-        self.finite_steps += finite
-        self.bad_streak = (self.bad_streak + 1) * ~finite  # back to 0 on a finite loss
-        self.max_bad_streak = torch.maximum(self.max_bad_streak, self.bad_streak)
+        self.window.append(loss)
 
     def read(self) -> dict[str, float]:
         """Mean finite loss over all ranks and the longest non-finite streak on any rank; then reset.
@@ -40,13 +41,19 @@ class StepStats:
         The running streak carries over into the next window, so a streak that spans a logging
         boundary is still counted whole.
         """
-        host = torch.stack([self.loss_sum, self.finite_steps.double(),
-                            self.max_bad_streak.double(), self.bad_streak.double()]).cpu()  # one sync
-        sums = distributed.all_reduce_sum(host[:2].clone())
-        streaks = distributed.all_reduce_max(host[2:].clone())
-        self.loss_sum.zero_()
-        self.finite_steps.zero_()
-        self.max_bad_streak.copy_(self.bad_streak)
+        losses = torch.stack(self.window).double().cpu().tolist() if self.window else []  # one sync
+        self.window = []
+        total, finite_steps, streak = 0.0, 0, self.bad_streak
+        longest = streak
+        for loss in losses:
+            if math.isfinite(loss):
+                total, finite_steps, streak = total + loss, finite_steps + 1, 0
+            else:
+                streak += 1
+                longest = max(longest, streak)
+        self.bad_streak = streak
+        sums = distributed.all_reduce_sum(torch.tensor([total, finite_steps], dtype=torch.float64))
+        streaks = distributed.all_reduce_max(torch.tensor([longest, streak], dtype=torch.float64))
         return {
             "loss": (sums[0] / sums[1]).item() if sums[1] > 0 else float("nan"),
             "max_bad_streak": int(streaks[0]),

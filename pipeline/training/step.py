@@ -11,6 +11,10 @@ The trainer and `python -m pipeline.bench train` both run `TrainingStep` (built 
 trains, the EMA included. `train_step` (forward, backward, optimizer) is the model alone, for
 `bench model`.
 
+Nothing here reads a device value back to the host: the losses stay on the device until a
+logging boundary (meters.py), the evaluation sums until the end of the split
+(`python -m pipeline.bench overhead` counts it).
+
 CUDA graphs (`train.compile=reduce-overhead`) are captured on the second or third call of the
 compiled model, while DALI's own threads keep issuing CUDA work for the next batches. That is
 safe: torch's CUDA-graph trees capture with `capture_error_mode="thread_local"`
@@ -47,6 +51,11 @@ def wrap_model(model: nn.Module, dist: DistInfo, *, compile: str = "off") -> nn.
     the training step calls. State dicts and evaluation use `model` (evaluation's partial last
     batch would otherwise cost a recompilation). `compile`: off, or a torch.compile mode
     (default, reduce-overhead = CUDA graphs, max-autotune, max-autotune-no-cudagraphs).
+
+    DDP does not broadcast buffers before every forward (`broadcast_buffers=False`: 75 BatchNorm
+    buffers, one collective each, per step): the BatchNorm statistics are used only by
+    evaluation and checkpoints, and `Components.sync_buffers` makes every rank adopt rank 0's
+    right before those. Between two of them each rank's statistics follow its own batches.
     """
     model.to(dist.device, memory_format=torch.channels_last)
     wrapped: nn.Module = model
@@ -54,7 +63,7 @@ def wrap_model(model: nn.Module, dist: DistInfo, *, compile: str = "off") -> nn.
         wrapped = torch.compile(wrapped, mode=None if compile == "default" else compile)
     if dist.distributed:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-        wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
+        wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True, broadcast_buffers=False)
     return wrapped
 
 
@@ -106,7 +115,7 @@ class TrainingStep:
         self.model, self.wrapped, self.optimizer, self.scheduler = model, wrapped, optimizer, scheduler
         self.precision, self.ema = precision, ema
         self.label_smoothing, self.debug_nan_step = label_smoothing, debug_nan_step
-        self.stats = StepStats(precision.device)
+        self.stats = StepStats()
         self.section = no_section
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, global_step: int) -> None:
@@ -131,24 +140,24 @@ def evaluate(model: nn.Module, loader: Loader, precision: Precision) -> dict[str
 
     Every rank's loader covers a disjoint shard of the split, so the sums over ranks are the
     single-process figures. Call it with the raw (unwrapped) model after the ranks' BatchNorm
-    buffers agree.
+    buffers agree. The sums stay on the device and the image count on the host until the end:
+    no host-device transfer per batch.
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=precision.device)  # loss, top-1, top-5, count
+    sums = torch.zeros(3, dtype=torch.float64, device=precision.device)  # loss, top-1, top-5
+    count = 0
     for images, labels in loader:
         with precision.autocast():
             logits = model(images)
         logits = logits.float()
         k = min(5, logits.shape[1])
         hits = logits.topk(k, dim=1).indices == labels[:, None]
-        sums += torch.stack([
-            F.cross_entropy(logits, labels, reduction="sum").double(),
-            hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-            torch.tensor(len(labels), device=sums.device).double(),
-        ])
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                             hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
+        count += len(labels)
     model.train(was_training)
-    total = distributed.all_reduce_sum(sums.cpu())
+    total = distributed.all_reduce_sum(torch.cat([sums.cpu(), torch.tensor([count], dtype=torch.float64)]))
     count = total[3].item()
     return {"val/loss": total[0].item() / count, "val/top1": total[1].item() / count,
             "val/top5": total[2].item() / count, "val/images": int(count)}
