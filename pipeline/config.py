@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.constants import INTERPOLATIONS
 from pipeline.errors import ConfigError
@@ -34,6 +34,28 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are re-validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, values: Any) -> Any:
+        """YAML reads a bare `off` as false (YAML 1.1): `logging.progress=off` and `cache: off` mean "off"."""
+        if not isinstance(values, dict):
+            return values
+        fixed = dict(values)
+        for name, value in values.items():
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and not value and field is not None and "off" in _choices(field.annotation):
+                fixed[name] = "off"
+        return fixed
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a Literal annotation (or a union holding one) allows; () for other types."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(c for arg in typing.get_args(annotation) for c in _choices(arg))
+    return ()
 
 
 def _f(default: Any, doc: str, **constraints: Any) -> Any:
@@ -100,6 +122,12 @@ class DataConfig(Section):
         0.65, "GPU JPEG decoding: share of each batch sent to the hardware decoder (A100/H100/H200), the rest "
         "to the CUDA decoder", ge=0.0, le=1.0)
     std_eps: float = _f(1e-5, "added to the per-image variance before the square root (pixel units^2)", ge=0.0)
+    cache: Literal["auto", "off"] = _f(
+        "auto", "decode once: auto = when every image has the same size and both splits fit cache_max_gb "
+        "decoded, decode them at start-up (DALI) and train from the arrays (GPU: resident on the GPU); off = "
+        "decode every batch. The log says which path was taken")
+    cache_max_gb: float = _f(4.0, "data.cache=auto: most decoded bytes per process, both splits together (GiB)",
+                             gt=0.0)
     check_images: Literal["off", "error", "skip"] = _f(
         "off",
         "up-front decode of every file: off = no scan (a bad file still fails with its path named); "

@@ -136,3 +136,11 @@ def test_readme_reference_matches_the_schema():
     assert block.strip() == markdown_reference().strip(), (
         "README's configuration reference is stale: regenerate it with `python -m pipeline.config --markdown`"
     )
+
+
+def test_a_bare_off_means_off_not_false():
+    """YAML 1.1 reads `off` as false; every choice that has an "off" takes it, from YAML and overrides alike."""
+    cfg = load_config(None, ["logging.progress=off", "data.check_images=off", "data.cache=off", "train.compile=off"])
+    assert (cfg.logging.progress, cfg.data.check_images, cfg.data.cache, cfg.train.compile) == ("off",) * 4
+    with pytest.raises(ConfigError, match=r"data\.cache: Input should be 'auto' or 'off' \(got True\)"):
+        load_config(None, ["data.cache=true"])

@@ -407,9 +407,48 @@ def test_a_failure_that_is_not_a_file_keeps_dalis_own_error(tiny_tree):
 
 def test_missing_file_after_listing_is_named(tiny_tree):
     """Files are read by DALI's C++ reader; one that disappears is still traced back to its path."""
-    cfg = folder_cfg(tiny_tree)
+    cfg = folder_cfg(tiny_tree, "data.cache=off")  # read at every step, not decoded once at start-up
     train, _ = load_image_sets(cfg)
     gone = tiny_tree / "train" / "cat" / "004.jpg"
     gone.unlink()
     with pytest.raises(BadImageError, match=rf"{gone}: cannot read"):
         list(loader(cfg, train, batch=3))
+
+
+# ------------------------------------------------------------------------------- decode once
+
+
+def test_decode_once_gives_the_batches_of_decoding_every_step(tiny_tree):
+    """data.cache=auto decodes the 24x24 JPEGs once; training and evaluation batches stay bit for bit."""
+    cached_cfg, files_cfg = folder_cfg(tiny_tree), folder_cfg(tiny_tree, "data.cache=off")
+    cached, files = load_image_sets(cached_cfg), load_image_sets(files_cfg)
+    for c, f in zip(cached, files):
+        assert c.arrays is not None and c.arrays.shape == (len(f), 24, 24, 3) and f.arrays is None
+        assert c.names == f.names and np.array_equal(c.labels, f.labels)
+    for train, (c, f) in ((True, (cached[0], files[0])), (False, (cached[1], files[1]))):
+        a, b = loader(cached_cfg, c, train=train, batch=4), loader(files_cfg, f, train=train, batch=4)
+        for _ in range(2):  # two epochs: the second one's permutation and draws too
+            batches = list(zip(a, b, strict=True))
+            assert batches
+            for (x1, y1), (x2, y2) in batches:
+                assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_decode_once_declines_mixed_sizes_and_sets_over_the_ceiling(tmp_path, caplog):
+    mixed = write_imagefolder(tmp_path / "mixed", {"train": {"a": 3}, "val": {"a": 2}}, side=24)
+    write_imagefolder(tmp_path / "wide", {"train": {"a": 2}}, side=40, seed=1)
+    (tmp_path / "wide" / "train" / "a" / "000.jpg").rename(mixed / "train" / "a" / "big.jpg")
+    with caplog.at_level("INFO"):
+        train, _ = load_image_sets(folder_cfg(mixed))
+    assert train.arrays is None and "differ in size" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train, _ = load_image_sets(folder_cfg(tmp_path / "wide", "data.eval_split=train", "data.cache_max_gb=1e-6"))
+    assert train.arrays is None and "over data.cache_max_gb" in caplog.text
+
+
+def test_decode_once_names_an_undecodable_file_at_start_up(tiny_tree):
+    bad = tiny_tree / "train" / "cat" / "005.jpg"
+    corrupt(bad, "truncated")
+    with pytest.raises(BadImageError, match=rf"{bad}: "):
+        load_image_sets(folder_cfg(tiny_tree))

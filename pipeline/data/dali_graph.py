@@ -11,8 +11,9 @@ random position, flip it with p = flip_prob. Evaluation resizes the shorter side
 takes the centred crop.
 
 Where the per-image random numbers come from, and why: every random draw (s, the crop
-position, the flip, the filter) is made in numpy by the batch callback (`draw_augmentation`), from
-a generator seeded by (seed, epoch, iteration), and enters the graph as a per-sample argument.
+position, the flip, the filter) is made in numpy (`draw_augmentation`, for a whole epoch at its first
+batch, from a generator seeded by (seed, epoch)), and enters the graph as a per-sample argument
+given by the batch callback.
 The graph itself has no random or arithmetic operators. DALI runs CPU operators one sample at a
 time, so a graph that computed the crop window from the image shape with DALI arithmetic spent
 ~40 tiny per-sample operators per image, which capped the loader near 20k images/s on a 16-core
@@ -109,7 +110,6 @@ def build_pipeline(
     output: Literal["uint8", "float32", "float16"] = "uint8",
     std_eps: float = 1e-5,
     hw_decoder_load: float = 0.65,
-    checkpoint: bytes | None = None,
     stop_after: str | None = None,
 ) -> Any:
     """A built DALI pipeline with outputs (images HWC, labels int64).
@@ -132,7 +132,7 @@ def build_pipeline(
 
     gpu = device == "gpu"
 
-    @pipeline_def(enable_checkpointing=True)
+    @pipeline_def
     def graph():
         labels, *args = fn.external_source(source=arguments, num_outputs=1 + len(spec.argument_names),
                                            batch=True, batch_info=True)
@@ -176,7 +176,7 @@ def build_pipeline(
 
     pipe = graph(
         batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-        prefetch_queue_depth=prefetch_queue_depth, checkpoint=checkpoint,
+        prefetch_queue_depth=prefetch_queue_depth,
     )
     with warnings.catch_warnings():
         if stop_after is not None:  # a truncated graph leaves the augmentation arguments unused, on purpose

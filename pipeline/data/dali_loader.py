@@ -3,11 +3,11 @@
 What happens per batch, and on which thread:
 
 1. DALI's prefetching calls the batch callbacks (in the training process's main thread; they
-   only do index arithmetic, a numpy draw and a fancy-index): `SampleSource` gives the samples
+   only do index arithmetic, a slice of the epoch's random draws and a fancy-index): `SampleSource` gives the samples
    (file paths for DALI's C++ reader, encoded bytes, uint8 arrays, or a gather from a data set
    resident on the GPU); `ArgumentSource` gives labels and the augmentation's per-sample
-   arguments. Both depend only on (epoch, iteration), so a restored DALI checkpoint reproduces
-   the remaining batches exactly.
+   arguments. Both depend only on (epoch, step), so a loader built at a saved position
+   (`state_dict()`) reproduces the remaining batches exactly.
 2. DALI reads, decodes, resizes and crops in its own threads and CUDA stream (dali_graph.py).
 3. `pipe.run(stream)` returns the batch ordered on torch's current stream: no host wait. The
    uint8 NHWC output is viewed by torch through DLPack (no copy) and standardized per image on the
@@ -19,6 +19,7 @@ What happens per batch, and on which thread:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from typing import Any, Iterator
@@ -42,34 +43,77 @@ def standardize(images_nhwc: torch.Tensor, eps: float, dtype: torch.dtype) -> to
     """uint8 NHWC -> (x - mean) / sqrt(var + eps) per image, as NCHW channels_last in `dtype`.
 
     The permute is a view whose strides are already channels_last; every later op keeps them.
+    Three passes over the batch (the float copy, the statistics, one fused x * scale + shift
+    written straight in `dtype`) instead of six: at batch 1024 x 122 px, 0.7 GB of memory traffic
+    instead of 1.4. `compiled_standardize` fuses it further, for compiled trainers.
     """
     x = images_nhwc.permute(0, 3, 1, 2).float()
     var, mean = torch.var_mean(x, dim=(1, 2, 3), correction=0, keepdim=True)
-    return ((x - mean) * torch.rsqrt(var + eps)).to(dtype)
+    scale = torch.rsqrt(var + eps)
+    return torch.addcmul(-mean * scale, x, scale, out=torch.empty_like(x, dtype=dtype))
+
+
+@functools.cache
+def compiled_standardize() -> Any:
+    """`standardize` through torch.compile: one or two fused kernels reading the uint8 batch, writing `dtype`.
+
+    Used when the trainer compiles its model (train.compile != off), which has paid for the compiler
+    already; the first batch (and the evaluation's partial last one) compile it.
+    """
+    return torch.compile(standardize, dynamic=None)
+
+
+class Position:
+    """Which (epoch, step) of the plan DALI's batch number (epoch_idx, iteration) is, for both callbacks.
+
+    A loader resumed at step `first_step` of epoch `first_epoch` starts its pipeline there: the
+    first epoch it runs is shortened, later ones are whole. DALI keeps no state we need: every
+    batch is a pure function of (epoch, step), so the position alone restores it.
+    """
+
+    def __init__(self, plan: ShardedBatches, first_epoch: int, first_step: int) -> None:
+        self.plan, self.first_epoch, self.first_step = plan, first_epoch, first_step
+
+    def __call__(self, info: Any) -> tuple[int, int]:
+        step = info.iteration + (self.first_step if info.epoch_idx == 0 else 0)
+        if step >= len(self.plan):
+            raise StopIteration
+        return self.first_epoch + info.epoch_idx, step
 
 
 class ArgumentSource:
     """Batch callback: labels and per-sample augmentation arguments of batch `iteration` of an epoch.
 
-    The random draws come from a generator seeded by (seed, epoch, iteration), so a batch is the
-    same whenever it is made (first run or resumed). The last few index batches are kept so a
-    decode failure can be traced to its file.
+    The random draws of a whole epoch are made at its first batch, from a generator seeded by
+    (seed, epoch), and each batch takes its row: a batch is the same whenever it is made (first run
+    or resumed mid-epoch), and the training thread pays one vectorised draw per epoch instead of a
+    new generator and its draws per step. The last few index batches are kept so a decode failure
+    can be traced to its file.
     """
 
-    def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, seed: int, epoch_offset: int,
+    STREAM = 0x617567  # "aug": keeps these draws apart from the index plan's generator of (seed, epoch)
+
+    def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, seed: int, position: Position,
                  history: int) -> None:
         self.labels, self.plan, self.spec = images.labels, plan, spec
-        self.seed, self.epoch_offset = seed, epoch_offset
+        self.seed, self.position = seed, position
         self.recent: deque[np.ndarray] = deque(maxlen=history)
+        self.epoch, self.draws = -1, ()  # the epoch whose draws are held: (steps, batch) per argument
+
+    def epoch_draws(self, epoch: int) -> tuple[np.ndarray, ...]:
+        if epoch != self.epoch:
+            steps, batch = len(self.plan), self.plan.batch_size
+            rng = np.random.default_rng([self.seed, epoch, self.STREAM])
+            self.epoch = epoch
+            self.draws = tuple(d.reshape(steps, batch) for d in draw_augmentation(self.spec, rng, steps * batch))
+        return self.draws
 
     def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
-        if info.iteration >= len(self.plan):
-            raise StopIteration
-        epoch = self.epoch_offset + info.epoch_idx
-        idx = self.plan.indices(epoch, info.iteration)
+        epoch, step = self.position(info)
+        begin, end = self.plan.bounds(step)
+        idx = self.plan.epoch_order(epoch)[begin:end]
         self.recent.append(idx)
-        rng = np.random.default_rng([self.seed, epoch, info.iteration])
-        return (self.labels[idx], *draw_augmentation(self.spec, rng, len(idx)))
+        return (self.labels[idx], *(d[step, :end - begin] for d in self.epoch_draws(epoch)))
 
 
 class SampleSource:
@@ -77,12 +121,13 @@ class SampleSource:
 
     kinds: "paths" (file paths as uint8 arrays; DALI's C++ reader reads them), "encoded" (image
     bytes held in memory), "arrays" (decoded uint8 HWC), "resident" (arrays kept on the GPU: the
-    batch is a gather there, made on `stream`, and only the indices cross from the host).
+    batch is a gather there, made on `stream`; the epoch's order goes to the GPU once, from pinned
+    memory, so no index crosses from the host per step).
     """
 
-    def __init__(self, images: ImageSet, plan: ShardedBatches, epoch_offset: int, kind: str,
+    def __init__(self, images: ImageSet, plan: ShardedBatches, position: Position, kind: str,
                  device: torch.device | None = None) -> None:
-        self.plan, self.epoch_offset, self.kind = plan, epoch_offset, kind
+        self.plan, self.position, self.kind = plan, position, kind
         if kind == "paths":
             self.samples: Any = [np.frombuffer(path.encode(), np.uint8) for path in images.files]
         elif kind == "encoded":
@@ -92,16 +137,20 @@ class SampleSource:
         else:
             self.samples = torch.from_numpy(images.arrays).to(device)  # N x H x W x 3 uint8 on the GPU
             self.device, self.stream = device, torch.cuda.Stream(device)
+            self.epoch, self.order = -1, None  # the epoch whose order is on the GPU
 
     def __call__(self, info: Any) -> Any:
-        if info.iteration >= len(self.plan):
-            raise StopIteration
-        idx = self.plan.indices(self.epoch_offset + info.epoch_idx, info.iteration)
-        if self.kind == "arrays":
-            return self.samples[idx]
+        epoch, step = self.position(info)
+        begin, end = self.plan.bounds(step)
         if self.kind == "resident":
             with torch.cuda.stream(self.stream):
-                return self.samples[torch.from_numpy(idx).to(self.device, non_blocking=True)]
+                if epoch != self.epoch:
+                    order = torch.from_numpy(self.plan.epoch_order(epoch)).pin_memory()
+                    self.epoch, self.order = epoch, order.to(self.device, non_blocking=True)
+                return self.samples[self.order[begin:end]]
+        idx = self.plan.epoch_order(epoch)[begin:end]
+        if self.kind == "arrays":
+            return self.samples[idx]
         return [self.samples[i] for i in idx]
 
 
@@ -131,14 +180,16 @@ class DaliLoader:
         state: dict[str, Any] | None = None,
         start_epoch: int = 0,
         stop_after: str | None = None,
+        compile_standardize: bool = False,
     ) -> None:
         self.images, self.plan, self.device, self.dtype, self.std_eps = images, plan, device, dtype, std_eps
-        checkpoint = state["dali"] if state else None
-        # A restored DALI checkpoint carries its own epoch counter; a fresh pipeline counts from 0.
-        epoch_offset = 0 if checkpoint else start_epoch
+        self.standardize = compiled_standardize() if compile_standardize else standardize
+        # Where the consumer is: the epoch being read and the batches of it handed out so far.
+        self.epoch, self.step = (state["epoch"], state["step"]) if state else (start_epoch, 0)
+        position = Position(plan, self.epoch, self.step)
         kind = sample_kind(images, dali_device)
-        self.arguments = ArgumentSource(images, plan, spec, seed, epoch_offset, history=prefetch_queue_depth + 2)
-        samples = SampleSource(images, plan, epoch_offset, kind, device)
+        self.arguments = ArgumentSource(images, plan, spec, seed, position, history=prefetch_queue_depth + 2)
+        samples = SampleSource(images, plan, position, kind, device)
         self.callbacks = (self.arguments, samples)  # what DALI calls per batch, on the training thread
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
@@ -148,12 +199,12 @@ class DaliLoader:
             device_id=device.index if self.outputs_on_gpu else None, batch_size=plan.batch_size,
             num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, seed=seed, output=output,
             std_eps=std_eps, samples_stream=samples.stream if kind == "resident" else None,
-            hw_decoder_load=hw_decoder_load, checkpoint=checkpoint,
-            stop_after=None if stop_after == "full" else stop_after,
+            hw_decoder_load=hw_decoder_load, stop_after=None if stop_after == "full" else stop_after,
         )
         self.raw = stop_after is not None  # benchmark stage timing: yield DALI's outputs untouched
         self.section = no_section  # the host-overhead ledger's hook (pipeline/sections.py)
         self._in_flight: deque[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = deque()
+        self._free_events: list[torch.cuda.Event] = []
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -166,10 +217,13 @@ class DaliLoader:
                     else self.pipe.run()
             except StopIteration:
                 self.pipe.reset()
+                self.epoch, self.step = self.epoch + 1, 0
                 return
             except RuntimeError as exc:
                 raise self.diagnose(exc) from exc
-            yield outputs if self.raw else self.hand_off(outputs)
+            batch = outputs if self.raw else self.hand_off(outputs)
+            self.step += 1  # handed out: a checkpoint taken after this batch's step resumes with the next
+            yield batch
 
     def hand_off(self, outputs: tuple[Any, Any]) -> Batch:
         """DALI's NHWC batch -> standardized NCHW channels_last in the training dtype, on the device."""
@@ -177,16 +231,17 @@ class DaliLoader:
         if raw_images.dtype != torch.uint8:  # standardized by DALI (a CPU trainer)
             return raw_images.permute(0, 3, 1, 2).to(self.dtype), raw_labels.view(-1)  # channels_last view
         with self.section("standardize"):
-            images = standardize(raw_images, self.std_eps, self.dtype)
+            images = self.standardize(raw_images, self.std_eps, self.dtype)
         labels = raw_labels.view(-1).clone()
         if self.outputs_on_gpu:
             # DALI may reuse its buffer once our view is gone, while the kernels reading it are
             # still queued on torch's stream: keep the views until those kernels have run.
-            event = torch.cuda.Event()
+            # Events are recycled: a new one only when every earlier one is still pending.
+            event = self._free_events.pop() if self._free_events else torch.cuda.Event()
             event.record()
             self._in_flight.append((event, (raw_images, raw_labels)))
             while self._in_flight and self._in_flight[0][0].query():
-                self._in_flight.popleft()
+                self._free_events.append(self._in_flight.popleft()[0])
         return images, labels
 
     def diagnose(self, exc: RuntimeError) -> Exception:
@@ -207,5 +262,9 @@ class DaliLoader:
                              + " (remove them, or set data.check_images=skip to leave bad files out)")
 
     def state_dict(self) -> dict[str, Any]:
-        """Position of the pipeline (epoch and iteration consumed), to restore this loader exactly."""
-        return {"dali": self.pipe.checkpoint()}
+        """The consumer's position (epoch, batches of it handed out), to restore this loader exactly.
+
+        Not DALI's own checkpoint: the batches depend on the position only, so a run resumes
+        exactly whichever graph reads them (decoded once or decoded every step, another DALI version).
+        """
+        return {"epoch": self.epoch, "step": self.step}

@@ -82,11 +82,17 @@ def resolve_dali_device(data_device: str) -> str:
 
 
 def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
-    """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan."""
+    """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan, decoded once
+    into arrays when data.cache allows (pipeline/data/cache.py)."""
     train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
                              data_cfg.download)
     if data_cfg.check_images != "off":
         train, val = (scan_image_set(s, data_cfg.check_images) for s in (train, val))
+    if data_cfg.cache == "auto":
+        from pipeline.data.cache import decode_once
+
+        train, val = decode_once([train, val], num_threads=data_cfg.num_threads,
+                                 max_bytes=data_cfg.cache_max_gb * 2**30, checked=data_cfg.check_images != "off")
     return train, val
 
 
@@ -125,13 +131,15 @@ def build_loader(
     start_epoch: int = 0,
     backend: str = "auto",
     stop_after: str | None = None,
+    compile_standardize: bool = False,
 ) -> Loader:
     """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
 
     Training batches are a per-epoch permutation sharded by global rank with the remainder dropped;
     evaluation covers every image exactly once across ranks. `seed` orders the data (same on
     all ranks); augmentation draws from seed + rank. `backend`: auto (synthetic for
-    data.source=synthetic, else dali), dali, torchvision or synthetic.
+    data.source=synthetic, else dali), dali, torchvision or synthetic. `compile_standardize`: a GPU
+    trainer's per-image standardization goes through torch.compile (for trainers that compile).
     """
     if backend == "auto":
         backend = "synthetic" if data_cfg.source == "synthetic" else "dali"
@@ -157,11 +165,12 @@ def build_loader(
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
         return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
-                                 num_workers=data_cfg.num_threads, seed=seed + rank, start_epoch=start_epoch)
+                                 num_workers=data_cfg.num_threads, seed=seed + rank, start_epoch=start_epoch,
+                                 compile_standardize=compile_standardize)
     return DaliLoader(
         images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
         std_eps=data_cfg.std_eps, num_threads=data_cfg.num_threads,
         prefetch_queue_depth=data_cfg.prefetch_queue_depth, hw_decoder_load=data_cfg.hw_decoder_load,
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
-        stop_after=stop_after,
+        stop_after=stop_after, compile_standardize=compile_standardize,
     )

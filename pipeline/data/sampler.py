@@ -70,14 +70,18 @@ class ShardedBatches:
             )
         return self._orders[epoch]
 
-    def indices(self, epoch: int, step: int) -> np.ndarray:
-        """Sample indices this rank reads at `step` of `epoch` (int64, at most batch_size)."""
+    def bounds(self, step: int) -> tuple[int, int]:
+        """The slice [begin, end) of the epoch's order that this rank reads at `step` (any epoch)."""
         if not 0 <= step < len(self):
             raise IndexError(f"step {step} outside the epoch's {len(self)} steps")
-        order = self.epoch_order(epoch)
         if self.drop_last:
             begin = step * self.global_batch_size + self.rank * self.batch_size
-            return order[begin: begin + self.batch_size]
+            return begin, begin + self.batch_size
         start, end = self._shard_bounds()
         begin = start + step * self.batch_size
-        return order[begin: min(begin + self.batch_size, end)]
+        return begin, min(begin + self.batch_size, end)
+
+    def indices(self, epoch: int, step: int) -> np.ndarray:
+        """Sample indices this rank reads at `step` of `epoch` (int64, at most batch_size)."""
+        begin, end = self.bounds(step)
+        return self.epoch_order(epoch)[begin:end]

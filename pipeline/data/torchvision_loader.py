@@ -19,7 +19,7 @@ import torch
 
 from pipeline.constants import INTERPOLATIONS
 from pipeline.data.dali_graph import AugmentSpec
-from pipeline.data.dali_loader import standardize
+from pipeline.data.dali_loader import compiled_standardize, standardize
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
 
@@ -83,8 +83,10 @@ class _PlanSampler(torch.utils.data.Sampler):
 
 class TorchvisionLoader:
     def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, *, device: torch.device,
-                 dtype: torch.dtype, std_eps: float, num_workers: int, seed: int, start_epoch: int = 0) -> None:
+                 dtype: torch.dtype, std_eps: float, num_workers: int, seed: int, start_epoch: int = 0,
+                 compile_standardize: bool = False) -> None:
         self.device, self.dtype, self.std_eps = device, dtype, std_eps
+        self.standardize = compiled_standardize() if compile_standardize else standardize
         self.on_device = device.type == "cuda"  # standardize after the copy; else in the workers
         self._sampler = _PlanSampler(plan, start_epoch)
         self._loader = torch.utils.data.DataLoader(
@@ -101,7 +103,7 @@ class TorchvisionLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self._loader:
             if self.on_device:
-                images = standardize(images.to(self.device, non_blocking=True), self.std_eps, self.dtype)
+                images = self.standardize(images.to(self.device, non_blocking=True), self.std_eps, self.dtype)
             else:
                 images = images.permute(0, 3, 1, 2)  # NHWC -> a channels_last NCHW view
             yield images, labels.to(self.device, non_blocking=True)
