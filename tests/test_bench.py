@@ -84,11 +84,13 @@ def test_train_benchmark_runs_the_trainers_step_with_the_configs_ema(tmp_path):
 
 def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path):
     result = run_bench(tmp_path, "doctor", "data.source=sample")
-    *rates, verdict = result["results"]
+    *rates, host, verdict = result["results"]
     assert [r["what"] for r in rates] == ["loader alone", "model alone (synthetic input)", "end to end",
                                           "model alone at 4x batch"]
     for row in rates:
         assert_rate(row["images_per_sec"])
+    assert host["what"] == "host work per step (bench overhead)"
+    assert 0 < host["non_model_us"] < host["host_us"] and host["ops"] > host["non_model_ops"] and host["reads"] == 0
     assert verdict["verdict"] in ("input-bound", "input-bound (contention)", "launch-bound", "compute-bound")
     assert verdict["why"] and verdict["knob"]
 
@@ -105,6 +107,17 @@ def test_doctor_verdicts(rates, device, expected, knob):
     cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
     verdict = diagnose(*rates, cfg, torch.device(device), world_size=1)
     assert verdict["verdict"] == expected and knob in verdict["knob"], verdict
+
+
+def test_doctor_calls_a_busy_host_launch_bound_on_a_gpu_only():
+    from pipeline.bench.doctor import diagnose
+
+    cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
+    host = {"host_us": 9000, "wall_us": 10000, "non_model_us": 4000, "largest": "ema"}
+    verdict = diagnose(5000, 1000, 990, 1100, cfg, torch.device("cuda"), world_size=1, host=host)
+    assert verdict["verdict"] == "launch-bound" and "90%" in verdict["why"] and "ema" in verdict["why"]
+    # On a CPU the host always runs the whole step: not evidence of anything.
+    assert diagnose(5000, 1000, 990, 1100, cfg, torch.device("cpu"), world_size=1, host=host)["verdict"] == "compute-bound"
 
 
 def test_doctor_does_not_call_noise_a_bottleneck():

@@ -452,3 +452,4 @@ def test_decode_once_names_an_undecodable_file_at_start_up(tiny_tree):
     corrupt(bad, "truncated")
     with pytest.raises(BadImageError, match=rf"{bad}: "):
         load_image_sets(folder_cfg(tiny_tree))
+

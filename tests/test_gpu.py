@@ -6,7 +6,9 @@ Batches from the GPU graph have the right shape, dtype, layout, device and stati
 sample kind (file paths, in-memory JPEG bytes, arrays resident on the GPU, a CPU graph feeding the
 GPU); a batch stays intact while DALI runs further iterations (its buffer is not reused under
 torch); a restored loader reproduces the next batches exactly; a few real training steps run,
-eager and with CUDA graphs.
+eager and with CUDA graphs (captured while DALI's threads keep working); the compiled
+standardization matches the eager one; the step and evaluation never synchronize with the GPU
+(the host-overhead ledger under CUDA's sync debug mode).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def sources(tmp_path):
         tar.add(tree, arcname="mytree")
     write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", n_train_per_batch=8, n_test=12)
     return {
-        "paths": ["data.source=imagefolder", f"data.root={tree}"],
-        "encoded": ["data.source=imagefolder", f"data.root={archive}"],
+        "paths": ["data.source=imagefolder", f"data.root={tree}", "data.cache=off"],
+        "encoded": ["data.source=imagefolder", f"data.root={archive}", "data.cache=off"],
         "resident": ["data.source=cifar10", f"data.root={tmp_path}"],
+        "decoded-once": ["data.source=imagefolder", f"data.root={tree}"],  # data.cache=auto: resident too
     }
 
 
@@ -49,7 +52,7 @@ def gpu_loader(cfg, images, *, train=True, batch=8, dtype=torch.bfloat16, state=
                         device=GPU, dtype=dtype, state=state)
 
 
-@pytest.mark.parametrize("kind", ["paths", "encoded", "resident"])
+@pytest.mark.parametrize("kind", ["paths", "encoded", "resident", "decoded-once"])
 @pytest.mark.parametrize("dali_device", ["gpu", "cpu"])
 def test_gpu_batches_shape_dtype_layout_statistics(sources, kind, dali_device):
     cfg = load_config(None, [*sources[kind], *SMALL, f"data.device={dali_device}"]).data
@@ -93,7 +96,7 @@ def test_a_batch_survives_later_dali_iterations(sources):
     assert (kept.double().sum().item(), kept_labels.sum().item()) == checksum
 
 
-@pytest.mark.parametrize("kind", ["paths", "resident"])
+@pytest.mark.parametrize("kind", ["paths", "resident", "decoded-once"])
 def test_restored_gpu_loader_reproduces_the_next_batches(sources, kind):
     cfg = load_config(None, [*sources[kind], *SMALL, "data.device=gpu"]).data
     train, _ = load_image_sets(cfg)
@@ -125,3 +128,32 @@ def test_resident_arrays_stay_on_the_gpu(sources):
     before = torch.cuda.memory_allocated(GPU)
     next(iter(ld))
     assert before >= np.asarray(train.arrays).nbytes  # the data set itself was moved to the device
+
+
+def test_compiled_standardization_matches_the_eager_one():
+    """What compiled trainers use on the GPU (torch.compile of the standardization) gives the eager result."""
+    from pipeline.data.dali_loader import compiled_standardize, standardize
+
+    nhwc = torch.randint(0, 256, (16, 122, 122, 3), dtype=torch.uint8, device=GPU)
+    for dtype in (torch.float32, torch.bfloat16):
+        eager, compiled = standardize(nhwc, 1e-5, dtype), compiled_standardize()(nhwc, 1e-5, dtype)
+        assert compiled.dtype == dtype and compiled.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(compiled.float(), eager.float(), atol=1e-4 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.slow
+def test_the_gpu_step_never_waits_for_the_device(tmp_path):
+    """The ledger with CUDA's sync debug mode: no synchronizing call per step or per evaluation batch.
+
+    Batch 128: the 20 counted steps stay inside the first epoch (39 steps), whose order went to the
+    GPU once, before them."""
+    from pipeline.bench.__main__ import main as bench_main
+    import json
+
+    out = tmp_path / "overhead"
+    assert bench_main(["overhead", "configs/squeezenet_cifar10_fast.yaml", "data.source=sample", "train.compile=off",
+                       "train.global_batch_size=128", "wandb.mode=disabled", "--steps=20", "--warmup=5",
+                       f"--out={out}"]) == 0
+    rows = {r["component"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert rows["total per step"]["reads_per_step"] == 0 and rows["total per step"]["uploads_per_step"] == 0
+    assert rows["evaluation, per batch"]["reads"] == 0 and rows["ema"]["ops_per_step"] <= 3

@@ -9,10 +9,13 @@ train.global_batch_size / processes):
 2. the model alone: training steps on device-resident synthetic input (the ceiling);
 3. end to end: training steps fed by the loader;
 4. the model alone at 4x the batch: if images/sec rises a lot, the GPU was idle between kernels
-   at this batch (launch-bound), not busy computing.
+   at this batch (launch-bound), not busy computing;
+5. the host-overhead ledger of the step (`bench overhead`): on a GPU, the host microseconds spent
+   issuing a step against its wall time.
 
 The verdict (see `diagnose`): input-bound (end to end < 95% of the model alone), then whether the
-loader alone is too slow or the two fight over the same cores; launch-bound; or compute-bound.
+loader alone is too slow or the two fight over the same cores; launch-bound (the host needs
+>= 85% of a GPU step to issue it, or 4x the batch is 1.3x faster per image); or compute-bound.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from pipeline.bench.loader import backend_loader
 from pipeline.bench.measure import batch_consumer, measure, summarize
+from pipeline.bench.overhead import MODEL_SECTIONS, bench_overhead
 from pipeline.bench.train import training_rates
 from pipeline.config import Config
 from pipeline.data import load_image_sets
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 INPUT_BOUND_BELOW = 0.95  # end to end under this share of the model alone: the input is the limit
 LAUNCH_BOUND_ABOVE = 1.3  # 4x batch this much faster per image: the GPU idled between kernels
+HOST_BOUND_SHARE = 0.85  # the host busy issuing this share of a GPU step's wall time: it is the limit
 
 
 def loader_rate(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
@@ -50,11 +55,13 @@ def loader_rate(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> dict[s
 
 
 def diagnose(loader: float, model: float, end_to_end: float, model_4x: float, cfg: Config, device: torch.device,
-             world_size: int, within_noise: bool = False) -> dict[str, str]:
-    """The verdict and the knob to turn, from the four per-process rates (images/sec).
+             world_size: int, within_noise: bool = False, host: dict[str, Any] | None = None) -> dict[str, str]:
+    """The verdict and the knob to turn, from the four per-process rates (images/sec) and the ledger.
 
     `within_noise`: the end-to-end and model-alone spreads overlap, so a gap between their
-    medians is not evidence of an input bottleneck.
+    medians is not evidence of an input bottleneck. `host`: the host-overhead ledger's step
+    (`host_us`, `wall_us`, `non_model_us`, `largest`: the costliest non-model section); on a GPU, a
+    host that needs most of a step's wall time to issue it is the limit (launch-bound).
     """
     threads, cores = cfg.data.num_threads, os.cpu_count() or 1
     batch = cfg.train.global_batch_size
@@ -78,6 +85,14 @@ def diagnose(loader: float, model: float, end_to_end: float, model_4x: float, cf
                 "why": f"the loader alone keeps up ({loader:,.0f} img/s) but not while training: the two share "
                        f"CPU cores or the GPU",
                 "knob": f"{fewer}data.device=gpu, or more CPU cores per process"}
+    host_share = host["host_us"] / host["wall_us"] if host and host.get("wall_us") else 0.0
+    if device.type == "cuda" and host_share >= HOST_BOUND_SHARE:
+        return {"verdict": "launch-bound",
+                "why": f"the host needs {host['host_us']:,.0f} of every {host['wall_us']:,.0f} us step to issue it "
+                       f"({100 * host_share:.0f}%; outside the model {host['non_model_us']:,.0f} us, most of it "
+                       f"in {host['largest']}): the GPU waits for the host",
+                "knob": f"train.compile=reduce-overhead (CUDA graphs: one launch per step), or "
+                        f"train.global_batch_size={4 * batch} (with optim.lr_scaling=linear)"}
     if model_4x > LAUNCH_BOUND_ABOVE * model:
         return {"verdict": "launch-bound",
                 "why": f"4x the batch runs {model_4x / model:.1f}x faster per image: the device idles between "
@@ -107,10 +122,24 @@ def bench_doctor(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[
     rows.append({"what": "model alone at 4x batch", **_rate(summarize([r * per_process for r in rates_4x["synthetic"]]))})
     loader, model, e2e, model_4x = (row["images_per_sec"]["median"] for row in rows)
     within_noise = rows[2]["images_per_sec"]["max"] >= rows[1]["images_per_sec"]["min"]
-    rows.append(diagnose(loader, model, e2e, model_4x, cfg, dist.device, dist.world_size, within_noise))
+    host = host_work(cfg, args, dist)
+    rows.append({"what": "host work per step (bench overhead)", **host})
+    rows.append(diagnose(loader, model, e2e, model_4x, cfg, dist.device, dist.world_size, within_noise, host))
     if dist.is_main:
         log.info("doctor: %s: %s; turn: %s", rows[-1]["verdict"], rows[-1]["why"], rows[-1]["knob"])
     return rows
+
+
+def host_work(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
+    """The ledger's step (pipeline/bench/overhead.py): host and wall microseconds, operators, the costliest extra."""
+    rows = {r["component"]: r for r in bench_overhead(cfg, args, dist)}
+    total, extra = rows["total per step"], rows["non-model per step"]
+    sections = [r for r in rows.values() if r.get("host_us") and "ops_per_step" in r
+                and r["component"] not in MODEL_SECTIONS]
+    largest = max(sections, key=lambda r: r["host_us"]["median"])["component"] if sections else "-"
+    return {"host_us": total["host_us_sum_of_medians"], "wall_us": total["wall_us_per_step"],
+            "non_model_us": extra["host_us_sum_of_medians"], "ops": total["ops_per_step"],
+            "non_model_ops": extra["ops_per_step"], "reads": total["reads_per_step"], "largest": largest}
 
 
 def _rate(stat: dict[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,10 @@ def doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
         if "images_per_sec" in row:
             r = row["images_per_sec"]
             lines.append(f"{row['what']:<32} {r['median']:>12,.0f}  ({r['min']:,.0f}-{r['max']:,.0f})")
+        elif "host_us" in row:
+            lines.append(f"{row['what']:<32} host {row['host_us']:,.0f} us of a {row['wall_us']:,.0f} us step; "
+                         f"outside the model {row['non_model_ops']:g} operators, {row['non_model_us']:,.0f} us "
+                         f"(most in {row['largest']}); {row['reads']:g} device reads")
         else:
             lines += [f"verdict: {row['verdict']}: {row['why']}", f"turn:    {row['knob']}"]
     return lines
