@@ -12,7 +12,8 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-bench-results/cpu-check}"
 data="${DATA:-/tmp/data}"
-jpeg=(data.source=imagefolder "data.root=$data/cifar10")
+jpeg=(data.source=imagefolder "data.root=$data/cifar10" data.cache=off)  # decoded every step
+cached=(data.source=imagefolder "data.root=$data/cifar10")                # decoded once (data.cache=auto)
 memory=(data.source=cifar10 "data.root=$data/cifar-py")
 mkdir -p "$out"
 source bench/common.sh
@@ -26,10 +27,14 @@ git rev-parse --short=12 HEAD > "$out/git-revision.txt"
 # The input pipeline alone: DALI CPU vs torchvision (2 threads / 2 workers), per-stage table.
 bench loader-jpeg-b64 loader "${jpeg[@]}" --stages
 bench loader-jpeg-b256 loader "${jpeg[@]}" train.global_batch_size=256 --stages
-bench loader-sample-b64 loader data.source=sample
+bench loader-cached-b64 loader "${cached[@]}"
+bench loader-sample-b64 loader data.source=sample data.cache=off
 bench loader-memory-b64 loader "${memory[@]}" --stages
 # End to end at the reference settings (122 px, batch 64): DALI-fed vs torchvision-fed vs synthetic.
 bench train-jpeg-b64 train configs/squeezenet_cifar10.yaml "${jpeg[@]}" --steps 10 --repeats 5 --warmup 3
+# The host-overhead ledger of the fast recipe's step (EMA on), batch 32, the shipped sample.
+bench overhead-fast-b32 overhead configs/squeezenet_cifar10_fast.yaml data.source=sample train.global_batch_size=32 \
+    data.num_threads=2 --steps 20 --warmup 5
 # Where the bottleneck is on this machine, for the quickstart.
 bench doctor-quickstart doctor configs/quickstart.yaml
 echo

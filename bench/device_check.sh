@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check: is the GPU fed? DALI on GPU vs CPU vs torchvision vs synthetic input, on the full
-# CIFAR-10 JPEG tree and the in-memory arrays, eager and compiled, batch 256 and 1024; then the
-# model's own ceiling and one summary table. Each phase is one call of a few minutes, so a lent
+# CIFAR-10 JPEG tree (decoded every step, and decoded once: data.cache=auto) and the in-memory
+# arrays, eager and compiled, batch 256 and 1024; the model's own ceiling; the host-overhead
+# ledger of the fast recipe's step; and one summary table. Each phase is one call of a few minutes, so a lent
 # GPU's budget can run them separately and keep what finished.
 #
 #   bash bench/device_check.sh [OUT_DIR] [PHASE ...]   # default OUT_DIR bench-results/device-check,
-#                                                      # phases: loaders eager compiled ceiling
+#                                                      # phases: loaders eager compiled ceiling overhead
 #   QUICK=1 bash bench/device_check.sh /tmp/dc         # a few steps at 32 px: checks the script on a CPU
 #
 # Data: the JPEG tree is extracted from $CIFAR_JPEG (default .device/cifar10-jpeg.tar.gz, else
@@ -18,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-bench-results/device-check}"
 shift || true
-phases=("${@:-loaders eager compiled ceiling}")
+phases=("${@:-loaders eager compiled ceiling overhead}")
 phases=(${phases[*]})
 config=configs/squeezenet_cifar10.yaml
 data="${DATA:-/tmp/data}"
@@ -28,19 +29,24 @@ common=(wandb.mode=disabled train.precision=auto "data.num_threads=$threads")
 if [[ -n "${QUICK:-}" ]]; then
     timing=(--steps=2 --warmup=1 --repeats=2)
     common+=(data.train.min_side=34 data.train.max_side=38 data.train.crop=32 data.eval.size=32 data.eval.crop=32)
-    jpeg=(data.source=sample) memory=(data.source=sample) small=32 large=64
+    jpeg=(data.source=sample data.cache=off) cached=(data.source=sample) memory=(data.source=sample) small=32 large=64
     cudagraphs=off compiled=off  # compiling on a CPU takes minutes: QUICK checks the plumbing only
 else
     timing=(--steps=40 --warmup=20 --repeats=5)
-    jpeg=(data.source=imagefolder "data.root=$data/cifar10") memory=(data.source=cifar10 "data.root=$data/cifar-py")
+    # jpeg: the files decoded at every step (the mixed decoder); cached: the same tree decoded once at
+    # start-up into GPU-resident arrays (data.cache=auto, the default); memory: the official arrays.
+    jpeg=(data.source=imagefolder "data.root=$data/cifar10" data.cache=off)
+    cached=(data.source=imagefolder "data.root=$data/cifar10")
+    memory=(data.source=cifar10 "data.root=$data/cifar-py")
     small=256 large=1024
     cudagraphs=reduce-overhead compiled=default
 fi
 mkdir -p "$out"
 source bench/common.sh
-bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results under $out/NAME
+bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results under $out/NAME ($CONFIG: another config)
     local name="$1" kind="$2"; shift 2
-    step "$name" "$python" -m pipeline.bench "$kind" "$config" "${common[@]}" "${timing[@]}" "$@" --out="$out/$name"
+    step "$name" "$python" -m pipeline.bench "$kind" "${CONFIG:-$config}" "${common[@]}" "${timing[@]}" "$@" \
+        --out="$out/$name"
 }
 tarball="${CIFAR_JPEG:-.device/cifar10-jpeg.tar.gz}"
 [[ -f "$tarball" ]] || tarball=../shared/data/cifar10-jpeg.tar.gz
@@ -60,10 +66,12 @@ for phase in "${phases[@]}"; do
     case "$phase" in
     loaders)  # the input pipeline alone, per backend, with DALI's per-stage table
         bench loader-jpeg-b$small loader "${jpeg[@]}" train.global_batch_size=$small --stages
+        bench loader-cached-b$small loader "${cached[@]}" train.global_batch_size=$small
         bench loader-memory-b$small loader "${memory[@]}" train.global_batch_size=$small --stages
         ;;
     eager)  # end to end: DALI vs torchvision vs synthetic input, no compilation; and the doctor's verdict
         bench train-jpeg-b$small-eager train "${jpeg[@]}" train.global_batch_size=$small
+        bench train-cached-b$small-eager train "${cached[@]}" train.global_batch_size=$small --feeds=synthetic,real
         bench train-memory-b$small-eager train "${memory[@]}" train.global_batch_size=$small
         bench doctor-jpeg-b$small doctor "${jpeg[@]}" train.global_batch_size=$small
         ;;
@@ -73,6 +81,8 @@ for phase in "${phases[@]}"; do
         bench train-memory-b$small-cudagraphs train "${memory[@]}" train.global_batch_size=$small \
             train.compile=$cudagraphs --feeds=synthetic,real
         bench train-jpeg-b$large-compiled train "${jpeg[@]}" train.global_batch_size=$large train.compile=$compiled
+        bench train-cached-b$large-compiled train "${cached[@]}" train.global_batch_size=$large \
+            train.compile=$compiled --feeds=synthetic,real
         bench train-memory-b$large-compiled train "${memory[@]}" train.global_batch_size=$large \
             train.compile=$compiled --feeds=synthetic,real
         ;;
@@ -80,7 +90,13 @@ for phase in "${phases[@]}"; do
         bench model-ceiling model data.source=synthetic --models=squeezenet_bypass --precisions=bf16 \
             --formats=channels_last --compile=off,$compiled,$cudagraphs --batch-sizes=64,$large
         ;;
-    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling)" >&2; status=2 ;;
+    overhead)  # the host-overhead ledger of the fast recipe's step: operators, host us, syncs per step
+        CONFIG=configs/squeezenet_cifar10_fast.yaml bench overhead-fast-b$small-eager overhead "${memory[@]}" \
+            train.global_batch_size=$small train.compile=off
+        CONFIG=configs/squeezenet_cifar10_fast.yaml bench overhead-fast-b$large-compiled overhead "${memory[@]}" \
+            train.global_batch_size=$large "train.compile=$compiled"
+        ;;
+    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling, overhead)" >&2; status=2 ;;
     esac
 done
 echo
