@@ -693,7 +693,8 @@ def build_parser() -> "argparse.ArgumentParser":
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--markdown", action="store_true", help="print the reference of every key as a Markdown table")
     what.add_argument("--docs", nargs="?", const=str(DOCS_PAGE), metavar="PATH",
-                      help=f"write the configuration reference page to PATH (default {DOCS_PAGE.relative_to(REPO_ROOT)})")
+                      help=f"write the configuration reference page to PATH "
+                           f"(default {DOCS_PAGE.relative_to(REPO_ROOT)})")
     return parser
 
 

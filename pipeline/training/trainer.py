@@ -239,7 +239,7 @@ class Trainer:
             summary = final_summary(self.counters, self.meter, self.dist, all_ranks=end is not EndReason.CRASHED)
             self.records.summary(summary)
             if end in (EndReason.FINISHED, EndReason.TARGET_REACHED):
-                report_final(self.counters, self.cfg.train, self.dist, summary["perf/mean_images_per_sec"],
+                report_final(self.counters, self.cfg.train, self.dist, summary.get("perf/mean_images_per_sec", 0.0),
                              self.run_dir)
         finally:
             self.records.finish(end, code)
