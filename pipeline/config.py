@@ -320,9 +320,15 @@ def _format_error(err: dict[str, Any], section: type[BaseModel]) -> str:
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
-# The data.source values that read each source-specific key of `data`. A key set to anything but its
-# default for a source that does not read it is an error: `data.root=/my/images` without
-# `data.source=imagefolder` would otherwise train on the shipped sample without a word.
+# The data.source values that read each source-specific key of `data` (docs/configuration.md shows
+# this table). A key given a value for a source that does not read it is
+# - an error when it selects data (DATA_KEYS) and the source reads other images (sample, cifar10):
+#   `data.root=/my/images` without `data.source=imagefolder` would train on the shipped sample
+#   without a word, and hours of training on the wrong data is what a missed warning costs;
+# - a warning in the run's log otherwise: ignoring it changes nothing that trains (`download` only
+#   fetches a missing archive, `check_images` finds bad files where files are decoded,
+#   `synthetic_images` sizes synthetic epochs), and data.source=synthetic replaces the data on
+#   purpose (a throughput ceiling with a real config, whose data.root then stays unused).
 SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "root": ("imagefolder", "cifar10"),
     "train_split": ("imagefolder",),
@@ -331,6 +337,7 @@ SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "check_images": ("sample", "imagefolder"),  # cifar10 arrives decoded: nothing to scan
     "synthetic_images": ("synthetic",),
 }
+DATA_KEYS = ("root", "train_split", "eval_split")
 SOURCE_NAMES = {"sample": "the CIFAR-10 sample shipped in data/", "cifar10": "the official python archive",
                 "imagefolder": "a class-per-folder tree", "synthetic": "random images"}
 
@@ -341,19 +348,22 @@ def ignored_data_keys(data: DataConfig) -> list[str]:
             if data.source not in readers and getattr(data, key) != DataConfig.model_fields[key].default]
 
 
-def _check_source_keys(data: DataConfig) -> None:
-    ignored = ignored_data_keys(data)
-    if not ignored:
-        return
-    key = ignored[0]
-    readers = SOURCE_KEYS[key]
-    choices = " or ".join(f"data.source={r} ({SOURCE_NAMES[r]})" for r in readers)
-    others = f" (also ignored: {', '.join('data.' + k for k in ignored[1:])})" if ignored[1:] else ""
+def describe_ignored(data: DataConfig, key: str) -> str:
+    """'data.root: '/x' is not read by data.source=sample (...); to use it set ..., or reset it (data.root='')'."""
+    choices = " or ".join(f"data.source={r} ({SOURCE_NAMES[r]})" for r in SOURCE_KEYS[key])
     default = DataConfig.model_fields[key].default
     reset = "''" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
-    raise ConfigError(f"data.{key}: {getattr(data, key)!r} is not read by data.source={data.source} "
-                      f"({SOURCE_NAMES[data.source]}){others}; to use it set {choices}, or reset it "
-                      f"(data.{key}={reset})")
+    return (f"data.{key}: {getattr(data, key)!r} is not read by data.source={data.source} "
+            f"({SOURCE_NAMES[data.source]}); to use it set {choices}, or reset it (data.{key}={reset})")
+
+
+def _check_source_keys(data: DataConfig) -> None:
+    if data.source == "synthetic":
+        return
+    wrong = [key for key in ignored_data_keys(data) if key in DATA_KEYS]
+    if wrong:
+        others = f" (also: {', '.join('data.' + k for k in wrong[1:])})" if wrong[1:] else ""
+        raise ConfigError(describe_ignored(data, wrong[0]) + others)
 
 
 def _number(value: float) -> str:
@@ -625,8 +635,12 @@ python -m pipeline.config configs/quickstart.yaml train.epochs=5      # print th
 
 ## Keys that belong to one data source
 
-A key below set for a `data.source` that does not read it is an error (`data.root=/my/images`
-without `data.source=imagefolder` would otherwise train on the shipped sample):
+Given for a `data.source` that does not read it, `data.root`, `data.train_split` or
+`data.eval_split` stops the run before it starts when the source reads other images (`sample`,
+`cifar10`): `data.root=/my/images` without `data.source=imagefolder` would otherwise train on the
+shipped sample. Any other key of this table that the source does not read (or any of them with
+`data.source=synthetic`, which replaces the data on purpose) is named in a warning in the run's
+log: ignoring it changes nothing that trains.
 
 """
 

@@ -147,19 +147,30 @@ def test_readme_reference_matches_the_schema():
     (["data.root=/my/images"], "data.root", "data.source=imagefolder"),  # the default source is the sample
     (["data.source=cifar10", "data.root=data/cifar10", "data.train_split=training"], "data.train_split",
      "data.source=imagefolder"),
-    (["data.source=imagefolder", "data.root=/x", "data.download=true"], "data.download", "data.source=cifar10"),
-    (["data.source=cifar10", "data.root=data/cifar10", "data.check_images=error"], "data.check_images",
-     "data.source=imagefolder"),
-    (["data.synthetic_images=64"], "data.synthetic_images", "data.source=synthetic"),
-    (["data.source=synthetic", "data.root=/my/images"], "data.root", "data.source=imagefolder"),
+    (["data.eval_split=val"], "data.eval_split", "data.source=imagefolder"),
 ])
-def test_a_key_the_source_does_not_read_is_an_error_naming_the_source(overrides, key, fix):
+def test_a_data_key_the_source_does_not_read_is_an_error_naming_the_source(overrides, key, fix):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     message = str(info.value)
     assert message.startswith(f"{key}: ") and "is not read by data.source=" in message and fix in message, message
     assert "\n" not in message
-    load_config(None, [*overrides, fix] if "synthetic" not in fix else [*overrides[:-1], fix])  # the fix works
+    load_config(None, [*overrides, fix, "data.root=/my/images"])  # the fix works
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["data.source=imagefolder", "data.root=/x", "data.download=true"], "download"),  # the reference config's
+    (["data.source=cifar10", "data.root=data/cifar10", "data.check_images=error"], "check_images"),
+    (["data.synthetic_images=64"], "synthetic_images"),
+    (["data.source=synthetic", "data.root=/my/images"], "root"),  # synthetic replaces the data on purpose
+])
+def test_keys_whose_neglect_changes_nothing_trained_are_accepted_and_named(overrides, key):
+    from pipeline.config import describe_ignored, ignored_data_keys
+
+    cfg = load_config(None, overrides)
+    assert ignored_data_keys(cfg.data) == [key]  # the run's log warns with this line
+    assert describe_ignored(cfg.data, key).startswith(f"data.{key}: ") and "data.source=" in describe_ignored(
+        cfg.data, key)
 
 
 def test_source_keys_at_their_defaults_are_fine_and_a_saved_config_loads_back(tmp_path):

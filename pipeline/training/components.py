@@ -20,7 +20,7 @@ from torch import nn
 
 from models import build_model, list_models
 from pipeline import distributed
-from pipeline.config import Config
+from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.data.loader import resolve_dali_device
 from pipeline.distributed import DistInfo
@@ -182,6 +182,8 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
     eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
                    if with_eval else None)
     if dist.is_main:
+        for key in ignored_data_keys(cfg.data):  # the harmless ones; keys that select data are config errors
+            log.warning("%s", describe_ignored(cfg.data, key))
         n_train = len(train_set) if train_set is not None else cfg.data.synthetic_images
         log.info("data: %s, %d training images (%d steps of %d per epoch), %d validation images, %d classes",
                  cfg.data.source, n_train, len(train_loader), cfg.train.global_batch_size,
