@@ -32,10 +32,11 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.runs.continuation import NAMING_KEYS, flatten
 from pipeline.runs.metrics import read_metrics
 
 # Keys that differ between any two runs by construction: comparing them says nothing.
-IGNORED_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
+IGNORED_KEYS = NAMING_KEYS
 # A run without summary.json whose metrics.jsonl changed this recently (s) and that has not
 # evaluated its last epoch is shown as `running?`.
 RUNNING_WINDOW_S = 300.0
@@ -59,17 +60,6 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------- reading
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def continuous_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
