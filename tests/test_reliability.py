@@ -259,6 +259,7 @@ def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path):
     assert proc.returncode == 4, proc.stderr[-3000:]
     assert "the loss was NaN/inf for" in proc.stderr and "consecutive steps" in proc.stderr
     # What to do, truthfully: a resumed run keeps the checkpoint's learning rate.
+    assert "a new optim.lr does not apply to a resumed run" in proc.stderr
     assert "a lower learning rate needs a new run (e.g. optim.lr=0.05)" in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("run nan stopped on a non-finite loss; to continue it from its latest checkpoint: ")

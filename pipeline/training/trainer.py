@@ -110,9 +110,9 @@ class Trainer:
             # A resumed run keeps the checkpoint's optimizer and schedule state, learning rate included:
             # a lower optim.lr takes effect only in a new run.
             log.error("stopping: %s. Checkpoints in %s were not overwritten. Resuming replays the same batches at "
-                      "the same learning rate; a longer streak may pass with a higher train.nonfinite_limit, and a "
-                      "lower learning rate needs a new run (e.g. optim.lr=%g)", exc, self.run_dir,
-                      self.cfg.optim.lr / 2)
+                      "the same learning rate (a new optim.lr does not apply to a resumed run): if the streak is "
+                      "transient, resume with a higher train.nonfinite_limit; a lower learning rate needs a new run "
+                      "(e.g. optim.lr=%g)", exc, self.run_dir, self.cfg.optim.lr / 2)
             end, code = EndReason.NONFINITE, ExitCode.NONFINITE
         except BaseException as exc:
             code = crash_exit_code(exc)  # W&B and summary.json say "crashed"; the traceback goes on up
