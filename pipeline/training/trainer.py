@@ -153,8 +153,10 @@ class Trainer:
                   f"{100 * c.best_top1:.2f}% (epoch {c.best_epoch})" if c.final else "no evaluation")
         how = ("start a new run (./launch.sh --new with the same arguments)" if os.environ.get(LAUNCHER_ENV)
                else f"start a new run: {direct_command(default_run_name(self.cfg.name))}")
-        log.warning("run %s already finished (%d of %d epochs; %s): nothing to train. To train this setup again, %s",
-                    name, c.epoch, self.cfg.train.epochs, result, how)
+        ended = (f"reached train.target_accuracy at epoch {c.epoch} of {self.cfg.train.epochs}"
+                 if self.stopped_at_target else f"finished its {self.cfg.train.epochs} epochs")
+        log.warning("run %s already %s (%s): nothing to train. To train this setup again, %s", name, ended, result,
+                    how)
 
     def announce_continue(self, end: EndReason) -> None:
         """A resumable ending, run without launch.sh: rank 0 prints the command that continues it, last.
