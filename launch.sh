@@ -51,11 +51,11 @@ scripts/setup_env.sh
 python="${VENV:-$root/.venv}/bin/python"
 
 said=("$@")  # as typed: the command that continues the run repeats it
-new=()
-if [[ "${1:-}" == "--new" ]]; then
-    new=(--new)
-    shift
-fi
+new=() args=()
+for word in "$@"; do
+    if [[ "$word" == "--new" ]]; then new=(--new); else args+=("$word"); fi
+done
+set -- "${args[@]}"
 config="configs/quickstart.yaml"
 if [[ $# -gt 0 && "$1" != *=* ]]; then
     config="$1"
