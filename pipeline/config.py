@@ -262,10 +262,12 @@ class Config(Section):
 
     def check_world_size(self, world_size: int) -> None:
         """Checks that depend on the number of processes, known only at launch."""
-        if self.train.global_batch_size % world_size:
+        batch = self.train.global_batch_size
+        if batch % world_size:
+            fits = [n for n in (batch // world_size * world_size, (batch // world_size + 1) * world_size) if n > 0]
             raise ConfigError(
-                f"train.global_batch_size: {self.train.global_batch_size} is not divisible by the "
-                f"{world_size} processes of this run"
+                f"train.global_batch_size: {batch} is not divisible by the {world_size} processes of this run "
+                f"(e.g. {' or '.join(f'train.global_batch_size={n}' for n in fits)})"
             )
 
 
