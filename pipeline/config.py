@@ -352,11 +352,11 @@ def ignored_data_keys(data: DataConfig) -> list[str]:
 
 def describe_ignored(data: DataConfig, key: str) -> str:
     """'data.root: '/x' is not read by data.source=sample (...); to use it set ..., or reset it (data.root='')'."""
-    choices = " or ".join(f"data.source={r} ({SOURCE_NAMES[r]})" for r in SOURCE_KEYS[key])
+    choices = " or ".join(f"data.source={r} ({SOURCE_NAMES.get(r, r)})" for r in SOURCE_KEYS[key])
     default = DataConfig.model_fields[key].default
     reset = "''" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
     return (f"data.{key}: {getattr(data, key)!r} is not read by data.source={data.source} "
-            f"({SOURCE_NAMES[data.source]}); to use it set {choices}, or reset it (data.{key}={reset})")
+            f"({SOURCE_NAMES.get(data.source, data.source)}); to use it set {choices}, or reset it (data.{key}={reset})")
 
 
 def _check_source_keys(data: DataConfig) -> None:

@@ -264,3 +264,15 @@ def test_resolve_lists_the_data_and_applies_this_machine_s_rules(tiny_tree):
     assert resolved.optim.impl == ("fused" if cuda else "foreach")
     given = load_config(None, ["data.source=imagefolder", f"data.root={tiny_tree}", "train.precision=fp16"])
     assert resolve_auto(given)[0].train.precision == "fp16" and "train.precision" not in resolve_auto(given)[1]
+
+
+def test_every_source_is_described_and_every_source_key_is_a_data_key():
+    """A new data.source must say which of these keys it reads (SOURCE_KEYS) and get a short name."""
+    from typing import get_args
+
+    from pipeline.config import DATA_KEYS, SOURCE_KEYS, SOURCE_NAMES, DataConfig
+
+    sources = set(get_args(DataConfig.model_fields["source"].annotation))
+    assert set(SOURCE_NAMES) == sources
+    assert set(SOURCE_KEYS) <= set(DataConfig.model_fields) and set(DATA_KEYS) <= set(SOURCE_KEYS)
+    assert all(set(readers) <= sources for readers in SOURCE_KEYS.values())
