@@ -356,7 +356,8 @@ def describe_ignored(data: DataConfig, key: str) -> str:
     default = DataConfig.model_fields[key].default
     reset = "''" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
     return (f"data.{key}: {getattr(data, key)!r} is not read by data.source={data.source} "
-            f"({SOURCE_NAMES.get(data.source, data.source)}); to use it set {choices}, or reset it (data.{key}={reset})")
+            f"({SOURCE_NAMES.get(data.source, data.source)}); to use it set {choices}, or reset it "
+            f"(data.{key}={reset})")
 
 
 def _check_source_keys(data: DataConfig) -> None:

@@ -92,7 +92,8 @@ def test_global_batch_must_divide_among_processes():
     cfg = load_config(None, ["train.global_batch_size=64"])
     cfg.check_world_size(4)
     with pytest.raises(ConfigError, match=r"^train\.global_batch_size: 64 is not divisible by the 3 processes of "
-                                          r"this run \(e\.g\. train\.global_batch_size=63 or train\.global_batch_size=66\)"):
+                                          r"this run \(e\.g\. train\.global_batch_size=63 or "
+                                          r"train\.global_batch_size=66\)"):
         cfg.check_world_size(3)
 
 
