@@ -212,7 +212,7 @@ def table_problems(text: str) -> list[str]:
         if table:
             cells = [len(re.findall(r"(?<!\\)\|", row)) - 1 for _, row in table]
             separators = [n for n, row in table if re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", row.strip())]
-            if separators != [table[1][0]] if len(table) > 1 else True:
+            if separators != ([table[1][0]] if len(table) > 1 else []):  # the rule under the header, only
                 problems.append(f"table at line {table[0][0]}: separator rows at {separators}, expected only the "
                                 "second")
             for (n, _), count in zip(table, cells):
