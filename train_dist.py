@@ -2,10 +2,14 @@
 
     torchrun --nproc_per_node=8 train_dist.py configs/squeezenet_cifar10.yaml optim.lr=0.2
     python train_dist.py configs/quickstart.yaml train.epochs=2       # one process
+    python train_dist.py configs/quickstart.yaml model.num_classes=auto --resolve   # what `auto` becomes here
 
-Arguments: an optional YAML config, then `key.sub=value` overrides (see README, "Configuration").
+Arguments: an optional YAML config, then `key.sub=value` overrides (docs/configuration.md lists
+every key). --resolve prints the config with its `auto` values resolved on this machine (it lists
+the data) and trains nothing. The run directory is runs/<logging.run_name>; the same command with
+the same logging.run_name continues a stopped run from its latest checkpoint.
 Exit status: 0 done, 2 bad config/data/checkpoint, 4 non-finite loss, 75 preempted (checkpoint
-written; run the same command again to continue), 1 anything else.
+written; the command printed at the end continues the run), 1 anything else.
 """
 
 from __future__ import annotations
@@ -21,10 +25,30 @@ def train(cfg, dist) -> int:
     return Trainer(cfg, dist).fit()
 
 
+def resolve(argv: list[str]) -> int:
+    from pipeline.config import config_from_cli
+    from pipeline.entry import print_user_error
+    from pipeline.errors import ExitCode, UserError
+
+    cfg = config_from_cli(argv)
+    if cfg is None:
+        return int(ExitCode.BAD_INPUT)
+    from pipeline.training.resolve import resolved_yaml
+
+    try:
+        sys.stdout.write(resolved_yaml(cfg))
+    except UserError as exc:  # the data cannot be listed: one line naming the path
+        print_user_error(exc)
+        return int(ExitCode.BAD_INPUT)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
+    if "--resolve" in argv:
+        return resolve([a for a in argv if a != "--resolve"])
     return run_entry(argv, train)
 
 

@@ -6,12 +6,15 @@ Packages, in the order their imports go (each imports only from those above it):
                           distributed.py (process group, collectives, device sync), entry.py (CLI skeleton)
     pipeline/data/        where images come from and how they reach the device: sources, the sharded
                           index plan, the DALI graph, the loaders (DALI, torchvision, synthetic)
-    pipeline/runs/        what a run leaves behind: run directory, metrics.jsonl, W&B, summary.json,
-                          resolved values, data fingerprint, run clock, curves, console progress
+    pipeline/runs/        what a run leaves behind: run directory (and its lock), metrics.jsonl, W&B,
+                          summary.json, resolved values, data fingerprint, run clock, curves, console
+                          progress, and which run a command continues (continuation)
     pipeline/training/    the loop and what it is made of: trainer, components, step, checkpoint,
-                          EMA, optimizer, schedule, precision, meters, preemption, time to accuracy
+                          EMA, optimizer, schedule, precision, meters, preemption, time to accuracy,
+                          and what `auto` becomes on this machine (resolve)
     pipeline/bench/       throughput benchmarks, built on the same public builders as training
-    pipeline/tools/       tools that read finished run directories: compare, sweep
+    pipeline/tools/       tools beside the trainer: compare and sweep (they read run directories),
+                          launch (launch.sh's run naming, torchrun, and the report of how a run ended)
 
 `data/` and the root know nothing of training or run records; `runs/` knows nothing of the loop
 (what it needs of the checkpoint counters is a protocol); `training/` uses `data/` and `runs/`;

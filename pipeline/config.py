@@ -4,8 +4,9 @@ Every entry point is configured the same way: a YAML file supplies values, `key.
 arguments override them, and both go through the schema below (types converted and checked,
 unknown keys and impossible values rejected with the key named) before any work starts.
 
-    python -m pipeline.config configs/quickstart.yaml train.epochs=5   # print the resolved config
-    python -m pipeline.config --markdown                               # the README's reference
+    python -m pipeline.config configs/quickstart.yaml train.epochs=5   # print the validated config
+    python -m pipeline.config --markdown                               # the README's reference table
+    python -m pipeline.config --docs                                   # rewrite docs/configuration.md
 
 Each section is a pydantic model (a typed dataclass with validation); each field carries its
 default, its meaning and its unit. Components receive only their own section
@@ -24,7 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.constants import INTERPOLATIONS
+from pipeline.constants import INTERPOLATIONS, REPO_ROOT
 from pipeline.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_config_args", "save_config", "split_args"]
@@ -289,10 +290,12 @@ class Config(Section):
 
     def check_world_size(self, world_size: int) -> None:
         """Checks that depend on the number of processes, known only at launch."""
-        if self.train.global_batch_size % world_size:
+        batch = self.train.global_batch_size
+        if batch % world_size:
+            fits = [n for n in (batch // world_size * world_size, (batch // world_size + 1) * world_size) if n > 0]
             raise ConfigError(
-                f"train.global_batch_size: {self.train.global_batch_size} is not divisible by the "
-                f"{world_size} processes of this run"
+                f"train.global_batch_size: {batch} is not divisible by the {world_size} processes of this run "
+                f"(e.g. {' or '.join(f'train.global_batch_size={n}' for n in fits)})"
             )
 
 
@@ -340,52 +343,129 @@ def _format_error(err: dict[str, Any], section: type[BaseModel]) -> str:
         hint = ""
         if parent is not None:
             close = difflib.get_close_matches(str(err["loc"][-1]), list(parent.model_fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = ".".join(str(p) for p in err["loc"][:-1]) or "the top level"
+            hint = (f" (did you mean '{close[0]}'?)" if close
+                    else f" (the keys of {where}: {', '.join(parent.model_fields)})")
         return f"{key}: unknown key{hint}"
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
+# The data.source values that read each source-specific key of `data` (docs/configuration.md shows
+# this table). A key given a value for a source that does not read it is
+# - an error when it selects data (DATA_KEYS) and the source reads other images (sample, cifar10):
+#   `data.root=/my/images` without `data.source=imagefolder` would train on the shipped sample
+#   without a word, and hours of training on the wrong data is what a missed warning costs;
+# - a warning in the run's log otherwise: ignoring it changes nothing that trains (`download` only
+#   fetches a missing archive, `check_images` finds bad files where files are decoded,
+#   `synthetic_images` sizes synthetic epochs), and data.source=synthetic replaces the data on
+#   purpose (a throughput ceiling with a real config, whose data.root then stays unused).
+SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "root": ("imagefolder", "cifar10"),
+    "train_split": ("imagefolder",),
+    "eval_split": ("imagefolder",),
+    "download": ("cifar10",),
+    "check_images": ("sample", "imagefolder"),  # cifar10 arrives decoded: nothing to scan
+    "cache": ("sample", "imagefolder"),  # cifar10 arrives decoded: nothing to decode once
+    "cache_max_gb": ("sample", "imagefolder"),
+    "synthetic_images": ("synthetic",),
+}
+DATA_KEYS = ("root", "train_split", "eval_split")
+SOURCE_NAMES = {"sample": "the CIFAR-10 sample shipped in data/", "cifar10": "the official python archive",
+                "imagefolder": "a class-per-folder tree", "synthetic": "random images"}
+
+
+def ignored_data_keys(data: DataConfig) -> list[str]:
+    """The source-specific `data` keys given a value that data.source does not read."""
+    return [key for key, readers in SOURCE_KEYS.items()
+            if data.source not in readers and getattr(data, key) != DataConfig.model_fields[key].default]
+
+
+def describe_ignored(data: DataConfig, key: str) -> str:
+    """'data.root: '/x' is not read by data.source=sample (...); to use it set ..., or reset it (data.root='')'."""
+    choices = " or ".join(f"data.source={r} ({SOURCE_NAMES.get(r, r)})" for r in SOURCE_KEYS[key])
+    default = DataConfig.model_fields[key].default
+    reset = "''" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+    return (f"data.{key}: {getattr(data, key)!r} is not read by data.source={data.source} "
+            f"({SOURCE_NAMES.get(data.source, data.source)}); to use it set {choices}, or reset it "
+            f"(data.{key}={reset})")
+
+
+def _check_source_keys(data: DataConfig) -> None:
+    if data.source == "synthetic":
+        return
+    wrong = [key for key in ignored_data_keys(data) if key in DATA_KEYS]
+    if wrong:
+        others = f" (also: {', '.join('data.' + k for k in wrong[1:])})" if wrong[1:] else ""
+        raise ConfigError(describe_ignored(data, wrong[0]) + others)
+
+
+def _number(value: float) -> str:
+    """A float as a person would type it in an override: 0.75, 7.5, 150."""
+    return f"{round(value, 3):g}"
+
+
+def _scaled_milestones(milestones: list[float], epochs: int) -> str:
+    """The milestones moved so that the last sits at 3/4 of the run, as the reference's 225 of 300 does."""
+    factor = 0.75 * epochs / milestones[-1]
+    return "[" + ",".join(_number(m * factor) for m in milestones) + "]"
+
+
 def _check_consistency(cfg: Config) -> None:
-    """Rules that involve several fields; each error names the key to change."""
+    """Rules that involve several fields; each error names the key to change and a value to try."""
     aug = cfg.data.train
     if aug.max_side < aug.min_side:
-        raise ConfigError(f"data.train.max_side: {aug.max_side} is smaller than data.train.min_side {aug.min_side}")
+        raise ConfigError(f"data.train.max_side: {aug.max_side} is smaller than data.train.min_side {aug.min_side} "
+                          f"(e.g. data.train.max_side={aug.min_side})")
     if aug.crop > aug.min_side:
         raise ConfigError(
             f"data.train.crop: a {aug.crop}px crop does not fit the smallest resized side "
-            f"data.train.min_side = {aug.min_side}px"
+            f"data.train.min_side = {aug.min_side}px (e.g. data.train.crop={aug.min_side}, or raise "
+            f"data.train.min_side and data.train.max_side to {aug.crop} or more)"
         )
     if cfg.data.eval.crop > cfg.data.eval.size:
-        raise ConfigError(f"data.eval.crop: {cfg.data.eval.crop} is larger than data.eval.size {cfg.data.eval.size}")
+        raise ConfigError(f"data.eval.crop: {cfg.data.eval.crop} is larger than data.eval.size {cfg.data.eval.size} "
+                          f"(e.g. data.eval.size={cfg.data.eval.crop})")
     if cfg.model.num_classes == "auto" and cfg.data.source == "synthetic":
         raise ConfigError("model.num_classes: auto counts the classes of the data, and data.source = synthetic "
                           "has none; give a number (e.g. model.num_classes=10)")
-    if cfg.data.source in ("cifar10", "imagefolder") and not cfg.data.root:
-        raise ConfigError(f"data.root: required for data.source = {cfg.data.source}")
+    if cfg.data.source == "imagefolder" and not cfg.data.root:
+        raise ConfigError("data.root: required for data.source = imagefolder: the folder that holds the train/ and "
+                          "val/ class folders (e.g. data.root=/data/my-images)")
+    if cfg.data.source == "cifar10" and not cfg.data.root:
+        raise ConfigError("data.root: required for data.source = cifar10: the folder for cifar-10-python.tar.gz "
+                          "(e.g. data.root=data/cifar10 data.download=true)")
+    _check_source_keys(cfg.data)
     sched, epochs = cfg.schedule, cfg.train.epochs
     if sched.name == "multistep":
         ms = sched.milestones
         if any(m <= 0 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
-            raise ConfigError(f"schedule.milestones: must be positive and increasing (got {ms})")
+            raise ConfigError(f"schedule.milestones: must be positive and increasing (got {ms}; "
+                              "e.g. schedule.milestones=[150,225])")
         if ms and ms[-1] >= epochs:
             raise ConfigError(
-                f"schedule.milestones: milestone {ms[-1]} is not before the last epoch (train.epochs = {epochs})"
+                f"schedule.milestones: milestone {ms[-1]} is not before the last epoch (train.epochs = {epochs}); "
+                f"scale the milestones to the run (e.g. schedule.milestones={_scaled_milestones(ms, epochs)}) or "
+                "drop the decay steps with schedule.milestones=[]"
             )
     if sched.warmup_epochs >= epochs:
-        raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs}")
+        raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} is not shorter than train.epochs = {epochs} "
+                          f"(e.g. schedule.warmup_epochs={_number(0.05 * epochs)}, or 0 for none)")
     for threshold in cfg.train.tta_thresholds:
         if not 0.0 < threshold <= 1.0 or abs(threshold * 1000 - round(threshold * 1000)) > 1e-6:
             raise ConfigError(f"train.tta_thresholds: {threshold} must be a fraction in (0, 1] with at most one "
-                              "decimal in percent (0.926 = 92.6%)")
+                              "decimal in percent (0.926 = 92.6%; e.g. train.tta_thresholds=[0.9,0.926])")
     if len(set(cfg.train.tta_thresholds)) != len(cfg.train.tta_thresholds):
-        raise ConfigError(f"train.tta_thresholds: repeated values in {cfg.train.tta_thresholds}")
+        raise ConfigError(f"train.tta_thresholds: repeated values in {cfg.train.tta_thresholds}; give each once")
     if cfg.eval.weights == "both" and cfg.train.ema_decay == 0:
-        raise ConfigError("eval.weights: both needs an EMA (train.ema_decay > 0)")
+        raise ConfigError("eval.weights: both needs an EMA (train.ema_decay > 0); set train.ema_decay=0.999 or "
+                          "eval.weights=raw")
     if cfg.eval.only and cfg.checkpoint.resume == "never":
-        raise ConfigError("eval.only: needs a checkpoint (checkpoint.resume = auto or a file path)")
+        raise ConfigError("eval.only: needs a checkpoint: checkpoint.resume=auto (the latest of "
+                          "logging.run_name=<run>) or checkpoint.resume=<path to a .pt file>")
     name = cfg.logging.run_name
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
-        raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir)")
+        raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir; "
+                          "e.g. logging.run_name=my-run)")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -395,11 +475,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.sub=value")
+            raise ConfigError(f"override {item!r}: expected key.sub=value (e.g. train.epochs=5)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+            raise ConfigError(f"{key}: cannot parse value {raw!r} as YAML ({' '.join(str(exc).split())}; quote "
+                              "the value, or write lists as [a,b])") from None
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -453,11 +534,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path}: not found")
+            shipped = ", ".join(str(p.relative_to(REPO_ROOT)) for p in sorted((REPO_ROOT / "configs").glob("*.yaml"))
+                                if p.name != "sweep.yaml")
+            raise ConfigError(f"config file {path}: not found (the shipped ones: {shipped})")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+            raise ConfigError(f"config file {path}: invalid YAML: {' '.join(str(exc).split())}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
         values = loaded or {}
@@ -522,39 +605,159 @@ def _bounds(info: Any) -> str:
     return ", ".join(parts)
 
 
+def _reference_row(key: str, info: Any) -> str:
+    default = info.get_default(call_default_factory=True)
+    kind = _type_name(info.annotation)
+    bounds = _bounds(info)
+    if bounds:
+        kind += f" ({bounds})"
+    shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+    cells = [f"`{key}`", kind, f"`{shown}`", info.description or ""]
+    return "| " + " | ".join(c.replace("|", "\\|") if i else c for i, c in enumerate(cells)) + " |"
+
+
+def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    """One table row per leaf key of `model`, nested sections flattened to dotted keys."""
+    rows = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += _reference_rows(ann, f"{prefix}{name}.")
+        else:
+            rows.append(_reference_row(f"{prefix}{name}", info))
+    return rows
+
+
+TABLE_HEADER = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+
 def markdown_reference() -> str:
-    """The configuration reference as a Markdown table, generated from the schema."""
-    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    """The configuration reference as one Markdown table, generated from the schema."""
+    return "\n".join(TABLE_HEADER + _reference_rows(Config, "")) + "\n"
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            ann = info.annotation
-            key = f"{prefix}{name}"
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, key + ".")
-                continue
-            default = info.get_default(call_default_factory=True)
-            kind = _type_name(ann)
-            bounds = _bounds(info)
-            if bounds:
-                kind += f" ({bounds})"
-            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            cells = [f"`{key}`", kind, f"`{shown}`", info.description or ""]
-            rows.append("| " + " | ".join(c.replace("|", "\\|") if i else c for i, c in enumerate(cells)) + " |")
 
-    walk(Config, "")
-    return "\n".join(rows) + "\n"
+DOCS_PAGE = REPO_ROOT / "docs" / "configuration.md"
+
+_PAGE_INTRO = """\
+# Configuration reference
+
+<!-- Generated from the schema in pipeline/config.py by `python -m pipeline.config --docs`; edit the
+schema, not this page (tests/test_docs.py fails when the two differ). -->
+
+Every entry point takes the same arguments: an optional YAML file, then `key.sub=value` overrides.
+
+```bash
+./launch.sh configs/quickstart.yaml train.epochs=5 optim.lr=0.2
+python train_dist.py configs/quickstart.yaml data.source=imagefolder data.root=/data/my-images model.num_classes=auto
+python -m pipeline.config configs/quickstart.yaml train.epochs=5      # print the validated config, run nothing
+```
+
+- **Precedence:** the defaults below, then the YAML file, then the overrides; the result is validated
+  as one. The defaults are the reference recipe's settings (`configs/squeezenet_cifar10.yaml`) on the
+  shipped sample.
+- **Values are YAML:** `train.epochs=5`, `optim.lr=1e-2`, `train.compile=true`,
+  `schedule.milestones=[10,20]`, `wandb.tags=[a,b]`; an empty value is an empty string (`data.root=`).
+- **Mistakes stop the run before it starts**, with one line naming the key and a value to try, and exit
+  status 2: an unknown key (`optim.lrr: unknown key (did you mean 'lr'?)`), a wrong type, a value out
+  of range, or keys that contradict each other (`schedule.milestones` past `train.epochs`).
+- **`auto`** values are decided at start-up on the machine that trains (`train.precision: auto` is
+  bf16 on CUDA, fp32 on CPU; `model.num_classes: auto` counts the class folders of the training
+  data). `python train_dist.py CONFIG [key=value ...] --resolve` shows what they become on this machine
+  without training. Every run saves its config, with `model.num_classes` resolved, as
+  `runs/<run-name>/config.yaml`, and the other resolved values in `runs/<run-name>/resolved.json`.
+
+## Keys that belong to one data source
+
+Given for a `data.source` that does not read it, `data.root`, `data.train_split` or
+`data.eval_split` stops the run before it starts when the source reads other images (`sample`,
+`cifar10`): `data.root=/my/images` without `data.source=imagefolder` would otherwise train on the
+shipped sample. Any other key of this table that the source does not read (or any of them with
+`data.source=synthetic`, which replaces the data on purpose) is named in a warning in the run's
+log: ignoring it changes nothing that trains.
+
+"""
+
+
+def configuration_page() -> str:
+    """docs/configuration.md: how configuration works, which data keys each source reads, every key by section."""
+    lines = [_PAGE_INTRO.rstrip("\n"), "", "| key | read by data.source |", "| --- | --- |"]
+    lines += [f"| `data.{key}` | {', '.join(readers)} |" for key, readers in SOURCE_KEYS.items()]
+    top = [_reference_row(name, info) for name, info in Config.model_fields.items()
+           if not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel))]
+    lines += ["", "## Top level", "", *TABLE_HEADER, *top]
+    for name, info in Config.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            lines += ["", f"## `{name}`: {section.__doc__.strip().splitlines()[0]}", "", *TABLE_HEADER,
+                      *_reference_rows(section, f"{name}.")]
+    return "\n".join(lines) + "\n"
+
+
+def auto_keys(cfg: Config) -> dict[str, str]:
+    """{dotted key: its description} for every value of `cfg` that is still `auto`."""
+    found: dict[str, str] = {}
+
+    def walk(section: BaseModel, prefix: str) -> None:
+        for name, info in type(section).model_fields.items():
+            value = getattr(section, name)
+            if isinstance(value, BaseModel):
+                walk(value, f"{prefix}{name}.")
+            elif value == "auto":
+                found[f"{prefix}{name}"] = info.description or ""
+    walk(cfg, "")
+    ignored = {f"data.{key}" for key, readers in SOURCE_KEYS.items() if cfg.data.source not in readers}
+    return {key: doc for key, doc in found.items() if key not in ignored}
+
+
+def validated_yaml(cfg: Config, resolved: bool = False) -> str:
+    """The config as YAML, headed by comments that say what it is and which values are still `auto`."""
+    head = ["# The validated config: defaults <- YAML file <- key=value overrides. Nothing ran."]
+    autos = auto_keys(cfg)
+    if autos:
+        head.append("# `auto` values " + ("left, decided by each run:" if resolved
+                                          else "are decided at start-up on the machine that trains:"))
+        head += [f"#   {key}: {doc}" for key, doc in autos.items()]
+        if not resolved:
+            head.append("# To see what they become here (it lists the data): python train_dist.py ... --resolve")
+    return "\n".join(head) + "\n" + cfg.to_yaml()
+
+
+def build_parser() -> "argparse.ArgumentParser":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.config", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print the config that CONFIG.yaml and key=value overrides describe, validated by the schema "
+                    "(nothing runs). Values left at `auto` are decided at start-up, on the machine that trains; "
+                    "`python train_dist.py CONFIG [key=value ...] --resolve` shows what they become here.",
+        epilog="examples:\n"
+               "  python -m pipeline.config configs/quickstart.yaml train.epochs=5\n"
+               "  python -m pipeline.config --markdown        # the reference table README.md embeds\n"
+               "  python -m pipeline.config --docs            # rewrite docs/configuration.md from the schema\n"
+               "exit status: 0 valid, 2 a bad key or value (one line naming it)")
+    parser.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                        help="an optional YAML file, then overrides such as optim.lr=0.2")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--markdown", action="store_true", help="print the reference of every key as a Markdown table")
+    what.add_argument("--docs", nargs="?", const=str(DOCS_PAGE), metavar="PATH",
+                      help=f"write the configuration reference page to PATH "
+                           f"(default {DOCS_PAGE.relative_to(REPO_ROOT)})")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--markdown"]:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.markdown:
         sys.stdout.write(markdown_reference())
         return 0
-    cfg = config_from_cli(argv)
+    if args.docs:
+        Path(args.docs).write_text(configuration_page())
+        print(f"wrote {args.docs}", file=sys.stderr)
+        return 0
+    cfg = config_from_cli(args.args)
     if cfg is None:
         return 2
-    sys.stdout.write(cfg.to_yaml())
+    sys.stdout.write(validated_yaml(cfg))
     return 0
 
 

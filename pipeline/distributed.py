@@ -52,10 +52,9 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = resolve_backend(backend, device)
         if backend == "nccl" and device.type != "cuda":
-            raise LaunchError("dist.backend: nccl needs CUDA; use gloo (or auto) on CPU")
+            raise LaunchError("dist.backend: nccl needs CUDA; use dist.backend=gloo (or auto) on CPU")
         timeout = datetime.timedelta(seconds=timeout_s)
         kwargs = {"device_id": device} if backend == "nccl" else {}
         store = _restart_scoped_store(world_size, timeout)
@@ -64,6 +63,13 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
         dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
         _control_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """dist.backend: auto = nccl for a process on a GPU, gloo on the CPU."""
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    return backend
 
 
 def _restart_scoped_store(world_size: int, timeout: datetime.timedelta) -> Any:

@@ -49,6 +49,48 @@ def test_loader_benchmark_compares_backends(tmp_path):
         assert_rate(row["images_per_sec"])
     assert rows["dali-cpu"]["workers_or_threads"] == rows["torchvision"]["workers_or_threads"] == 1
     assert rows["torchvision"]["vs_torchvision"] == 1.0
+    assert rows["dali-cpu"]["vs_torchvision"] == pytest.approx(
+        rows["dali-cpu"]["images_per_sec"]["median"] / rows["torchvision"]["images_per_sec"]["median"])
+    # Synthetic input does no work and a stage row only part of it: a ratio to torchvision would be noise.
+    assert not any("vs_torchvision" in rows[name] for name in rows if name == "synthetic" or ":" in name)
+
+
+def test_loader_backend_dali_means_dali_on_data_device_and_gets_its_stage_rows(tmp_path, capsys):
+    result = run_bench(tmp_path, "loader", "--backends=dali", "--stages", "data.device=cpu")
+    assert [r["backend"] for r in result["results"]] == ["dali-cpu", "dali-cpu:read", "dali-cpu:decode",
+                                                          "dali-cpu:resize", "dali-cpu:full"]
+    table = capsys.readouterr().out
+    assert "dali-cpu:full" in table
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["loader", "--backends=dali,tochvision"], "argument --backends: unknown 'tochvision'; choose from dali, "
+                                               "dali-gpu, dali-cpu, torchvision, synthetic"),
+    (["loader", "--models=squeezenet1_1"], "unrecognized arguments: --models"),  # another kind's option
+])
+def test_bench_rejects_what_the_kind_cannot_use(argv, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench_main(argv)
+    assert info.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_loader_stages_without_a_dali_backend_is_an_error(tmp_path, capsys):
+    assert bench_main(["loader", "--backends=torchvision", "--stages", *FAST, f"--out={tmp_path}"]) == 2
+    assert "--stages: times the DALI graph" in capsys.readouterr().err
+    assert not tmp_path.joinpath("results.json").exists()
+
+
+@pytest.mark.parametrize("kind", [None, "loader", "model", "train", "scaling", "doctor", "report"])
+def test_every_bench_kind_has_its_own_help(kind, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench_main([kind, "--help"] if kind else ["--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    assert out.startswith(f"usage: python -m pipeline.bench{' ' + kind if kind else ''} ")
+    if kind == "loader":
+        assert "dali-cpu = DALI, CPU operators" in out and "--stages" in out and "--models" not in out
+    if kind == "model":
+        assert "--batch-sizes" in out and "--backends" not in out
 
 
 def test_model_benchmark_matrix(tmp_path):

@@ -159,6 +159,31 @@ def test_figures_derived_from_metrics_jsonl(tmp_path, capsys):
     assert compare.load_run(run).figures["end/reason"] == "unknown"  # all evaluated, but no summary.json
 
 
+def test_what_was_never_measured_shows_a_dash(tmp_path, capsys):
+    """A run whose epochs were all shorter than logging.perf_warmup_steps has no throughput (summary.json of
+    older versions says 0), and a run stopped before its first evaluation has no accuracy at all."""
+    def make(name: str, records: list[dict], summary: dict) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(f"train:\n  epochs: 2\nname: {name}\n")
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (run / "summary.json").write_text(json.dumps(summary))
+        return run
+
+    short = make("short", [{"step": 2, "epoch": 1, "time": 1.0, "val/top1": 0.93}],
+                 {"final/top1": 0.93, "best/top1": 0.93, "best/epoch": 1, "perf/mean_images_per_sec": 0.0,
+                  "tta/92.6/epoch": 1, "tta/92.6/wall_seconds": 1.0, "end/reason": "finished",
+                  "time/wall_seconds": 2.0})
+    stopped = make("stopped", [{"step": 1, "epoch": 0.5, "time": 0.5, "train/loss": 2.3}],
+                   {"end/reason": "preempted", "time/wall_seconds": 0.7})
+    assert compare.main([str(short), str(stopped)]) == 0
+    first, second = text_table(capsys.readouterr().out)
+    assert first["img/s"] == "-" and first["to 92.6%: epoch, wall s"] == "1, 1"
+    assert (second["final top-1 %"], second["best top-1 %"], second["best epoch"], second["img/s"]) == ("-",) * 4
+    assert second["to 92.6%: epoch, wall s"] == "-"  # never evaluated: not "not reached"
+    assert second["end"] == "preempted"
+
+
 def test_not_a_run_directory_exits_2_naming_the_path(tmp_path):
     (tmp_path / "no-metrics").mkdir()
     (tmp_path / "no-metrics" / "config.yaml").write_text("name: x\n")

@@ -1,11 +1,13 @@
 """The typed configuration: defaults, YAML + overrides, rejected values, YAML round trip."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.config import Config, ConfigError, load_config, markdown_reference
+from pipeline.config import main as config_main
 
 from pipeline.constants import REPO_ROOT as ROOT  # noqa: E402
 
@@ -89,7 +91,9 @@ def test_bad_yaml_key_names_the_key(tmp_path):
 def test_global_batch_must_divide_among_processes():
     cfg = load_config(None, ["train.global_batch_size=64"])
     cfg.check_world_size(4)
-    with pytest.raises(ConfigError, match=r"^train\.global_batch_size: 64 is not divisible by the 3 processes"):
+    with pytest.raises(ConfigError, match=r"^train\.global_batch_size: 64 is not divisible by the 3 processes of "
+                                          r"this run \(e\.g\. train\.global_batch_size=63 or "
+                                          r"train\.global_batch_size=66\)"):
         cfg.check_world_size(3)
 
 
@@ -144,3 +148,140 @@ def test_a_bare_off_means_off_not_false():
     assert (cfg.logging.progress, cfg.data.check_images, cfg.data.cache, cfg.train.compile) == ("off",) * 4
     with pytest.raises(ConfigError, match=r"data\.cache: Input should be 'auto' or 'off' \(got True\)"):
         load_config(None, ["data.cache=true"])
+
+
+# ----------------------------------------------------------------- keys the chosen source ignores
+
+
+@pytest.mark.parametrize("overrides, key, fix", [
+    (["data.root=/my/images"], "data.root", "data.source=imagefolder"),  # the default source is the sample
+    (["data.source=cifar10", "data.root=data/cifar10", "data.train_split=training"], "data.train_split",
+     "data.source=imagefolder"),
+    (["data.eval_split=val"], "data.eval_split", "data.source=imagefolder"),
+])
+def test_a_data_key_the_source_does_not_read_is_an_error_naming_the_source(overrides, key, fix):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    assert message.startswith(f"{key}: ") and "is not read by data.source=" in message and fix in message, message
+    assert "\n" not in message
+    load_config(None, [*overrides, fix, "data.root=/my/images"])  # the fix works
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["data.source=imagefolder", "data.root=/x", "data.download=true"], "download"),  # the reference config's
+    (["data.source=cifar10", "data.root=data/cifar10", "data.check_images=error"], "check_images"),
+    (["data.synthetic_images=64"], "synthetic_images"),
+    (["data.source=synthetic", "data.root=/my/images"], "root"),  # synthetic replaces the data on purpose
+])
+def test_keys_whose_neglect_changes_nothing_trained_are_accepted_and_named(overrides, key):
+    from pipeline.config import describe_ignored, ignored_data_keys
+
+    cfg = load_config(None, overrides)
+    assert ignored_data_keys(cfg.data) == [key]  # the run's log warns with this line
+    assert describe_ignored(cfg.data, key).startswith(f"data.{key}: ") and "data.source=" in describe_ignored(
+        cfg.data, key)
+
+
+def test_source_keys_at_their_defaults_are_fine_and_a_saved_config_loads_back(tmp_path):
+    cfg = load_config(None, ["data.source=sample", "data.root=", "data.download=false", "data.train_split=train"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())  # every key written out, source-specific ones at their defaults
+    assert load_config(path) == cfg
+    for config in RUN_CONFIGS:
+        load_config(config)
+
+
+# ------------------------------------------------------------------ errors that say what to do
+
+
+def suggested_override(message: str, key: str) -> str:
+    """The `key=value` an error message suggests (the first one that names `key`)."""
+    return re.search(rf"\b{re.escape(key)}=(\[[^\]]*\]|[^\s),;]+)", message).group(0)
+
+
+@pytest.mark.parametrize("config, overrides, key", [
+    ("squeezenet_cifar10.yaml", ["train.epochs=1"], "schedule.milestones"),  # the natural smoke test
+    ("squeezenet_cifar10.yaml", ["train.epochs=10"], "schedule.milestones"),
+    ("squeezenet_cifar10_fast.yaml", ["train.epochs=2"], "schedule.warmup_epochs"),
+    (None, ["data.train.crop=130"], "data.train.crop"),
+    (None, ["data.train.min_side=140"], "data.train.max_side"),
+    (None, ["data.eval.crop=200"], "data.eval.size"),
+    (None, ["eval.weights=both"], "train.ema_decay"),
+    (None, ["data.source=imagefolder"], "data.root"),
+])
+def test_the_value_an_error_suggests_is_accepted(config, overrides, key):
+    path = ROOT / "configs" / config if config else None
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    fix = suggested_override(str(info.value), key)
+    load_config(path, [*overrides, fix])
+
+
+def test_milestones_past_a_short_run_say_how_to_scale_them():
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "squeezenet_cifar10.yaml", ["train.epochs=1"])
+    message = str(info.value)
+    assert "schedule.milestones=[0.5,0.75]" in message and "schedule.milestones=[]" in message
+    assert load_config(ROOT / "configs" / "squeezenet_cifar10.yaml",
+                       ["train.epochs=1", "schedule.milestones=[]"]).schedule.milestones == []
+
+
+def test_an_unknown_key_without_a_close_match_lists_the_section_s_keys():
+    with pytest.raises(ConfigError, match=r"^optim\.zzz: unknown key \(the keys of optim: lr, momentum, "):
+        load_config(None, ["optim.zzz=1"])
+    with pytest.raises(ConfigError, match=r"^bogus: unknown key \(the keys of the top level: name, model, data"):
+        load_config(None, ["bogus.x=1"])
+    with pytest.raises(ConfigError, match=r"not found \(the shipped ones: configs/quickstart\.yaml"):
+        load_config("no-such-config.yaml")
+
+
+# ------------------------------------------------------------------- python -m pipeline.config
+
+
+def test_config_cli_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        config_main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m pipeline.config") and "--resolve" in out and "--docs" in out
+
+
+def test_config_cli_says_which_values_are_still_auto(capsys):
+    assert config_main(["configs/quickstart.yaml", "model.num_classes=auto"]) == 0
+    out = capsys.readouterr().out
+    head = [line for line in out.splitlines() if line.startswith("#")]
+    assert head[0].startswith("# The validated config") and "resolved" not in head[0]
+    assert any(line.startswith("#   model.num_classes: ") for line in head)
+    assert any(line.startswith("#   train.precision: ") for line in head)
+    assert not any("data.eval_split" in line for line in head)  # the sample has no splits to choose
+    assert yaml.safe_load(out)["model"]["num_classes"] == "auto"  # printed as given, not pretended resolved
+    assert config_main(["optim.lr=-1"]) == 2
+
+
+def test_resolve_lists_the_data_and_applies_this_machine_s_rules(tiny_tree):
+    import torch
+
+    from pipeline.training.resolve import resolve_auto
+
+    cfg = load_config(None, ["data.source=imagefolder", f"data.root={tiny_tree}", "model.num_classes=auto"])
+    resolved, notes = resolve_auto(cfg)
+    assert resolved.model.num_classes == 3 and notes["model.num_classes"].startswith("auto -> 3 (")
+    cuda = torch.cuda.is_available()
+    assert resolved.train.precision == ("bf16" if cuda else "fp32")
+    assert resolved.data.device == ("gpu" if cuda else "cpu")
+    assert resolved.optim.impl == ("fused" if cuda else "foreach")
+    given = load_config(None, ["data.source=imagefolder", f"data.root={tiny_tree}", "train.precision=fp16"])
+    assert resolve_auto(given)[0].train.precision == "fp16" and "train.precision" not in resolve_auto(given)[1]
+
+
+def test_every_source_is_described_and_every_source_key_is_a_data_key():
+    """A new data.source must say which of these keys it reads (SOURCE_KEYS) and get a short name."""
+    from typing import get_args
+
+    from pipeline.config import DATA_KEYS, SOURCE_KEYS, SOURCE_NAMES, DataConfig
+
+    sources = set(get_args(DataConfig.model_fields["source"].annotation))
+    assert set(SOURCE_NAMES) == sources
+    assert set(SOURCE_KEYS) <= set(DataConfig.model_fields) and set(DATA_KEYS) <= set(SOURCE_KEYS)
+    assert all(set(readers) <= sources for readers in SOURCE_KEYS.values())

@@ -1,11 +1,15 @@
-"""launch.sh as the multi-node entry: two "nodes" of one process each on 127.0.0.1, joined by torchrun's
-c10d rendezvous, train exactly what one node with two processes trains."""
+"""launch.sh: --help; the same command continues a preempted run and then says the run finished; and as
+the multi-node entry, two "nodes" of one process each on 127.0.0.1, joined by torchrun's c10d
+rendezvous, train exactly what one node with two processes trains."""
 
 from __future__ import annotations
 
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +124,51 @@ def test_nodes_without_a_shared_run_directory_stop_before_training(tmp_path):
             f"run directory {local[1]} (rank 0 on " in message and f"finds no such directory at {local[0]}" in message)
     for view in views:
         assert not list((view / "runs").rglob(".shared-check-*"))
+
+
+@pytest.mark.slow
+def test_launch_sh_help_prints_usage_and_exits_0():
+    proc = subprocess.run(["./launch.sh", "--help"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Launch training under torchrun") and "--new" in proc.stdout
+    assert "Arguments: [--new] [CONFIG.yaml] [key=value ...]" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    args = [*TINY, "train.deterministic=true", "train.epochs=2", "train.max_steps_per_epoch=12",
+            "checkpoint.every_steps=4", f"logging.runs_dir={runs}"]  # no run name: launch.sh names it
+    env = launch_env(NPROC="1")
+    console = tmp_path / "first.txt"
+    with open(console, "w") as out:
+        first = subprocess.Popen(["./launch.sh", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*/step-00000004.pt")):
+        assert first.poll() is None and time.monotonic() < deadline, console.read_text()[-3000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)  # launch.sh exec'd the launcher: this is torchrun's agent, as under SLURM
+    first.wait(timeout=60)
+    out = console.read_text()
+    assert first.returncode == 75, out[-3000:]
+    assert "Traceback" not in out and "SignalException" not in out  # torchrun's 25 lines, summarised in one
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("launch.sh: run quickstart-") and " was preempted at step " in last, out[-2000:]
+    command = last.split("To continue it: ", 1)[1]
+    assert shlex.split(command) == ["./launch.sh", *args]  # the same command, word for word
+    (name,) = [p.name for p in runs.iterdir()]
+
+    again = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"launch.sh: continuing run {name}: it was preempted at step " in again.stderr
+    assert "resumed from" in again.stderr and [p.name for p in runs.iterdir()] == [name]
+    assert load_ckpt(runs / name / "last.pt")["counters"]["global_step"] == 24
+
+    third = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert third.returncode == 0, third.stderr[-3000:]
+    message = third.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"launch.sh: run {name} (") and "finished at step 24" in message
+    assert "nothing to train for this command" in message and message.endswith(shlex.join(["./launch.sh", "--new",
+                                                                                           "configs/quickstart.yaml",
+                                                                                           *args]))
+    assert "run directory:" not in third.stderr and [p.name for p in runs.iterdir()] == [name]  # no training

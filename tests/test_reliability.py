@@ -4,6 +4,7 @@ corrupt checkpoints, non-finite loss, start-up checks, secrets."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -125,7 +126,16 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path):
     stopped_at = int(err.split("preempted at step ")[1].split(":")[0])
     ckpt = load_ckpt(tmp_path / "pre" / ckpt_io.step_path(Path(), stopped_at).name)
     assert ckpt["counters"]["global_step"] == stopped_at
-    run_train(tmp_path, "pre", *RESUMABLE)
+    # The last line is the command that continues the run: running it, word for word, finishes the run.
+    last = err.strip().splitlines()[-1]
+    prefix = f"run pre stopped at step {stopped_at} (checkpoint written); to continue it from its latest checkpoint: "
+    assert last.startswith(prefix), err[-2000:]
+    command = shlex.split(last[len(prefix):])
+    assert command[1:] == [str(REPO / "train_dist.py"), *TINY, f"logging.runs_dir={tmp_path}", *RESUMABLE,
+                           "logging.run_name=pre"]
+    again = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=run_env(), capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-3000:]
     final_state(tmp_path / "pre")
 
 
@@ -196,11 +206,19 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path)
 @pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_with_the_differences(tmp_path):
     run_train(tmp_path, "m1", "train.epochs=1")
-    proc = run_train(tmp_path, "m2", "model.name=squeezenet1_1", "data.eval.crop=16", "train.epochs=1",
-                     f"checkpoint.resume={tmp_path / 'm1' / 'last.pt'}", check=False)
+    other = ("model.name=squeezenet1_1", "data.eval.crop=16", "train.epochs=1")
+    proc = run_train(tmp_path, "m2", *other, f"checkpoint.resume={tmp_path / 'm1' / 'last.pt'}", check=False)
     assert proc.returncode == 2
     assert "refusing to resume from a checkpoint of a different setup" in proc.stderr
     assert "model.name: 'squeezenet_bypass' in the checkpoint, 'squeezenet1_1' now" in proc.stderr
+    assert not (tmp_path / "m2").exists()  # the directory this failed start made is gone
+    # The same refusal in the run's own directory keeps every file, config.yaml as it was.
+    def files() -> dict[str, bytes]:  # the session's own log and lock aside
+        return {p.name: p.read_bytes() for p in (tmp_path / "m1").iterdir() if p.name not in ("train.log", ".lock")}
+    before = files()
+    proc = run_train(tmp_path, "m1", *other, check=False)
+    assert proc.returncode == 2 and "refusing to resume" in proc.stderr
+    assert files() == before and "config.yaml" in before
 
 
 def test_atomic_save_and_load_errors(tmp_path):
@@ -240,6 +258,12 @@ def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path):
                      check=False)
     assert proc.returncode == 4, proc.stderr[-3000:]
     assert "the loss was NaN/inf for" in proc.stderr and "consecutive steps" in proc.stderr
+    # What to do, truthfully: a resumed run keeps the checkpoint's learning rate.
+    assert "a new optim.lr does not apply to a resumed run" in proc.stderr
+    assert "a lower learning rate needs a new run (e.g. optim.lr=0.05)" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("run nan stopped on a non-finite loss; to continue it from its latest checkpoint: ")
+    assert last.endswith(" train.nonfinite_limit=3 logging.run_name=nan")
     last = load_ckpt(tmp_path / "nan" / "last.pt")
     assert last["counters"]["epoch"] == 1  # epoch 2 never finished, and its NaN weights were not saved
     assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
@@ -256,7 +280,8 @@ def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path):
         (["model.name=squeezenet1_0", "data.train.min_side=40", "data.train.max_side=44", "data.train.crop=40",
           "data.eval.size=8", "data.eval.crop=8"],
          "data.eval.crop: the network cannot take 8x8 inputs"),
-        (["model.num_classes=100"], "model.num_classes: 100, but the data has 10 classes"),
+        (["model.num_classes=100"], "model.num_classes: 100, but the data has 10 classes; set model.num_classes=10, "
+                                    "or model.num_classes=auto"),
         (["logging.run_name=../escape"], "logging.run_name: '../escape' must be a plain directory name"),
         (["logging.run_name=/tmp/abs"], "logging.run_name: '/tmp/abs' must be a plain directory name"),
     ],
@@ -267,6 +292,7 @@ def test_startup_checks_fail_before_training(tmp_path, overrides, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert "epoch 1/" not in proc.stderr  # nothing trained
+    assert list(tmp_path.iterdir()) == []  # and no run directory left behind, whichever check stopped it
 
 
 @pytest.mark.slow
@@ -297,14 +323,15 @@ def test_unwritable_run_directory_is_reported(tmp_path):
     assert proc.returncode == 2 and f"run directory {blocker / 'x'}: not writable" in proc.stderr
 
 
-def test_opening_the_run_directory_leaves_only_the_config(tmp_path):
+def test_opening_the_run_directory_leaves_only_its_lock(tmp_path):
     from pipeline.config import load_config
-    from pipeline.runs.rundir import open_run_dir
+    from pipeline.runs.rundir import LOCK_FILE, open_run_dir
 
     cfg = load_config(None, [f"logging.runs_dir={tmp_path}", "logging.run_name=x"])
-    run_dir = open_run_dir(cfg, is_main=True)  # one process: the shared-directory check passes trivially
-    assert run_dir == (tmp_path / "x").resolve()
-    assert [p.name for p in run_dir.iterdir()] == ["config.yaml"]  # no check file left behind
+    run = open_run_dir(cfg, is_main=True)  # one process: the shared-directory check passes trivially
+    assert run.path == (tmp_path / "x").resolve() and run.created
+    # No check file left behind, and no config.yaml yet: the trainer writes it once start-up succeeded.
+    assert [p.name for p in run.path.iterdir()] == [LOCK_FILE]
 
 
 @pytest.mark.slow
@@ -318,6 +345,9 @@ def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
                      "train.epochs=1", "train.max_steps_per_epoch=0", check=False, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{bad}: cannot decode" in proc.stderr
+    # Found mid-run: the run can continue once the file is fixed, and the last line says how.
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "run badimg crashed; to continue it from its latest checkpoint: ")
 
 
 # -------------------------------------------------------------------------------- secrets

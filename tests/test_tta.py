@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -143,3 +145,8 @@ def test_target_accuracy_stops_early_and_a_rerun_stays_stopped(tmp_path):
     assert "resumed from" in again.stderr and "stopping at epoch 1 of 3" in again.stderr
     assert load_ckpt(tmp_path / "target" / "last.pt")["counters"]["global_step"] == 6
     assert "epoch 2/3" not in again.stderr
+    # It says so, rather than reporting results as if it had trained, and names the command for a new run.
+    assert "run target already reached train.target_accuracy at epoch 1 of 3 (final top-1 " in again.stderr
+    assert "nothing to train. To train this setup again, start a new run: " in again.stderr
+    assert "done: final top-1" not in again.stderr
+    assert json.loads((tmp_path / "target" / "summary.json").read_text())["end/reason"] == "target_reached"

@@ -8,8 +8,9 @@
     python -m pipeline.bench overhead [CONFIG] [key=value ...]  # host work per step: ops, microseconds, reads
     python -m pipeline.bench report  [DIR]                      # the tables of every results.json in DIR
 
-Options (before or after the overrides): --steps N, --warmup N, --repeats N, --out DIR, and per
-kind --backends, --models/--precisions/--formats/--compile/--batch-sizes/--size, --nproc.
+Options (before or after the overrides): --steps N, --warmup N, --repeats N, --out DIR, and each
+kind's own (`python -m pipeline.bench KIND --help`): loader --backends/--stages, model
+--models/--precisions/--formats/--compile/--batch-sizes/--size, train --feeds, scaling --nproc.
 
 Method: warm-up steps are run and discarded (DALI buffer growth, cudnn autotuning, compilation);
 each repeat times `steps` steps between two device synchronizations; images/sec = images

@@ -19,35 +19,97 @@ from pipeline.entry import exit_now, run_entry
 from pipeline.runs.envinfo import describe, environment
 
 log = logging.getLogger(__name__)
-KINDS = ("loader", "model", "train", "scaling", "doctor", "overhead", "report")
+
+# Each kind: what it measures (its --help), and the options it reads besides the common ones.
+KINDS = {
+    "loader": ("the input pipeline alone, per backend; --stages adds DALI's graph cut after read, decode, "
+               "resize and the full augmentation", ("backends", "stages")),
+    "model": ("the training step alone on device-resident synthetic input, over a matrix of models, "
+              "precisions, memory formats, compile modes and batch sizes",
+              ("models", "precisions", "formats", "compile", "batch_sizes", "size")),
+    "train": ("end to end: training steps fed by synthetic input, the configured DALI loader (real) and the "
+              "torchvision baseline", ("feeds",)),
+    "scaling": ("`train` under torchrun at 1..N processes, with the scaling efficiency", ("nproc",)),
+    "doctor": ("where the bottleneck of this config is (loader, model, end to end, 4x batch, the host's work per "
+               "step) and the knob to turn", ()),
+    "overhead": ("the host-overhead ledger of the training step: per component, the torch operators dispatched, "
+                 "host microseconds, device reads and uploads; then a logging boundary and an evaluation batch", ()),
+    "report": ("the tables of every results.json under DIR (default bench-results/)", ()),
+}
+
+
+def _csv(kind=str, allowed: dict[str, str] | None = None):
+    def parse(text: str) -> list:
+        values = [kind(x) for x in text.split(",") if x]
+        unknown = [v for v in values if allowed is not None and v not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown[0]!r}; choose from {', '.join(allowed)}")
+        return values
+    return parse
+
+
+def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str) -> None:
+    """The options that belong to one kind, by their dest name."""
+    from pipeline.bench.loader import BACKENDS
+
+    backends = "; ".join(f"{name} = {what}" for name, what in BACKENDS.items())
+    options = {
+        "backends": (["--backends"], dict(type=_csv(allowed=BACKENDS), metavar="B1,B2",
+                                          help=f"backends to measure (default: every one this machine runs): "
+                                               f"{backends}")),
+        "stages": (["--stages"], dict(action="store_true", help="also time each DALI graph prefix (read, decode, "
+                                                                 "resize, full) of the DALI backends")),
+        "models": (["--models"], dict(type=_csv(), help=f"networks, from {','.join(list_models())}")),
+        "precisions": (["--precisions"], dict(type=_csv(), help="fp32,bf16,fp16 (default fp32,bf16)")),
+        "formats": (["--formats"], dict(type=_csv(), help="contiguous,channels_last (default both)")),
+        "compile": (["--compile"], dict(type=_csv(), help="off,default,reduce-overhead,max-autotune "
+                                                          "(default off; on = default)")),
+        "batch_sizes": (["--batch-sizes"], dict(type=_csv(int), help="batch sizes (default train.global_batch_size)")),
+        "size": (["--size"], dict(type=int, help="input side (default data.train.crop)")),
+        "nproc": (["--nproc"], dict(type=_csv(int), help="process counts (default 1,2)")),
+        "feeds": (["--feeds"], dict(type=_csv(), help="synthetic,real,torchvision (default all three; real = the "
+                                                      "configured DALI loader)")),
+    }
+    flags, kwargs = options[name]
+    parser.add_argument(*flags, dest=name, **kwargs)
+
+
+def build_parser(kind: str | None) -> argparse.ArgumentParser:
+    """The parser of one kind (its own --help and options), or of all kinds when `kind` is None."""
+    prog = "python -m pipeline.bench" + (f" {kind}" if kind else "")
+    description = package.__doc__
+    if kind is not None:
+        method = "Method: " + description.split("\nMethod: ", 1)[1].split("\n\n", 1)[0]
+        description = f"{prog}: {KINDS[kind][0]}." + ("" if kind == "report" else f"\n\n{method}")
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=list(KINDS), help="what to measure" if kind is None else argparse.SUPPRESS)
+    if kind != "report":
+        parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
+        parser.add_argument("--warmup", type=int, default=10, help="discarded steps first (default 10)")
+        parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is quoted (default 5)")
+    parser.add_argument("--out", type=Path, help="results folder (default bench-results/<kind>-<time>)"
+                        if kind != "report" else "the folder to read (same as DIR)")
+    for name, (what, options) in KINDS.items():
+        if options and kind in (None, name):
+            group = parser.add_argument_group(f"{name} options" if kind is None else "options of this kind")
+            for option in options:
+                _add_option(group, option)
+    parser.add_argument("rest", nargs="*", metavar="DIR" if kind == "report" else "[CONFIG.yaml] [key=value ...]",
+                        help="the results folder" if kind == "report" else "an optional YAML config, then overrides "
+                        "(docs/configuration.md)")
+    return parser
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[str]]:
-    def csv(kind=str):
-        return lambda text: [kind(x) for x in text.split(",") if x]
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=package.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
-    parser.add_argument("--warmup", type=int, default=10, help="discarded steps first (default 10)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is quoted (default 5)")
-    parser.add_argument("--out", type=Path, help="results folder (default bench-results/<kind>-<time>)")
-    parser.add_argument("--backends", type=csv(), help="loader: dali-gpu,dali-cpu,torchvision,synthetic")
-    parser.add_argument("--stages", action="store_true",
-                        help="loader: also time each DALI graph prefix (read, decode, resize, full)")
-    parser.add_argument("--models", type=csv(), help=f"model: from {','.join(list_models())}")
-    parser.add_argument("--precisions", type=csv(), help="model: fp32,bf16,fp16 (default fp32,bf16)")
-    parser.add_argument("--formats", type=csv(), help="model: contiguous,channels_last (default both)")
-    parser.add_argument("--compile", type=csv(), help="model: off,default,reduce-overhead,max-autotune "
-                        "(default off; on = default)")
-    parser.add_argument("--batch-sizes", type=csv(int), help="model: batch sizes (default train.global_batch_size)")
-    parser.add_argument("--size", type=int, help="model: input side (default data.train.crop)")
-    parser.add_argument("--nproc", type=csv(int), help="scaling: process counts (default 1,2)")
-    parser.add_argument("--feeds", type=csv(), help="train: synthetic,real,torchvision (default all three; "
-                        "real = the configured DALI loader)")
-    parser.add_argument("rest", nargs="*", help="[CONFIG.yaml] [key=value ...]")
-    args = parser.parse_intermixed_args(argv)  # options may come before or after the overrides
+    # The kind decides which options exist, so find it first (options may come before it).
+    kind = next((word for word in argv if word in KINDS), None)
+    args = build_parser(kind).parse_intermixed_args(argv)  # options may come before or after the overrides
+    for name in ("steps", "warmup", "repeats"):  # `report` has none; the other kinds read them
+        args.__dict__.setdefault(name, None)
+    for _, options in KINDS.values():  # a kind's code may read its neighbours' options: absent = default
+        for option in options:
+            args.__dict__.setdefault(option, False if option == "stages" else None)
     cfg_path, overrides = split_args(args.rest)
     return args, cfg_path, overrides
 

@@ -107,7 +107,8 @@ def diagnose(loader: float, model: float, end_to_end: float, model_4x: float, cf
 
 def bench_doctor(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
     if cfg.data.source == "synthetic":
-        raise ConfigError("data.source: bench doctor needs real images (sample, cifar10 or imagefolder), not synthetic")
+        raise ConfigError("data.source: bench doctor needs real images (sample, cifar10 or imagefolder), not "
+                          "synthetic (e.g. data.source=sample)")
     per_process = 1.0 / dist.world_size
     rows = [{"what": "loader alone", **_rate(loader_rate(cfg, args, dist))}]
     rates = training_rates(cfg, args, dist, ["synthetic", "real"])

@@ -21,7 +21,9 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
     if kind == "loader":
         lines.append(f"{'backend':<16} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>30}  vs torchvision")
         for r in rows:
-            ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
+            # Results written before synthetic and stage rows lost their ratio still carry one: not shown.
+            compared = "vs_torchvision" in r and r["backend"] != "synthetic" and ":" not in r["backend"]
+            ratio = f"{r['vs_torchvision']:.2f}x" if compared else "-"
             lines.append(f"{r['backend']:<16} {r['source']:<12} {r['batch_size']:>5} {r['workers_or_threads']:>7}  "
                          f"{rate(r['images_per_sec']):>30}  {ratio}")
     elif kind == "model":

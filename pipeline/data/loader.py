@@ -77,7 +77,8 @@ def resolve_dali_device(data_device: str) -> str:
     if data_device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if data_device == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("data.device: gpu was asked for but CUDA is not available (use cpu or auto)")
+        raise ConfigError("data.device: gpu was asked for but CUDA is not available (use data.device=cpu or "
+                          "data.device=auto)")
     return data_device
 
 
@@ -156,8 +157,9 @@ def build_loader(
     if images is None:
         raise ValueError("the dali and torchvision backends read an image set: pass images=load_image_sets(...)[i]")
     if train and len(images) < batch_size * world_size:
+        fits = world_size * max(1, len(images) // world_size // 2)  # half the set: two steps per epoch at least
         raise ConfigError(f"train.global_batch_size: {batch_size * world_size} is larger than the "
-                          f"{len(images)} training images")
+                          f"{len(images)} training images (e.g. train.global_batch_size={fits})")
     plan = ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train,
                           seed=seed, max_steps=max_steps)
     spec = AugmentSpec.for_train(aug) if train else AugmentSpec.for_eval(aug)

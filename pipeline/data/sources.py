@@ -113,7 +113,8 @@ def _label_tree(entries: dict[str, list[str]], where: str, classes: list[str] | 
     else:
         unknown = [c for c in own if c not in classes]
         if unknown:
-            raise DataError(f"{where}: classes {unknown} do not exist in the training split")
+            raise DataError(f"{where}: classes {unknown} do not exist in the training split; every validation "
+                            "class needs a training folder of the same name")
     index = {c: i for i, c in enumerate(classes)}
     names, labels = [], []
     for c in own:
@@ -130,7 +131,8 @@ def _require_image_name(name: str) -> None:
 
 
 def _split_error(where: str, split: str, found: list[str]) -> DataError:
-    return DataError(f"{where}: split folder '{split}' not found (found: {', '.join(sorted(found)) or 'nothing'})")
+    return DataError(f"{where}: split folder '{split}' not found (found: {', '.join(sorted(found)) or 'nothing'}); "
+                     "name the splits with data.train_split and data.eval_split")
 
 
 def resolve_eval_split(available: list[str], requested: str, where: str) -> str:

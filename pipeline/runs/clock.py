@@ -21,6 +21,7 @@ from pipeline.distributed import synchronize
 class RunPosition(Protocol):
     """What the run records read of the checkpoint counters (pipeline/training/checkpoint.py `Counters`)."""
 
+    epoch: int  # epochs completed
     global_step: int
     step_in_epoch: int
     wall_seconds: float  # run time when the counters were last saved (s)

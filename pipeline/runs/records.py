@@ -8,7 +8,8 @@
     records.finish(EndReason.FINISHED, ExitCode.OK)             # end/*, time/*, curves.png, W&B exit state
 
 `runs/<name>/summary.json` holds, flat, every value passed to `summary()` plus `end/reason`,
-`end/exit_code`, `time/wall_seconds` and `time/train_seconds` (the run clock's, pipeline/runs/clock.py); it is written at the
+`end/exit_code`, `end/global_step`, `end/epochs_done` (where the session stopped), `time/wall_seconds`
+and `time/train_seconds` (the run clock's, pipeline/runs/clock.py); it is written at the
 end of every run that ends on its own (finished, target reached, preempted, non-finite, crashed).
 A resumed session starts from the previous summary.json without its `end/*` and `time/*` keys, so
 a session killed before it could write one leaves no stale ending behind.
@@ -116,7 +117,8 @@ class RunRecords:
                                 final=end in (EndReason.FINISHED, EndReason.TARGET_REACHED))
 
     def ending(self, end: EndReason, exit_code: int) -> dict[str, Any]:
-        return {"end/reason": end.value, "end/exit_code": int(exit_code),
+        return {"end/reason": end.value, "end/exit_code": int(exit_code), "end/global_step": self.counters.global_step,
+                "end/epochs_done": self.counters.epoch,
                 "time/wall_seconds": round(self.clock.wall_seconds(), 3),
                 "time/train_seconds": round(self.counters.train_seconds, 3)}
 

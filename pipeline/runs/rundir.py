@@ -1,25 +1,119 @@
 """The run directory (runs/<run-name>/) and the per-rank console/file logging.
 
-    run_dir = open_run_dir(cfg, dist.is_main)   # every rank; rank 0 creates it, all check they share it
+    run = open_run_dir(cfg, dist.is_main)   # every rank; rank 0 creates it and locks it, all check they share it
+    ...                                     # the rest of start-up
+    save_run_config(cfg, run, dist.is_main) # config.yaml once start-up succeeded
+    discard_failed_start(run)               # instead, when start-up failed: a directory made for it goes
+
+A directory that start-up made and that start-up failed in (bad input found after the directory was
+opened: a model that cannot take the crop, a class count that does not match the data) is removed
+again, so a failed command leaves nothing behind. A directory that existed before (an earlier
+session's checkpoints) is never removed, and its config.yaml is rewritten only once start-up
+succeeded. Rank 0 holds an exclusive lock on runs/<name>/.lock while it runs, so a second training
+process cannot write into the same run at the same time.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
 import logging
+import os
+import re
 import secrets
+import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import distributed
 from pipeline.config import Config, save_config
 from pipeline.errors import RunDirError
 
+log = logging.getLogger(__name__)
+
+RUN_NAME_STAMP = "%Y%m%d-%H%M%S"
+LOCK_FILE = ".lock"
+
 
 def default_run_name(experiment: str) -> str:
-    return f"{experiment}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return f"{experiment}-{datetime.datetime.now().strftime(RUN_NAME_STAMP)}"
+
+
+def is_default_run_name(name: str, experiment: str) -> bool:
+    """Is `name` what default_run_name(experiment) gives, at some time?"""
+    return re.fullmatch(re.escape(experiment) + r"-\d{8}-\d{6}", name) is not None
+
+
+class RunLock:
+    """An exclusive flock on runs/<name>/.lock, held by rank 0 for the life of its process.
+
+    The kernel releases it when the process ends, however it ends (SIGKILL included), so a stale
+    lock file is harmless. On a file system without flock (some Lustre mounts) there is no lock,
+    and a warning says so.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.holder(run_dir)
+            os.close(self.fd)
+            self.fd = None
+            raise RunDirError(f"run directory {run_dir}: another training process is using it ({holder}); wait "
+                              "for it to end, or give this run another logging.run_name") from None
+        except OSError as exc:
+            log.warning("%s: no file lock on this file system (%s): nothing stops a second process from "
+                        "training into this run at the same time", self.path, exc.strerror or exc)
+            return
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+
+    def release(self) -> None:
+        """Give the lock up before the process ends (tests; the trainer keeps it to the end)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def holder(run_dir: Path) -> str:
+        try:
+            return (run_dir / LOCK_FILE).read_text().strip() or "pid unknown"
+        except OSError:
+            return "pid unknown"
+
+    @staticmethod
+    def in_use(run_dir: Path) -> str | None:
+        """Who holds the run's lock right now ("pid N on HOST"), or None when nobody does."""
+        try:
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            return None  # never locked: no training process has opened it since locks exist
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two probes do not block each other
+        except BlockingIOError:
+            return RunLock.holder(run_dir)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            return None  # no locks on this file system: nothing can be said
+        finally:
+            os.close(fd)
+        return None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The run directory as opened by this process."""
+
+    path: Path
+    created: bool  # rank 0 made it in this session (other ranks: False)
+    lock: RunLock | None  # rank 0's lock, kept while the process lives
 
 
 def resolve_run_dir(runs_dir: str, run_name: str) -> Path:
@@ -48,8 +142,8 @@ SHARED_CHECK_WAIT_S = 3.0
 SHARED_CHECK_PREFIX = ".shared-check-"
 
 
-def open_run_dir(cfg: Config, is_main: bool) -> Path:
-    """The run's directory, agreed by all ranks; rank 0 creates it and writes the resolved config.yaml.
+def open_run_dir(cfg: Config, is_main: bool) -> RunDir:
+    """The run's directory, agreed by all ranks; rank 0 creates it and locks it.
 
     Rank 0 writes the checkpoints and every rank loads the one rank 0 picks on resume, so all ranks
     must see one directory: rank 0 leaves a random token in it, and a rank that cannot read the
@@ -58,11 +152,13 @@ def open_run_dir(cfg: Config, is_main: bool) -> Path:
     """
     name = distributed.broadcast_object(cfg.logging.run_name or (default_run_name(cfg.name) if is_main else None))
     created: tuple[str, str, str] | str = ""  # rank 0: (run directory, token, host), or what went wrong
+    new_dir, lock = False, None
     if is_main:
         try:
             run_dir = resolve_run_dir(cfg.logging.runs_dir, name)
+            new_dir = not run_dir.exists()
             prepare_run_dir(run_dir)
-            save_config(cfg, run_dir / "config.yaml")
+            lock = RunLock(run_dir)
             token = secrets.token_hex(16)
             (run_dir / f"{SHARED_CHECK_PREFIX}{token}").write_text(token)
             created = (str(run_dir), token, socket.gethostname())
@@ -80,9 +176,32 @@ def open_run_dir(cfg: Config, is_main: bool) -> Path:
         (Path(main_dir) / f"{SHARED_CHECK_PREFIX}{token}").unlink(missing_ok=True)
         problem = _unshared_message(main_dir, main_host, seen)
     problem = distributed.broadcast_object(problem)
+    run = RunDir(Path(main_dir), created=new_dir, lock=lock)
     if problem:
+        discard_failed_start(run)
         raise RunDirError(problem)
-    return Path(main_dir)
+    return run
+
+
+def save_run_config(cfg: Config, run: RunDir, is_main: bool) -> None:
+    """config.yaml, written once start-up succeeded: a refused resume leaves the earlier one as it was."""
+    if is_main:
+        save_config(cfg, run.path / "config.yaml")
+
+
+def discard_failed_start(run: RunDir) -> None:
+    """After a failed start-up: remove the run directory if this session made it (rank 0; else nothing).
+
+    Everything in a directory this session created was written by it (its lock kept others out),
+    so the whole directory goes; one that existed before keeps every file.
+    """
+    if not run.created:
+        return
+    for handler in list(logging.getLogger().handlers):  # train.log is about to go
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run.path:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run.path, ignore_errors=True)
 
 
 def _look_for_token(runs_dir: str, name: str, token: str) -> tuple[str, str]:

@@ -8,9 +8,11 @@
 One row per run: its name, the config keys whose values differ between the runs (dotted keys of
 each run's config.yaml; the run name, runs_dir and W&B name are left out), final top-1 (the last
 evaluation), best top-1 and its epoch, time to accuracy, training images/sec (total images over
-total time, warm-up and evaluation excluded), wall time (s) and why the run ended. Figures come from runs/<name>/summary.json when the trainer wrote one at the
-end of the run; otherwise they are derived from metrics.jsonl, a `-` marks what cannot be, and the
-end reason reads `unknown` (or `running?` while metrics.jsonl is still growing).
+total time, warm-up and evaluation excluded), wall time (s) and why the run ended. Figures come
+from runs/<name>/summary.json when the trainer wrote one at the end of the run; otherwise they are
+derived from metrics.jsonl. A `-` marks what was never measured (no evaluation, no throughput window
+past logging.perf_warmup_steps) and the end reason reads `unknown` (or `running?` while
+metrics.jsonl is still growing).
 
 Exit status 2, with one line naming the path, when an argument is not a run directory.
 """
@@ -30,10 +32,11 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.runs.continuation import NAMING_KEYS, flatten
 from pipeline.runs.metrics import read_metrics
 
 # Keys that differ between any two runs by construction: comparing them says nothing.
-IGNORED_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
+IGNORED_KEYS = NAMING_KEYS
 # A run without summary.json whose metrics.jsonl changed this recently (s) and that has not
 # evaluated its last epoch is shown as `running?`.
 RUNNING_WINDOW_S = 300.0
@@ -57,17 +60,6 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------- reading
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def continuous_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,6 +187,12 @@ def percent(value: Any) -> str:
     return MISSING if value is None else f"{100 * value:.2f}"
 
 
+def measured(value: Any) -> Any:
+    """A rate or a duration, or None where it was never measured: the trainer writes 0 images/sec when
+    every epoch was shorter than logging.perf_warmup_steps, and 0 is not a measurement."""
+    return value if isinstance(value, (int, float)) and value > 0 else None
+
+
 def number(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return MISSING
@@ -209,16 +207,18 @@ def table_rows(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
     rows = []
     for run in runs:
         fig = run.figures
+        evaluated = fig.get("final/top1") is not None
         tta_cells = []
         for pct in pcts:
             reached = time_to_accuracy(run, pct)
-            tta_cells.append("not reached" if reached is None
+            tta_cells.append(MISSING if reached is None and not evaluated  # never evaluated: nothing to say
+                             else "not reached" if reached is None
                              else f"{number(reached[0], 'g')}, {number(reached[1], '.0f')}")
         rows.append([run.name, *[format_value(run.config.get(key, MISSING)) for key in keys],
                      percent(fig.get("final/top1")), percent(fig.get("best/top1")),
                      number(fig.get("best/epoch"), "g"), *tta_cells,
-                     number(fig.get("perf/mean_images_per_sec"), ",.0f"),
-                     number(fig.get("time/wall_seconds"), ".1f"), str(fig.get("end/reason") or "unknown")])
+                     number(measured(fig.get("perf/mean_images_per_sec")), ",.0f"),
+                     number(measured(fig.get("time/wall_seconds")), ".1f"), str(fig.get("end/reason") or "unknown")])
     return header, rows
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from models import build_model, list_models
 from pipeline import distributed
-from pipeline.config import Config
+from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.data.loader import resolve_dali_device
 from pipeline.distributed import DistInfo
@@ -97,6 +97,27 @@ def configure_determinism(train_cfg: Any, rank: int) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def _takes_side(model: nn.Module, side: int) -> bool:
+    try:
+        model(torch.zeros(1, 3, side, side))
+    except RuntimeError:
+        return False
+    return True
+
+
+def smallest_input_side(model: nn.Module, too_small: int, limit: int = 1024) -> int | None:
+    """The smallest square input above `too_small` that the network takes (it takes every larger one)."""
+    low, high = too_small, max(2 * too_small, 8)
+    while not _takes_side(model, high):  # doubling first: forward passes at large sides are slow on a CPU
+        low, high = high, 2 * high
+        if high > limit:
+            return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _takes_side(model, mid) else (mid, high)
+    return high
+
+
 def check_input_sizes(model: nn.Module, sizes: dict[str, int], num_classes: int) -> None:
     """Run the network once on CPU at each input size, so a size it cannot take fails now."""
     model.eval()
@@ -105,8 +126,10 @@ def check_input_sizes(model: nn.Module, sizes: dict[str, int], num_classes: int)
             try:
                 out = model(torch.zeros(2, 3, side, side))
             except RuntimeError as exc:
+                smallest = smallest_input_side(model, side)
+                hint = f"; the smallest it takes is {smallest}x{smallest} (e.g. {key}={smallest})" if smallest else ""
                 raise ConfigError(f"{key}: the network cannot take {side}x{side} inputs "
-                                  f"({str(exc).splitlines()[0]})") from None
+                                  f"({str(exc).splitlines()[0]}){hint}") from None
             if out.shape != (2, num_classes):
                 raise ConfigError(f"{key}: a {side}x{side} input gives outputs of shape {tuple(out.shape)}")
     model.train()
@@ -153,8 +176,9 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
     train_set, val_set = data if data is not None else (None, None)
     if train_set is not None:
         if len(train_set.classes) != cfg.model.num_classes:
-            raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has "
-                              f"{len(train_set.classes)} classes")
+            found = len(train_set.classes)
+            raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {found} classes; set "
+                              f"model.num_classes={found}, or model.num_classes=auto to take the data's count")
         if train_set.skipped or val_set.skipped:
             log.warning("left out %d undecodable training and %d validation file(s)",
                         len(train_set.skipped), len(val_set.skipped))
@@ -168,6 +192,8 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
     eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
                    if with_eval else None)
     if dist.is_main:
+        for key in ignored_data_keys(cfg.data):  # the harmless ones; keys that select data are config errors
+            log.warning("%s", describe_ignored(cfg.data, key))
         n_train = len(train_set) if train_set is not None else cfg.data.synthetic_images
         log.info("data: %s, %d training images (%d steps of %d per epoch), %d validation images, %d classes",
                  cfg.data.source, n_train, len(train_loader), cfg.train.global_batch_size,

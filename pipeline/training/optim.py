@@ -54,6 +54,13 @@ def _apex_fused_sgd(device: torch.device):
     return FusedSGD
 
 
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """optim.impl: auto = fused on CUDA, else foreach."""
+    if impl == "auto":
+        return "fused" if device.type == "cuda" else "foreach"
+    return impl
+
+
 def build_optimizer(cfg: Any, model: nn.Module, global_batch_size: int, device: torch.device) -> torch.optim.Optimizer:
     lr = scaled_lr(cfg, global_batch_size)
     groups = param_groups(model, cfg)
@@ -61,8 +68,7 @@ def build_optimizer(cfg: Any, model: nn.Module, global_batch_size: int, device: 
     if cfg.impl == "apex":
         return _apex_fused_sgd(device)(groups, **common)
     if cfg.impl == "fused" and device.type != "cuda":
-        raise ConfigError("optim.impl: fused needs CUDA here; use auto or foreach on CPU")
-    use_fused = cfg.impl == "fused" or (cfg.impl == "auto" and device.type == "cuda")
-    if use_fused:
+        raise ConfigError("optim.impl: fused needs CUDA here; use optim.impl=auto or optim.impl=foreach on CPU")
+    if resolve_impl(cfg.impl, device) == "fused":
         return torch.optim.SGD(groups, fused=True, **common)
     return torch.optim.SGD(groups, foreach=True, **common)

@@ -1,7 +1,7 @@
 """How a run ends on the console and in its summary: final/*, best/*, mean throughput; and eval.only.
 
     summary = final_summary(counters, meter, dist, all_ranks=True)   # records.summary(summary)
-    report_final(counters, cfg.train, dist, summary["perf/mean_images_per_sec"], run_dir)
+    report_final(counters, cfg.train, dist, summary.get("perf/mean_images_per_sec", 0.0), run_dir)
     metrics = evaluate_checkpoint(evaluate, counters, cfg.checkpoint, run_dir, dist)   # eval.only: eval.json
 """
 
@@ -31,8 +31,9 @@ def final_summary(counters: Counters, meter: ThroughputMeter, dist: DistInfo, al
     summary: dict[str, Any] = dict(counters.result_summary())
     if all_ranks:
         total = distributed.all_reduce_sum(torch.nan_to_num(torch.tensor([per_device], dtype=torch.float64))).item()
-        summary.update({"perf/mean_images_per_sec": total,
-                        "perf/mean_images_per_sec_per_device": total / dist.world_size})
+        if total > 0:  # 0 means no window was measured (epochs shorter than the warm-up): not a rate
+            summary.update({"perf/mean_images_per_sec": total,
+                            "perf/mean_images_per_sec_per_device": total / dist.world_size})
     elif per_device == per_device:  # measured
         summary["perf/mean_images_per_sec_per_device"] = per_device
         if dist.world_size == 1:

@@ -13,7 +13,10 @@ pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to ac
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -27,7 +30,8 @@ from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
-from pipeline.runs.rundir import open_run_dir, setup_logging
+from pipeline.runs.continuation import LAUNCHER_ENV, direct_command
+from pipeline.runs.rundir import default_run_name, discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
@@ -51,7 +55,17 @@ class Trainer:
         data = load_data(cfg.data)  # the data completes the config (model.num_classes: auto) ...
         self.cfg = cfg = resolve_num_classes(cfg, data)
         self.dist = dist
-        self.run_dir = open_run_dir(cfg, dist.is_main)  # ... before config.yaml, checkpoints and W&B record it
+        self.run = open_run_dir(cfg, dist.is_main)  # ... before config.yaml, checkpoints and W&B record it
+        self.run_dir = self.run.path
+        try:
+            self.start_up(data, started)
+        except BaseException:
+            discard_failed_start(self.run)  # bad input found now leaves no new run directory behind
+            raise
+
+    def start_up(self, data: Any, started: float) -> None:
+        """Logging, checkpoints and resume, components, meters and run records; then config.yaml."""
+        cfg, dist = self.cfg, self.dist
         setup_logging(dist.rank, self.run_dir / "train.log")
         env = environment()
         if dist.is_main:
@@ -65,11 +79,14 @@ class Trainer:
         # True once train.target_accuracy is reached before the last epoch (here: before a resume):
         # the run then ends early with exit 0.
         self.stopped_at_target = self.target_reached(self.counters.final)
+        # A run whose earlier session finished: this one trains nothing, and says so (fit).
+        self.done_before = resume is not None and (self.counters.epoch >= cfg.train.epochs or self.stopped_at_target)
         self.stop = StopRequest()
         self.stop_agreed = StopAgreement(self.stop, dist.world_size)
         self.training_step = build_training_step(self.parts, cfg.train)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
         self.progress = Progress(cfg.logging.progress, enabled=dist.is_main)
+        save_run_config(cfg, self.run, dist.is_main)
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
                                   environment=env,
                                   resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
@@ -81,14 +98,20 @@ class Trainer:
     def fit(self) -> ExitCode:
         if self.cfg.eval.only:
             return self.evaluate_only()
+        if self.done_before:
+            self.report_done_before()
         self.stop.install()
         end, code = EndReason.CRASHED, ExitCode.ERROR  # unless the loop ends on its own
         try:
             end = self.run_epochs()
             code = end.exit_code
         except NonFiniteLossError as exc:
-            log.error("stopping: %s. Checkpoints in %s were not overwritten; resume from the last good "
-                      "one with a lower optim.lr, or set train.nonfinite_limit.", exc, self.run_dir)
+            # A resumed run keeps the checkpoint's optimizer and schedule state, learning rate included:
+            # a lower optim.lr takes effect only in a new run.
+            log.error("stopping: %s. Checkpoints in %s were not overwritten. Resuming replays the same batches at "
+                      "the same learning rate (a new optim.lr does not apply to a resumed run): if the streak is "
+                      "transient, resume with a higher train.nonfinite_limit; a lower learning rate needs a new run "
+                      "(e.g. optim.lr=%g)", exc, self.run_dir, self.cfg.optim.lr / 2)
             end, code = EndReason.NONFINITE, ExitCode.NONFINITE
         except BaseException as exc:
             code = crash_exit_code(exc)  # W&B and summary.json say "crashed"; the traceback goes on up
@@ -119,6 +142,33 @@ class Trainer:
                          self.cfg.train.epochs, 100 * c.final["val/top1"], 100 * self.cfg.train.target_accuracy)
             return EndReason.TARGET_REACHED
         return EndReason.FINISHED
+
+    def report_done_before(self) -> None:
+        """The same command again after the run finished: nothing to train; say so, and how to start anew."""
+        if not self.dist.is_main:
+            return
+        c, name = self.counters, self.run_dir.name
+        result = (f"final top-1 {100 * c.final['val/top1']:.2f}% (epoch {c.final['epoch']}), best "
+                  f"{100 * c.best_top1:.2f}% (epoch {c.best_epoch})" if c.final else "no evaluation")
+        how = ("start a new run (./launch.sh --new with the same arguments)" if os.environ.get(LAUNCHER_ENV)
+               else f"start a new run: {direct_command(default_run_name(self.cfg.name))}")
+        ended = (f"reached train.target_accuracy at epoch {c.epoch} of {self.cfg.train.epochs}"
+                 if self.stopped_at_target else f"finished its {self.cfg.train.epochs} epochs")
+        log.warning("run %s already %s (%s): nothing to train. To train this setup again, %s", name, ended, result,
+                    how)
+
+    def announce_continue(self, end: EndReason) -> None:
+        """A resumable ending, run without launch.sh: rank 0 prints the command that continues it, last.
+
+        It is printed at exit, after everything else (a crash's traceback included); under launch.sh
+        the launcher prints it after torchrun's own report instead."""
+        if not self.dist.is_main or os.environ.get(LAUNCHER_ENV):
+            return
+        name, command = self.run_dir.name, direct_command(self.run_dir.name)
+        why = {EndReason.PREEMPTED: f"stopped at step {self.counters.global_step} (checkpoint written)",
+               EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
+        atexit.register(print, f"run {name} {why}; to continue it from its latest checkpoint: {command}",
+                        file=sys.stderr, flush=True)
 
     def evaluate_only(self) -> ExitCode:
         """eval.only: evaluate the restored weights (eval.json), then close W&B with the exit code."""
@@ -220,8 +270,10 @@ class Trainer:
         try:
             summary = final_summary(self.counters, self.meter, self.dist, all_ranks=end is not EndReason.CRASHED)
             self.records.summary(summary)
-            if end in (EndReason.FINISHED, EndReason.TARGET_REACHED):
-                report_final(self.counters, self.cfg.train, self.dist, summary["perf/mean_images_per_sec"],
+            if end in (EndReason.PREEMPTED, EndReason.NONFINITE, EndReason.CRASHED):
+                self.announce_continue(end)
+            elif not self.done_before:
+                report_final(self.counters, self.cfg.train, self.dist, summary.get("perf/mean_images_per_sec", 0.0),
                              self.run_dir)
         finally:
             self.records.finish(end, code)

@@ -1,0 +1,176 @@
+"""Which run a launch.sh command trains, the run lock, a failed start-up's directory, and the commands
+printed to continue a run. Run directories are written by hand here (config.yaml as the trainer
+writes it, summary.json with an ending); tests/test_launch.py runs the real thing end to end.
+
+    pytest tests/test_continuation.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import LaunchError, RunDirError
+from pipeline.runs.continuation import direct_command, latest_run_of, read_run_state, setup_differences
+from pipeline.runs.rundir import RunDir, RunLock, discard_failed_start, is_default_run_name
+from pipeline.tools.launch import choose_run_name, ending, same_command
+
+ARGS = ["configs/quickstart.yaml", "train.epochs=3"]
+
+
+def config(runs: Path, *extra: str):
+    return load_config(ARGS[0], [*ARGS[1:], f"logging.runs_dir={runs}", *extra])
+
+
+def make_run(runs: Path, name: str, end: str | None, *extra: str, **summary) -> Path:
+    """A run directory as the trainer leaves it: config.yaml (num_classes resolved) and, unless killed, summary.json."""
+    cfg = config(runs, *extra, f"logging.run_name={name}")
+    if cfg.model.num_classes == "auto":
+        cfg.model.num_classes = 10
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    if end is not None:
+        (run / "summary.json").write_text(json.dumps({"end/reason": end, "end/global_step": 42,
+                                                      "end/epochs_done": 1, **summary}))
+    return run
+
+
+def choose(runs: Path, *extra: str, new: bool = False, **env: str) -> str | None:
+    return choose_run_name(config(runs, *extra), [*ARGS, *extra], new, env)
+
+
+def test_a_new_setup_gets_a_new_timestamped_name(tmp_path):
+    name = choose(tmp_path)
+    assert is_default_run_name(name, "quickstart") and not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("end", ["preempted", "crashed", "nonfinite", None])  # None: killed, no summary.json
+def test_the_same_command_continues_an_unfinished_run(tmp_path, end, capsys):
+    make_run(tmp_path, "quickstart-20260101-000000", "finished")
+    make_run(tmp_path, "quickstart-20260102-000000", end)
+    assert choose(tmp_path) == "quickstart-20260102-000000"
+    err = capsys.readouterr().err
+    assert err.startswith("launch.sh: continuing run quickstart-20260102-000000: it ")
+    assert "./launch.sh --new configs/quickstart.yaml train.epochs=3 starts a new run instead" in err
+
+
+def test_the_newest_run_of_the_same_setup_is_continued_not_the_newest_run(tmp_path):
+    make_run(tmp_path, "quickstart-20260101-000000", "preempted")                     # this setup
+    make_run(tmp_path, "quickstart-20260102-000000", "preempted", "optim.lr=0.2")     # another setup, newer
+    make_run(tmp_path, "hand-named", "preempted")                                     # not named by launch.sh
+    assert choose(tmp_path) == "quickstart-20260101-000000"
+    assert choose(tmp_path, "optim.lr=0.2") == "quickstart-20260102-000000"
+    assert is_default_run_name(choose(tmp_path, "optim.lr=0.3"), "quickstart")
+    assert choose(tmp_path, "optim.lr=0.3") not in {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_finished_run_is_not_trained_again_and_the_message_says_how_to_start_anew(tmp_path, capsys):
+    make_run(tmp_path, "quickstart-20260101-000000", "preempted")
+    make_run(tmp_path, "quickstart-20260102-000000", "finished", **{"final/top1": 0.5, "best/top1": 0.6,
+                                                                     "best/epoch": 2})
+    assert choose(tmp_path) is None  # the newest of this setup finished: an older unfinished one is not taken
+    err = capsys.readouterr().err
+    assert "quickstart-20260102-000000" in err and "finished" in err and "final top-1 50.00%, best 60.00%" in err
+    assert err.rstrip().endswith("./launch.sh --new configs/quickstart.yaml train.epochs=3")
+    assert is_default_run_name(choose(tmp_path, new=True), "quickstart")  # --new: a new run
+    # A named run that finished: also nothing to train, unless the setup changed (more epochs).
+    assert choose(tmp_path, RUN_NAME="quickstart-20260102-000000") is None
+    assert choose(tmp_path, "train.epochs=4", RUN_NAME="quickstart-20260102-000000") == "quickstart-20260102-000000"
+    assert choose(tmp_path, "eval.only=true", RUN_NAME="quickstart-20260102-000000") == "quickstart-20260102-000000"
+
+
+def test_given_names_and_several_nodes(tmp_path):
+    assert choose(tmp_path, RUN_NAME="mine") == "mine"
+    assert choose(tmp_path, "logging.run_name=given") == "given"
+    assert choose(tmp_path, NNODES="2", SLURM_JOB_ID="4242") == "quickstart-4242"
+    with pytest.raises(LaunchError, match=r"NNODES > 1: give RUN_NAME="):
+        choose(tmp_path, NNODES="2")  # nodes cannot agree on a name they each look up
+    with pytest.raises(LaunchError, match=r"--new starts a run under a new name"):
+        choose(tmp_path, new=True, RUN_NAME="mine")
+
+
+def test_a_run_being_trained_is_not_trained_twice(tmp_path):
+    run = make_run(tmp_path, "quickstart-20260101-000000", None)
+    lock = RunLock(run)
+    try:
+        with pytest.raises(LaunchError, match=r"is being trained now \(pid \d+ on .*\); wait for it to end, or start "
+                                              r"another run beside it: ./launch.sh --new configs/quickstart.yaml"):
+            choose(tmp_path)
+        with pytest.raises(RunDirError, match=r"another training process is using it \(pid \d+ on "):
+            RunLock(run)
+    finally:
+        lock.release()
+    assert RunLock.in_use(run) is None and choose(tmp_path) == "quickstart-20260101-000000"
+
+
+def test_setup_differences_ignore_the_run_s_name_and_a_resolved_class_count(tmp_path):
+    run = make_run(tmp_path, "a", "preempted", "model.num_classes=auto", "wandb.name=x")
+    saved = read_run_state(run).config
+    assert saved["model.num_classes"] == 10
+    assert setup_differences(saved, config(tmp_path, "model.num_classes=auto", "logging.run_name=b")) == []
+    assert setup_differences(saved, config(tmp_path, "model.num_classes=auto", "optim.lr=0.2")) == [
+        "optim.lr: 0.1 there, 0.2 here"]
+    assert latest_run_of(config(tmp_path)) is None  # "a" is not a name launch.sh gives
+
+
+def test_a_failed_start_removes_only_a_directory_it_made(tmp_path):
+    made, earlier = tmp_path / "made", tmp_path / "earlier"
+    for path in (made, earlier):
+        path.mkdir()
+        (path / "train.log").write_text("start-up lines\n")
+    handler = logging.FileHandler(made / "train.log")
+    logging.getLogger().addHandler(handler)
+    discard_failed_start(RunDir(made, created=True, lock=None))
+    discard_failed_start(RunDir(earlier, created=False, lock=None))
+    assert not made.exists() and handler not in logging.getLogger().handlers
+    assert (earlier / "train.log").read_text() == "start-up lines\n"
+
+
+# ------------------------------------------------------------------ the commands that continue a run
+
+
+def test_the_continue_command_is_the_same_command():
+    env = {"NNODES": "1"}
+    assert same_command(["configs/x.yaml", "schedule.milestones=[10,20]"], env) == (
+        "./launch.sh configs/x.yaml 'schedule.milestones=[10,20]'")
+    assert same_command(["--new", "train.epochs=2"], env) == "./launch.sh train.epochs=2"  # it names its run now
+    assert same_command(["a=1"], {"LAUNCH_AS": "sbatch scripts/slurm.sbatch"}, run_name="r-1") == (
+        "RUN_NAME=r-1 sbatch scripts/slurm.sbatch a=1")
+    assert shlex.split(same_command(["data.root=/my images"], env))[1] == "data.root=/my images"
+
+
+def test_the_ending_line_and_status_come_from_summary_json(tmp_path):
+    run = make_run(tmp_path, "quickstart-20260101-000000", "preempted")
+    state = read_run_state(run)
+    status, line = ending(state, 143, ARGS, {}, started=0.0)
+    assert status == 75
+    assert line == ("run quickstart-20260101-000000 was preempted at step 42 (1 of 3 epochs done). To continue it: "
+                    "./launch.sh configs/quickstart.yaml train.epochs=3")
+    status, line = ending(state, 143, ARGS, {"RUN_NAME": "quickstart-20260101-000000"}, started=0.0)
+    assert line.endswith("To continue it: RUN_NAME=quickstart-20260101-000000 ./launch.sh configs/quickstart.yaml "
+                         "train.epochs=3")
+    stale = ending(state, 2, ARGS, {}, started=(run / "summary.json").stat().st_mtime + 60)  # an earlier session's
+    assert stale[0] == 2 and "stopped before its first checkpoint" in stale[1]
+    assert ending(read_run_state(tmp_path / "never-made"), 2, ARGS, {}, started=0.0) == (
+        2, "nothing was trained: the workers stopped at start-up (the error is above)")
+    done = read_run_state(make_run(tmp_path, "quickstart-20260102-000000", "finished"))
+    assert ending(done, 0, ARGS, {}, started=0.0) == (0, "")
+
+
+def test_direct_command_for_one_process_and_for_torchrun():
+    argv = ["train_dist.py", "configs/quickstart.yaml", "logging.run_name=old", "wandb.tags=[a b]"]
+    plain = shlex.split(direct_command("r", argv, env={}))
+    assert plain[1:] == ["train_dist.py", "configs/quickstart.yaml", "wandb.tags=[a b]", "logging.run_name=r"]
+    torchrun = {"TORCHELASTIC_RUN_ID": "x", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2",
+                "TORCHELASTIC_MAX_RESTARTS": "1"}
+    assert direct_command("r", argv[:2], env=torchrun) == (
+        "torchrun --standalone --nproc-per-node=2 --max-restarts=1 train_dist.py configs/quickstart.yaml "
+        "logging.run_name=r")
+    nodes = direct_command("r", argv[:2], env={**torchrun, "WORLD_SIZE": "4"})
+    assert nodes.startswith("on each of the 2 nodes: torchrun --nnodes=2 --nproc-per-node=2")
