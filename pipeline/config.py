@@ -16,6 +16,7 @@ default, its meaning and its unit. Components receive only their own section
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
 import types
 import typing
@@ -544,10 +545,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
         values = loaded or {}
-    values = _merge(values, parse_overrides(overrides or []))
+    cli = parse_overrides(overrides or [])
+    values = _merge(_drop_unread_data_keys(values, cli, path), cli)
     if not values.get("name"):
         values["name"] = path.stem if path is not None else "default"
     return from_dict(values)
+
+
+def _drop_unread_data_keys(values: dict[str, Any], cli: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """A data.source given on the command line over a YAML that selects other data is a choice, not the
+    trap of a forgotten data.source (`configs/x.yaml data.source=sample` where x.yaml sets data.root):
+    the YAML's data keys that source does not read are left out, with a warning, so the run's
+    config.yaml says what was read."""
+    cli_data, yaml_data = cli.get("data"), values.get("data")
+    if not (isinstance(cli_data, dict) and isinstance(yaml_data, dict) and isinstance(cli_data.get("source"), str)):
+        return values
+    source = cli_data["source"]
+    unread = [k for k in DATA_KEYS if k in yaml_data and k not in cli_data and source not in SOURCE_KEYS[k]]
+    for key in unread:
+        logging.getLogger(__name__).warning("data.%s: %r from %s is not read by data.source=%s: left out", key,
+                                            yaml_data[key], path, source)
+    return {**values, "data": {k: v for k, v in yaml_data.items() if k not in unread}}
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, load_config, markdown_reference
+from pipeline.config import Config, ConfigError, from_dict, load_config, markdown_reference
 from pipeline.config import main as config_main
 
 from pipeline.constants import REPO_ROOT as ROOT  # noqa: E402
@@ -285,3 +285,15 @@ def test_every_source_is_described_and_every_source_key_is_a_data_key():
     assert set(SOURCE_NAMES) == sources
     assert set(SOURCE_KEYS) <= set(DataConfig.model_fields) and set(DATA_KEYS) <= set(SOURCE_KEYS)
     assert all(set(readers) <= sources for readers in SOURCE_KEYS.values())
+
+
+def test_a_command_line_source_over_a_yaml_that_selects_other_data_leaves_its_keys_out(caplog):
+    """`configs/x.yaml data.source=sample` is a choice (a benchmark on the shipped sample), not a forgotten
+    data.source: the YAML's data.root is left out with a warning, and the saved config loads back."""
+    with caplog.at_level("WARNING"):
+        cfg = load_config(ROOT / "configs" / "squeezenet_cifar10_fast.yaml", ["data.source=sample"])
+    assert cfg.data.source == "sample" and cfg.data.root == ""
+    assert "data.root: 'data/cifar10' from" in caplog.text and "left out" in caplog.text
+    assert from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match=r"data\.root: '/x' is not read by data\.source=sample"):
+        load_config(ROOT / "configs" / "squeezenet_cifar10_fast.yaml", ["data.source=sample", "data.root=/x"])
