@@ -84,7 +84,7 @@ def resolve_dali_device(data_device: str) -> str:
 def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
     """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan."""
     train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
-                             data_cfg.download)
+                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map)
     if data_cfg.check_images != "off":
         train, val = (scan_image_set(s, data_cfg.check_images) for s in (train, val))
     return train, val
