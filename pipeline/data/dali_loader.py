@@ -26,8 +26,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import AugmentSpec, build_pipeline, draw_augmentation
+from pipeline.data.crops import CropSource, CropSpec
+from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, build_crop_pipeline, build_pipeline,
+                                      draw_augmentation)
 from pipeline.data.images import find_bad_images
+from pipeline.data.readers import ReaderSamples, batch_reader
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
 from pipeline.errors import BadImageError
@@ -45,6 +48,22 @@ def standardize(images_nhwc: torch.Tensor, eps: float, dtype: torch.dtype) -> to
     x = images_nhwc.permute(0, 3, 1, 2).float()
     var, mean = torch.var_mean(x, dim=(1, 2, 3), correction=0, keepdim=True)
     return ((x - mean) * torch.rsqrt(var + eps)).to(dtype)
+
+
+def normalize_channels(images_nhwc: torch.Tensor, stats: ChannelStats, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 NHWC -> (x / 255 - mean[c]) / std[c], as NCHW channels_last in `dtype` (data.normalize: channel)."""
+    x = images_nhwc.permute(0, 3, 1, 2).float()
+    scale = torch.tensor([1 / (255 * s) for s in stats.std], device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(stats.mean, stats.std)], device=x.device).view(1, 3, 1, 1)
+    return (x * scale - shift).to(dtype)
+
+
+def normalize_batch(images_nhwc: torch.Tensor, std_eps: float, stats: ChannelStats | None,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """The configured normalization of a uint8 NHWC batch: per image (stats None) or per channel."""
+    if stats is None:
+        return standardize(images_nhwc, std_eps, dtype)
+    return normalize_channels(images_nhwc, stats, dtype)
 
 
 class ArgumentSource:
@@ -111,7 +130,11 @@ def sample_kind(images: ImageSet, dali_device: str) -> str:
 
 
 class DaliLoader:
-    """DALI pipeline + sharded index plan behind the loader interface."""
+    """DALI pipeline + sharded index plan behind the loader interface.
+
+    `spec` picks the graph: an AugmentSpec the reference one (build_pipeline), a CropSpec the
+    random-resized-crop one (build_crop_pipeline, fed by one CropSource).
+    """
 
     def __init__(
         self,
@@ -126,29 +149,41 @@ class DaliLoader:
         num_threads: int,
         prefetch_queue_depth: int,
         seed: int,
-        hw_decoder_load: float = 0.65,
+        channel_stats: ChannelStats | None = None,
+        decoder: DecoderOptions = DecoderOptions(),
         state: dict[str, Any] | None = None,
         start_epoch: int = 0,
         stop_after: str | None = None,
     ) -> None:
         self.images, self.plan, self.device, self.dtype, self.std_eps = images, plan, device, dtype, std_eps
+        self.channel_stats = channel_stats
         checkpoint = state["dali"] if state else None
         # A restored DALI checkpoint carries its own epoch counter; a fresh pipeline counts from 0.
         epoch_offset = 0 if checkpoint else start_epoch
         kind = sample_kind(images, dali_device)
-        self.arguments = ArgumentSource(images, plan, spec, seed, epoch_offset, history=prefetch_queue_depth + 2)
-        samples = SampleSource(images, plan, epoch_offset, kind, device)
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
         output = "uint8" if self.outputs_on_gpu else ("float16" if dtype == torch.float16 else "float32")
-        self.pipe = build_pipeline(
-            self.arguments, samples, spec, sample_kind=kind, device=dali_device,
-            device_id=device.index if self.outputs_on_gpu else None, batch_size=plan.batch_size,
-            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, seed=seed, output=output,
-            std_eps=std_eps, samples_stream=samples.stream if kind == "resident" else None,
-            hw_decoder_load=hw_decoder_load, checkpoint=checkpoint,
-            stop_after=None if stop_after == "full" else stop_after,
-        )
+        history = prefetch_queue_depth + 2
+        common = dict(device=dali_device, device_id=device.index if self.outputs_on_gpu else None,
+                      batch_size=plan.batch_size, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
+                      seed=seed, output=output, std_eps=std_eps, channel_stats=channel_stats, decoder=decoder,
+                      checkpoint=checkpoint, stop_after=None if stop_after == "full" else stop_after)
+        if isinstance(spec, CropSpec):  # random-resized crops: the window needs the bytes' header sizes
+            reader = batch_reader(images, plan, with_sizes=True, ahead=history)
+            source = CropSource(images.labels, plan, spec, reader, seed, epoch_offset, history)
+            self.recent = source.recent
+            self.pipe = build_crop_pipeline(source, spec, **common)
+        else:
+            arguments = ArgumentSource(images, plan, spec, seed, epoch_offset, history=history)
+            self.recent = arguments.recent
+            if images.members is not None:  # tar shards: read in the plan's order by the shard reader
+                samples: Any = ReaderSamples(plan, batch_reader(images, plan, with_sizes=False, ahead=history),
+                                             epoch_offset)
+            else:
+                samples = SampleSource(images, plan, epoch_offset, kind, device)
+            self.pipe = build_pipeline(arguments, samples, spec, sample_kind=kind,
+                                       samples_stream=samples.stream if kind == "resident" else None, **common)
         self.raw = stop_after is not None  # benchmark stage timing: yield DALI's outputs untouched
         self._in_flight: deque[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = deque()
 
@@ -173,7 +208,7 @@ class DaliLoader:
         raw_images, raw_labels = (torch.from_dlpack(out.as_tensor()) for out in outputs)  # views, no copy
         if raw_images.dtype != torch.uint8:  # standardized by DALI (a CPU trainer)
             return raw_images.permute(0, 3, 1, 2).to(self.dtype), raw_labels.view(-1)  # channels_last view
-        images = standardize(raw_images, self.std_eps, self.dtype)
+        images = normalize_batch(raw_images, self.std_eps, self.channel_stats, self.dtype)
         labels = raw_labels.view(-1).clone()
         if self.outputs_on_gpu:
             # DALI may reuse its buffer once our view is gone, while the kernels reading it are
@@ -195,7 +230,7 @@ class DaliLoader:
         """
         if not self.images.is_encoded:
             return exc
-        candidates = sorted({int(i) for idx in self.arguments.recent for i in idx})
+        candidates = sorted({int(i) for idx in self.recent for i in idx})
         bad = find_bad_images(candidates, self.images.read_encoded, self.images.names)
         if not bad:
             return exc

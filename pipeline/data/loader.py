@@ -26,10 +26,11 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import STAGES, AugmentSpec
+from pipeline.data.crops import CropSpec
+from pipeline.data.dali_graph import STAGES, AugmentSpec, ChannelStats, DecoderOptions
 from pipeline.data.dali_loader import Batch, DaliLoader
 from pipeline.data.images import find_bad_images
-from pipeline.data.sampler import ShardedBatches
+from pipeline.data.sampler import ShardedBatches, ShardStreamBatches
 from pipeline.data.sources import ImageSet, open_source
 from pipeline.errors import BadImageError, ConfigError
 
@@ -108,6 +109,31 @@ def scan_image_set(images: ImageSet, mode: str) -> ImageSet:
     return images.subset(keep)
 
 
+def build_plan(data_cfg: Any, images: ImageSet, *, train: bool, batch_size: int, rank: int, world_size: int,
+               seed: int, max_steps: int = 0) -> ShardedBatches | ShardStreamBatches:
+    """Which samples each rank reads at each step: a global permutation per epoch, or, for tar
+    shards, the epoch's shard order read from start to end through a shuffle buffer."""
+    if images.members is not None:
+        return ShardStreamBatches(tuple(images.members.shard_sizes), batch_size, rank, world_size, shuffle=train,
+                                  drop_last=train, seed=seed, buffer_size=data_cfg.shuffle_buffer, max_steps=max_steps)
+    return ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train, seed=seed,
+                          max_steps=max_steps)
+
+
+def augment_spec(data_cfg: Any, train: bool) -> AugmentSpec | CropSpec:
+    """The training augmentation data.train.kind names, or the evaluation preprocessing."""
+    if not train:
+        return AugmentSpec.for_eval(data_cfg.eval)
+    if data_cfg.train.kind == "random_resized_crop":
+        return CropSpec.for_train(data_cfg.train)
+    return AugmentSpec.for_train(data_cfg.train)
+
+
+def channel_stats(data_cfg: Any) -> ChannelStats | None:
+    """data.normalize: None for per-image standardization, else the per-channel mean and std."""
+    return ChannelStats(tuple(data_cfg.mean), tuple(data_cfg.std)) if data_cfg.normalize == "channel" else None
+
+
 def build_loader(
     data_cfg: Any,
     *,
@@ -139,8 +165,8 @@ def build_loader(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if stop_after is not None and (backend != "dali" or stop_after not in STAGES):
         raise ValueError(f"stop_after={stop_after!r}: only the dali backend stops early, after one of {STAGES}")
-    aug = data_cfg.train if train else data_cfg.eval
     if backend == "synthetic":
+        aug = data_cfg.train if train else data_cfg.eval
         n = data_cfg.synthetic_images if train else max(data_cfg.synthetic_images // 5, batch_size * world_size)
         plan = ShardedBatches(n, batch_size, rank, world_size, shuffle=False, drop_last=train, max_steps=max_steps)
         return SyntheticLoader(len(plan), batch_size, aug.crop, num_classes, device=device, dtype=dtype,
@@ -150,18 +176,19 @@ def build_loader(
     if train and len(images) < batch_size * world_size:
         raise ConfigError(f"train.global_batch_size: {batch_size * world_size} is larger than the "
                           f"{len(images)} training images")
-    plan = ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train,
-                          seed=seed, max_steps=max_steps)
-    spec = AugmentSpec.for_train(aug) if train else AugmentSpec.for_eval(aug)
+    plan = build_plan(data_cfg, images, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
+                      seed=seed, max_steps=max_steps)
+    spec = augment_spec(data_cfg, train)
     if backend == "torchvision":
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
         return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
-                                 num_workers=data_cfg.num_threads, seed=seed + rank, start_epoch=start_epoch)
+                                 channel_stats=channel_stats(data_cfg), num_workers=data_cfg.num_threads,
+                                 seed=seed + rank, start_epoch=start_epoch)
     return DaliLoader(
         images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
-        std_eps=data_cfg.std_eps, num_threads=data_cfg.num_threads,
-        prefetch_queue_depth=data_cfg.prefetch_queue_depth, hw_decoder_load=data_cfg.hw_decoder_load,
+        std_eps=data_cfg.std_eps, channel_stats=channel_stats(data_cfg), num_threads=data_cfg.num_threads,
+        prefetch_queue_depth=data_cfg.prefetch_queue_depth, decoder=DecoderOptions.from_config(data_cfg),
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
         stop_after=stop_after,
     )
