@@ -328,8 +328,8 @@ def read_class_map(folder: Path) -> dict:
     return data
 
 
-def list_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ShardSplit, ShardSplit, list[str]]:
-    """The training and validation shards `data.root` and the split keys name, and the class names."""
+def split_shards(root: str | Path, train_split: str, eval_split: str) -> tuple[Path, list[Path], list[Path]]:
+    """(the folder the class map sits in, training shards, validation shards) that data.root and the split keys name."""
     root = Path(root).expanduser()
     if _is_pattern(str(root)) or str(root).endswith(".txt"):
         base, train_spec = root.parent, str(root)
@@ -347,7 +347,12 @@ def list_webdataset(root: str | Path, train_split: str, eval_split: str) -> tupl
         if eval_split is None:
             raise DataError(f"{base}: no validation shards (looked for {', '.join(EVAL_SPLIT_CANDIDATES)}-*.tar "
                             "and sub-folders); set data.eval_split")
-    eval_shards = find_shards(base, eval_split, "data.eval_split")
+    return base, train_shards, find_shards(base, eval_split, "data.eval_split")
+
+
+def list_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ShardSplit, ShardSplit, list[str]]:
+    """The training and validation samples of the shards `data.root` and the split keys name, and the class names."""
+    base, train_shards, eval_shards = split_shards(root, train_split, eval_split)
     class_map = read_class_map(base)
     train, val = ShardSplit(*list_split(train_shards, class_map)), ShardSplit(*list_split(eval_shards, class_map))
     classes = [str(c) for c in class_map.get("classes", [])]
