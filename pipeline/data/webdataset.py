@@ -16,8 +16,9 @@ files and a class map, `classes.json`, that also holds every shard's labels, so 
 members at start-up (one small read per sample) and class names are the indices.
 
 Which shards form a split (`data.train_split`, `data.eval_split`, relative to `data.root`):
-a name `NAME` means `root/NAME-*.tar` and `root/NAME/*.tar`; a glob (`train-00*.tar`) or a `.txt`
-list file (one shard per line, relative to the list's folder) name shards directly. `data.root`
+a name `NAME` means `root/NAME-*.tar` and `root/NAME/*.tar`; a glob (`train-00*.tar`), one
+`.tar`, or a `.txt` list file (one shard per line, relative to the list's folder) name shards
+directly. `data.root`
 may itself be a glob or a list file: those are the training shards, and the eval split is looked
 up beside them.
 
@@ -252,6 +253,8 @@ def find_shards(base: Path, spec: str, key: str) -> list[Path]:
     where = Path(spec) if Path(spec).is_absolute() else base / spec
     if _is_pattern(spec):
         shards = sorted(Path(p) for p in globbing.glob(str(where)))
+    elif spec.endswith(".tar"):
+        shards = [where] if where.is_file() else []
     elif spec.endswith(".txt"):
         if not where.is_file():
             raise DataError(f"{key}: list file {where} not found")
@@ -264,7 +267,7 @@ def find_shards(base: Path, spec: str, key: str) -> list[Path]:
         shards = sorted({*base.glob(f"{spec}-*.tar"), *(base / spec).glob("*.tar")})
     if not shards:
         raise DataError(f"{key}: no shards for {spec!r} (looked for {where}"
-                        + ("" if _is_pattern(spec) or spec.endswith(".txt") else f"-*.tar and {where}/*.tar") + ")")
+                        + ("" if _is_pattern(spec) or spec.endswith((".txt", ".tar")) else f"-*.tar and {where}/*.tar") + ")")
     return shards
 
 
