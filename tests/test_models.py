@@ -113,7 +113,8 @@ def test_summary_command_prints_the_tested_figures():
 
 def test_squeezenet1_0_bypass_has_squeezenet1_0s_parameters_for_1000_classes():
     """The paper's simple bypass adds no parameters: 1,248,424, as SqueezeNet 1.0 (torchvision's)."""
-    plain, bypass = build_model("squeezenet1_0", num_classes=1000), build_model("squeezenet1_0_bypass", num_classes=1000)
+    plain = build_model("squeezenet1_0", num_classes=1000)
+    bypass = build_model("squeezenet1_0_bypass", num_classes=1000)
     assert count_params(plain) == count_params(bypass) == 1_248_424
     bypass.load_state_dict(plain.state_dict(), strict=True)  # the same parameter names: torchvision weights load
     assert count_params(build_model("resnet50", num_classes=1000)) == 25_557_032

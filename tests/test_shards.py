@@ -63,7 +63,8 @@ def test_writer_round_trip(photos, shards):
     assert train.classes == src_train.classes == ["a", "b", "c"]
     for src, packed in ((src_train, train), (src_val, val)):
         expected = Counter((src.read_encoded(i).tobytes(), int(src.labels[i])) for i in range(len(src)))
-        assert Counter((packed.read_encoded(i).tobytes(), int(packed.labels[i])) for i in range(len(packed))) == expected
+        found = Counter((packed.read_encoded(i).tobytes(), int(packed.labels[i])) for i in range(len(packed)))
+        assert found == expected
     names = sorted(p.name for p in shards.glob("*.tar"))
     assert names == [f"train-{i:06d}.tar" for i in range(7)] + [f"val-{i:06d}.tar" for i in range(3)]
     assert train.members.shard_sizes == [4, 4, 4, 4, 4, 4, 1]
@@ -123,8 +124,8 @@ def test_killed_writer_leaves_only_whole_shards(photos, tmp_path):
 
 
 def test_writer_command_line_errors_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.data.shards", str(tmp_path / "nothing"), str(tmp_path / "o")],
-                          cwd=REPO, env=run_env(), capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "pipeline.data.shards", str(tmp_path / "nothing"), str(tmp_path / "o")]
+    proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: data.root: {tmp_path / 'nothing'} does not exist"]
 
@@ -197,7 +198,8 @@ def test_bad_shard_folders_name_the_file(shards, tmp_path, spoil, pattern):
 def test_batches_from_shards(shards, kind, dtype):
     cfg = shard_cfg(shards, f"data.train.kind={kind}", "data.train.min_side=34", "data.train.max_side=38")
     train, val = load_image_sets(cfg)
-    ld = build_loader(cfg, images=train, train=True, batch_size=4, rank=0, world_size=1, seed=0, device=CPU, dtype=dtype)
+    ld = build_loader(cfg, images=train, train=True, batch_size=4, rank=0, world_size=1, seed=0, device=CPU,
+                      dtype=dtype)
     assert len(ld) == 25 // 4
     for images, labels in ld:
         assert images.shape == (4, 3, 32, 32) and images.dtype == dtype
@@ -308,7 +310,8 @@ def packed_by_cli(photos, tmp_path_factory) -> Path:
 def recipe_reference(packed_by_cli, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("recipe")
     proc = recipe_run(runs, "straight", packed_by_cli)
-    assert "data: webdataset, 25 training images (6 steps of 4 per epoch), 11 validation images, 3 classes" in proc.stderr
+    expected = "data: webdataset, 25 training images (6 steps of 4 per epoch), 11 validation images, 3 classes"
+    assert expected in proc.stderr
     return runs / "straight"
 
 

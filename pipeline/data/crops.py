@@ -105,7 +105,8 @@ class CropSource:
         batch = self.reader.batch(epoch, info.iteration)
         rng = np.random.default_rng([self.seed, epoch, info.iteration])
         spec = self.spec
-        top, left, height, width = random_resized_crops(batch.sizes[:, 0], batch.sizes[:, 1], spec.area, spec.aspect, rng)
+        heights, widths = batch.sizes[:, 0], batch.sizes[:, 1]
+        top, left, height, width = random_resized_crops(heights, widths, spec.area, spec.aspect, rng)
         anchor = np.stack([left, top], axis=1).astype(np.float32)  # (x, y): the graph slices on axes "WH"
         shape = np.stack([width, height], axis=1).astype(np.float32)
         mirror = (rng.random(len(idx)) < spec.flip_prob).astype(np.int32)

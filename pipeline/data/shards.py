@@ -96,7 +96,8 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _write_atomically(path: Path, data: bytes | None = None, tar_samples: list[Sample] | None = None) -> list[list[Member]]:
+def _write_atomically(path: Path, data: bytes | None = None,
+                      tar_samples: list[Sample] | None = None) -> list[list[Member]]:
     """Write bytes, or a tar of `tar_samples`, to `path` through a temporary file, fsync and rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     index: list[list[Member]] = []
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", type=Path, help="image folder (train/<class>/..., val/...), or a .tar/.tar.gz of one")
     parser.add_argument("out", type=Path, help="output folder for the shards, index files and classes.json")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="writer processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="writer processes (default: all cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the write-time shuffle (default 0)")
     parser.add_argument("--train-split", default="train", help="training sub-folder (default train)")
     parser.add_argument("--eval-split", default="auto", help="validation sub-folder (default: val, test or validation)")

@@ -266,8 +266,9 @@ def find_shards(base: Path, spec: str, key: str) -> list[Path]:
     else:
         shards = sorted({*base.glob(f"{spec}-*.tar"), *(base / spec).glob("*.tar")})
     if not shards:
+        named = _is_pattern(spec) or spec.endswith((".txt", ".tar"))
         raise DataError(f"{key}: no shards for {spec!r} (looked for {where}"
-                        + ("" if _is_pattern(spec) or spec.endswith((".txt", ".tar")) else f"-*.tar and {where}/*.tar") + ")")
+                        + ("" if named else f"-*.tar and {where}/*.tar") + ")")
     return shards
 
 
