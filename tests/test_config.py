@@ -119,6 +119,23 @@ def test_shipped_configs_are_valid(path):
     assert isinstance(cfg, Config) and cfg.name == path.stem
 
 
+def test_squeezenet_imagenet_recipe_is_the_public_v1_0_solver():
+    """forresti/SqueezeNet SqueezeNet_v1.0/solver.prototxt: 32 x iter_size 32, base_lr 0.08, poly 0.5,
+    max_iter 85,000, momentum 0.9, weight_decay 0.0002, 227 px crops."""
+    cfg = load_config(ROOT / "configs" / "squeezenet_imagenet.yaml")
+    assert (cfg.model.name, cfg.model.num_classes, cfg.train.global_batch_size) == ("squeezenet1_0", 1000, 1024)
+    assert (cfg.optim.lr, cfg.optim.lr_scaling, cfg.optim.momentum, cfg.optim.weight_decay) == (0.08, "none", 0.9, 2e-4)
+    assert (cfg.schedule.name, cfg.schedule.power, cfg.schedule.warmup_epochs) == ("poly", 0.5, 0)
+    steps = cfg.train.epochs * (1_281_167 // 1024)  # ImageNet's training set, full batches
+    assert abs(steps - 85_000) < 1251, "the solver's 85,000 iterations, to within an epoch"
+    assert (cfg.data.train.crop, cfg.data.eval.crop, cfg.data.source) == (227, 227, "webdataset")
+    modern = load_config(ROOT / "configs" / "squeezenet_imagenet_modern.yaml")
+    assert (modern.data.train.kind, modern.data.train.crop, modern.data.eval.size, modern.data.eval.crop) == (
+        "random_resized_crop", 224, 256, 224)
+    assert (modern.schedule.name, modern.train.precision, modern.model.name) == ("cosine", "bf16", "squeezenet1_0_bypass")
+    assert modern.train.label_smoothing > 0 and modern.train.ema_decay > 0 and modern.train.epochs == cfg.train.epochs
+
+
 def test_reference_recipe_config():
     cfg = load_config(ROOT / "configs" / "squeezenet_cifar10.yaml")
     assert cfg.train.epochs == 300 and cfg.train.global_batch_size == 64
