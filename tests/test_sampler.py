@@ -132,3 +132,25 @@ def test_buffer_shuffle_is_a_permutation_within_the_buffers_reach(buffer):
     if buffer >= n:  # the whole stream fits: the first item is drawn uniformly
         firsts = Counter(int(buffer_shuffle(n, buffer, np.random.default_rng(s))[0]) for s in range(3000))
         assert len(firsts) == n and max(firsts.values()) < 3 * 3000 / n
+
+
+def test_shuffle_statistics_tell_a_permutation_from_sorted_shards():
+    """The statistics `python -m pipeline.bench.shuffle` reports (docs/data.md quotes them)."""
+    from pipeline.bench.shuffle import plan_statistics
+
+    n, classes, size = 2000, 10, 100
+    sizes = (size,) * (n // size)
+    shard = np.repeat(np.arange(len(sizes)), sizes)
+    sorted_labels = (np.arange(n) * classes) // n  # two shards per class, one class after the other
+    permutation = plan_statistics([ShardedBatches(n, 20, r, 2, shuffle=True, drop_last=True) for r in range(2)],
+                                  sorted_labels, shard)
+    assert permutation["same-label pairs"] == pytest.approx(1 / classes, abs=0.02)
+    assert permutation["step distance"] == pytest.approx(1 / 3, abs=0.03)
+    assert permutation["pairs again"] < 0.05
+    unshuffled = plan_statistics([ShardStreamBatches(sizes, 20, r, 2, True, True, buffer_size=0) for r in range(2)],
+                                 sorted_labels, shard)
+    assert unshuffled["same-label pairs"] > 0.8 and unshuffled["shards per batch"] < 1.5
+    buffered = plan_statistics([ShardStreamBatches(sizes, 20, r, 2, True, True, buffer_size=500) for r in range(2)],
+                               sorted_labels, shard)
+    assert permutation["same-label pairs"] < buffered["same-label pairs"] < unshuffled["same-label pairs"]
+    assert permutation["pairs again"] < buffered["pairs again"] < unshuffled["pairs again"]
