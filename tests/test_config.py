@@ -8,6 +8,7 @@ import yaml
 from pipeline.config import Config, ConfigError, load_config, markdown_reference
 
 from pipeline.constants import REPO_ROOT as ROOT  # noqa: E402
+from pipeline.training.optim import scaled_lr
 
 
 def write(tmp_path, text: str) -> Path:
@@ -124,7 +125,9 @@ def test_squeezenet_imagenet_recipe_is_the_public_v1_0_solver():
     max_iter 85,000, momentum 0.9, weight_decay 0.0002, 227 px crops."""
     cfg = load_config(ROOT / "configs" / "squeezenet_imagenet.yaml")
     assert (cfg.model.name, cfg.model.num_classes, cfg.train.global_batch_size) == ("squeezenet1_0", 1000, 1024)
-    assert (cfg.optim.lr, cfg.optim.lr_scaling, cfg.optim.momentum, cfg.optim.weight_decay) == (0.08, "none", 0.9, 2e-4)
+    assert (cfg.optim.lr, cfg.optim.reference_batch_size, cfg.optim.momentum, cfg.optim.weight_decay) == (
+        0.08, 1024, 0.9, 2e-4)
+    assert scaled_lr(cfg.optim, 1024) == 0.08  # the solver's base_lr at its batch
     assert (cfg.schedule.name, cfg.schedule.power, cfg.schedule.warmup_epochs) == ("poly", 0.5, 0)
     steps = cfg.train.epochs * (1_281_167 // 1024)  # ImageNet's training set, full batches
     assert abs(steps - 85_000) < 1251, "the solver's 85,000 iterations, to within an epoch"
