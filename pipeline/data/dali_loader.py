@@ -19,6 +19,7 @@ What happens per batch, and on which thread:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from typing import Any, Iterator
@@ -50,11 +51,18 @@ def standardize(images_nhwc: torch.Tensor, eps: float, dtype: torch.dtype) -> to
     return ((x - mean) * torch.rsqrt(var + eps)).to(dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _channel_affine(stats: ChannelStats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of shape (1, 3, 1, 1) on `device`, made once: no host-to-device copy per step."""
+    scale = torch.tensor([1 / (255 * s) for s in stats.std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(stats.mean, stats.std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
+
+
 def normalize_channels(images_nhwc: torch.Tensor, stats: ChannelStats, dtype: torch.dtype) -> torch.Tensor:
     """uint8 NHWC -> (x / 255 - mean[c]) / std[c], as NCHW channels_last in `dtype` (data.normalize: channel)."""
     x = images_nhwc.permute(0, 3, 1, 2).float()
-    scale = torch.tensor([1 / (255 * s) for s in stats.std], device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(stats.mean, stats.std)], device=x.device).view(1, 3, 1, 1)
+    scale, shift = _channel_affine(stats, x.device)
     return (x * scale - shift).to(dtype)
 
 

@@ -35,6 +35,7 @@ import logging
 import os
 import tarfile
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -154,7 +155,19 @@ def list_shard(shard: Path) -> list[list[Member]]:
 # ------------------------------------------------------------------------------ the members
 
 
-@dataclass
+_OPEN_MEMBER_TABLES: "weakref.WeakSet[ShardMembers]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A DataLoader worker forked while a reader thread held a table's lock must not inherit it locked."""
+    for members in list(_OPEN_MEMBER_TABLES):
+        members._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass(eq=False)
 class ShardMembers:
     """Where each sample's image is: shard, data offset and size; reads one by `os.pread`.
 
@@ -171,6 +184,9 @@ class ShardMembers:
     _files: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        _OPEN_MEMBER_TABLES.add(self)
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -179,6 +195,7 @@ class ShardMembers:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _files=OrderedDict(), _lock=threading.Lock())
+        _OPEN_MEMBER_TABLES.add(self)
 
     def name(self, index: int) -> str:
         return f"{self.shards[self.shard_of[index]]}:{self.keys[index]}"
