@@ -125,3 +125,24 @@ def test_resident_arrays_stay_on_the_gpu(sources):
     before = torch.cuda.memory_allocated(GPU)
     next(iter(ld))
     assert before >= np.asarray(train.arrays).nbytes  # the data set itself was moved to the device
+
+
+@pytest.mark.parametrize("roi_decode", ["true", "false"])
+@pytest.mark.parametrize("normalize", ["image", "channel"])
+def test_gpu_random_resized_crops_from_shards(tmp_path, roi_decode, normalize):
+    """The `mixed` decoder decodes each window of tar-shard members; per-channel or per-image statistics."""
+    from pipeline.data.shards import write_shards
+
+    tree = write_imagefolder(tmp_path / "tree", {"train": {"a": 12, "b": 12}, "val": {"a": 5, "b": 6}}, side=48)
+    write_shards(tree, tmp_path / "shards", shard_size=5, workers=1, seed=0, progress=False)
+    cfg = load_config(None, ["data.source=webdataset", f"data.root={tmp_path / 'shards'}", "data.device=gpu",
+                             "data.train.kind=random_resized_crop", "data.train.crop=32", "data.eval.size=36",
+                             "data.eval.crop=32", f"data.train.roi_decode={roi_decode}",
+                             f"data.normalize={normalize}"]).data
+    train, val = load_image_sets(cfg)
+    for images, labels in (next(iter(gpu_loader(cfg, train))), next(iter(gpu_loader(cfg, val, train=False)))):
+        assert images.device == GPU and labels.device == GPU
+        assert images.shape == (8, 3, 32, 32) and images.dtype == torch.bfloat16
+        assert images.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(images.float()).all()
+    if normalize == "image":
+        assert images.float().mean(dim=(1, 2, 3)).abs().max() < 0.05
