@@ -6,8 +6,17 @@
 # GPU's budget can run them separately and keep what finished.
 #
 #   bash bench/device_check.sh [OUT_DIR] [PHASE ...]   # default OUT_DIR bench-results/device-check,
-#                                                      # phases: loaders eager compiled ceiling overhead
+#                                                      # phases: loaders eager compiled ceiling overhead photos
 #   QUICK=1 bash bench/device_check.sh /tmp/dc         # a few steps at 32 px: checks the script on a CPU
+#
+# `photos` (not in the default list; ~4 min): real photographs, random-resized crops at 224 px
+# decoded from the file. The `mixed` decoder with 0, 0.65 and 0.9 of each batch on the hardware
+# JPEG decoder, each with the per-stage table (its `decode` row is the decode ceiling); the
+# window against the whole image; shards against files; DALI CPU and torchvision; then
+# `bench doctor` for SqueezeNet 1.0 with bypass at 224 px: the loader alone, the model alone and
+# end to end, whose ratio to min(model, loader) is the issue's >= 90% target. The photographs come
+# from $FLOWERS (default .device/flowers-photos.tar, else ../shared/data/flowers-photos.tar): carry
+# the 37 MB tarball in a call of its own (copy it into .device/ here first).
 #
 # Data: the JPEG tree is extracted from $CIFAR_JPEG (default .device/cifar10-jpeg.tar.gz, else
 # ../shared/data/cifar10-jpeg.tar.gz) into $DATA (default /tmp/data); the in-memory source is an
@@ -26,11 +35,15 @@ data="${DATA:-/tmp/data}"
 threads="${THREADS:-8}"
 [[ -n "${QUICK:-}" ]] && threads="${THREADS:-2}"
 common=(wandb.mode=disabled train.precision=auto "data.num_threads=$threads")
+rrc=(data.train.kind=random_resized_crop data.train.crop=224 data.eval.size=256 data.eval.crop=224)
+photo_backend=dali-gpu photo_batch=256 photo_compare=dali-gpu,dali-cpu,torchvision
 if [[ -n "${QUICK:-}" ]]; then
     timing=(--steps=2 --warmup=1 --repeats=2)
     common+=(data.train.min_side=34 data.train.max_side=38 data.train.crop=32 data.eval.size=32 data.eval.crop=32)
     jpeg=(data.source=sample data.cache=off) cached=(data.source=sample) memory=(data.source=sample) small=32 large=64
     cudagraphs=off compiled=off  # compiling on a CPU takes minutes: QUICK checks the plumbing only
+    rrc=(data.train.kind=random_resized_crop data.train.crop=32 data.eval.size=36 data.eval.crop=32)
+    photo_backend=dali-cpu photo_batch=16 photo_compare=dali-cpu,torchvision
 else
     timing=(--steps=40 --warmup=20 --repeats=5)
     # jpeg: the files decoded at every step (the mixed decoder); cached: the same tree decoded once at
@@ -50,6 +63,8 @@ bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results un
 }
 tarball="${CIFAR_JPEG:-.device/cifar10-jpeg.tar.gz}"
 [[ -f "$tarball" ]] || tarball=../shared/data/cifar10-jpeg.tar.gz
+flowers="${FLOWERS:-.device/flowers-photos.tar}"
+[[ -f "$flowers" ]] || flowers=../shared/data/flowers-photos.tar
 
 "$python" - <<'PY' >&2
 import torch
@@ -61,7 +76,7 @@ except ImportError:
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), DALI {version}, {gpu}")
 PY
-[[ -n "${QUICK:-}" ]] || step data prepare_data "$data" "$tarball"
+[[ -n "${QUICK:-}" || " ${phases[*]} " == " photos " ]] || step data prepare_data "$data" "$tarball"
 for phase in "${phases[@]}"; do
     case "$phase" in
     loaders)  # the input pipeline alone, per backend, with DALI's per-stage table
@@ -96,7 +111,24 @@ for phase in "${phases[@]}"; do
         CONFIG=configs/squeezenet_cifar10_fast.yaml bench overhead-fast-b$large-compiled overhead "${memory[@]}" \
             train.global_batch_size=$large "train.compile=$compiled"
         ;;
-    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling, overhead)" >&2; status=2 ;;
+    photos)  # photographs at 224 px: the hardware decoder's share, the decode ceiling beside the model's
+        step photo-data prepare_photos "$data" "$flowers"
+        folder=(data.source=imagefolder "data.root=$data/flowers-x8")
+        shards=(data.source=webdataset "data.root=$data/flowers-x8-shards")
+        photo=("${rrc[@]}" model.num_classes=5 train.global_batch_size=$photo_batch)
+        for load in 0 0.65 0.9; do
+            bench loader-photos-hw$load loader "${folder[@]}" "${photo[@]}" data.hw_decoder_load=$load \
+                --backends=$photo_backend --stages
+        done
+        bench loader-photos-fulldecode loader "${folder[@]}" "${photo[@]}" data.train.roi_decode=false \
+            --backends=$photo_backend --stages
+        bench loader-photos-shards loader "${shards[@]}" "${photo[@]}" --backends=$photo_compare
+        bench doctor-photos-224 doctor "${folder[@]}" "${photo[@]}" model.name=squeezenet1_0_bypass
+        bench model-photos-224 model data.source=synthetic model.num_classes=1000 \
+            --models=squeezenet1_0_bypass,resnet50 --precisions=bf16 --formats=channels_last \
+            --batch-sizes=$photo_batch --size=${rrc[1]#data.train.crop=}
+        ;;
+    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling, overhead, photos)" >&2; status=2 ;;
     esac
 done
 echo

@@ -47,6 +47,22 @@ def squeezenet1_1(num_classes: int, dropout: float = 0.5) -> nn.Module:
     return tv_squeezenet1_1(weights=None, num_classes=num_classes, dropout=dropout)
 
 
+@register("squeezenet1_0_bypass")
+def squeezenet1_0_bypass(num_classes: int, dropout: float = 0.5) -> nn.Module:
+    """SqueezeNet 1.0 with the paper's simple bypass around Fire 3, 5, 7, 9 (60.4% ImageNet top-1)."""
+    from models.imagenet import SqueezeNet10Bypass
+
+    return SqueezeNet10Bypass(num_classes=num_classes, dropout=dropout)
+
+
+@register("resnet50")
+def resnet50(num_classes: int, dropout: float = 0.5) -> nn.Module:
+    """torchvision's ResNet-50, for throughput beside published figures; it has no dropout (model.dropout is unused)."""
+    from models.imagenet import resnet50 as tv_resnet50
+
+    return tv_resnet50(num_classes=num_classes)
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

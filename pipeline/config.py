@@ -86,11 +86,21 @@ Interpolation = Literal[(*INTERPOLATIONS, "random")]  # type: ignore[valid-type]
 
 
 class TrainAugmentConfig(Section):
-    """Training augmentation: random-side resize, random crop, flip, per-image standardization."""
+    """Training augmentation: the reference's random-side resize + random crop, or a random-resized crop; flip."""
 
-    min_side: int = _f(124, "smallest resized shorter side, drawn uniformly from [min_side, max_side] (px)", gt=0)
-    max_side: int = _f(132, "largest resized shorter side (px)", gt=0)
-    crop: int = _f(122, "side of the random square crop fed to the network (px)", gt=0)
+    kind: Literal["reference", "random_resized_crop"] = _f(
+        "reference", "reference: resize the shorter side to [min_side, max_side], random crop x crop; "
+        "random_resized_crop: a window of random area and aspect decoded from the file, resized to crop x crop")
+    min_side: int = _f(124, "reference: smallest resized shorter side, drawn uniformly from [min_side, max_side] (px)",
+                       gt=0)
+    max_side: int = _f(132, "reference: largest resized shorter side (px)", gt=0)
+    crop: int = _f(122, "side of the square image fed to the network (px)", gt=0)
+    area: list[float] = _f([0.08, 1.0], "random_resized_crop: [min, max] area of the window, as a fraction of the "
+                           "image's (torchvision's scale)", min_length=2, max_length=2)
+    aspect: list[float] = _f([3 / 4, 4 / 3], "random_resized_crop: [min, max] width / height of the window, drawn "
+                             "log-uniformly (torchvision's ratio)", min_length=2, max_length=2)
+    roi_decode: bool = _f(True, "random_resized_crop: decode only the window (fn.decoders.image_slice); false = "
+                          "decode the whole image, then slice")
     flip_prob: float = _f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
     interpolation: Interpolation = _f(
         "bilinear", "resize filter; 'random' picks nearest/bilinear/bicubic per image as the reference did"
@@ -108,14 +118,23 @@ class EvalAugmentConfig(Section):
 class DataConfig(Section):
     """Input pipeline: where images come from and how DALI prepares them."""
 
-    source: Literal["sample", "cifar10", "imagefolder", "synthetic"] = _f(
+    source: Literal["sample", "cifar10", "imagefolder", "webdataset", "synthetic"] = _f(
         "sample",
         "sample: CIFAR-10 subset shipped in data/; cifar10: official python archive in root; "
-        "imagefolder: class-per-folder JPEG/PNG tree in root; synthetic: random images",
+        "imagefolder: class-per-folder JPEG/PNG tree in root; webdataset: tar shards in root; synthetic: random images",
     )
-    root: str = _f("", "data directory (cifar10: holds cifar-10-python.tar.gz; imagefolder: holds the splits)")
-    train_split: str = _f("train", "imagefolder: sub-folder with the training images")
-    eval_split: str = _f("auto", "imagefolder: validation sub-folder; auto = the first of val, test, validation")
+    root: str = _f("", "data directory (cifar10: holds cifar-10-python.tar.gz; imagefolder: holds the splits; "
+                   "webdataset: the folder of shards, or a glob / list file of the training shards)")
+    train_split: str = _f("train", "imagefolder: sub-folder with the training images; webdataset: the training "
+                          "shards: a name (root/<name>-*.tar or root/<name>/*.tar), a glob or a .txt list file")
+    eval_split: str = _f("auto", "validation sub-folder (imagefolder) or shards (webdataset, as train_split); "
+                         "auto = the first of val, test, validation")
+    eval_labels: str = _f("", "imagefolder: labels file of a flat validation folder (no class folders): one label "
+                          "per line in sorted-file order (ILSVRC2012 ground truth), or file,label lines")
+    eval_label_map: str = _f("", "imagefolder: with a one-label-per-line eval_labels file, the class folder name of "
+                             "label 1, 2, ... one per line (the ILSVRC2012 devkit's ID -> synset order)")
+    shuffle_buffer: int = _f(2048, "webdataset: samples each rank shuffles among while reading its shards in order "
+                             "(memory: this many encoded images per rank)", ge=0)
     download: bool = _f(False, "cifar10: download the archive (checksum verified) when root lacks it")
     device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available")
     num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0)
@@ -123,7 +142,21 @@ class DataConfig(Section):
     hw_decoder_load: float = _f(
         0.65, "GPU JPEG decoding: share of each batch sent to the hardware decoder (A100/H100/H200), the rest "
         "to the CUDA decoder", ge=0.0, le=1.0)
-    std_eps: float = _f(1e-5, "added to the per-image variance before the square root (pixel units^2)", ge=0.0)
+    std_eps: float = _f(1e-5, "normalize=image: added to the per-image variance before the square root "
+                        "(pixel units^2)", ge=0.0)
+    normalize: Literal["image", "channel"] = _f(
+        "image", "image: (x - mean) / std over each image's pixels and channels (the reference); channel: "
+        "(x / 255 - mean[c]) / std[c] with the data-set statistics below (the ImageNet convention)")
+    mean: list[float] = _f([0.485, 0.456, 0.406], "normalize=channel: R, G, B means on the 0-1 scale",
+                           min_length=3, max_length=3)
+    std: list[float] = _f([0.229, 0.224, 0.225], "normalize=channel: R, G, B standard deviations on the 0-1 scale",
+                          min_length=3, max_length=3)
+    preallocate_width_hint: int = _f(0, "GPU decoding: widest image expected, to size the hardware decoder's "
+                                     "buffers up front (px); 0 = DALI's default", ge=0)
+    preallocate_height_hint: int = _f(0, "GPU decoding: tallest image expected (px); 0 = DALI's default", ge=0)
+    device_memory_padding: int = _f(16 << 20, "GPU decoding: extra bytes per device buffer, so larger images "
+                                    "do not reallocate (bytes)", ge=0)
+    host_memory_padding: int = _f(8 << 20, "GPU decoding: extra bytes per pinned host buffer (bytes)", ge=0)
     cache: Literal["auto", "off"] = _f(
         "auto", "decode once: auto = when every image has the same size and both splits fit cache_max_gb "
         "decoded, decode them at start-up (DALI) and train from the arrays (GPU: resident on the GPU); off = "
@@ -161,12 +194,14 @@ class OptimConfig(Section):
 class ScheduleConfig(Section):
     """Learning-rate schedule, stepped every iteration; epochs may be fractional."""
 
-    name: Literal["multistep", "cosine", "onecycle", "constant"] = _f("multistep", "schedule shape")
+    name: Literal["multistep", "cosine", "onecycle", "poly", "constant"] = _f("multistep", "schedule shape")
     milestones: list[float] = _f([150, 225], "multistep: epochs after which lr is multiplied by gamma")
     gamma: float = _f(0.1, "multistep: factor applied at each milestone", gt=0.0, le=1.0)
     warmup_epochs: float = _f(0.0, "linear warm-up length (epochs); 0 = none", ge=0.0)
     warmup_start_factor: float = _f(0.1, "lr factor at the first warm-up step", ge=0.0, le=1.0)
     min_lr_factor: float = _f(0.0, "cosine: final lr as a fraction of the peak", ge=0.0, le=1.0)
+    power: float = _f(0.5, "poly: lr x (1 - progress)^power, reaching 0 at the last step (Caffe's lr_policy poly)",
+                      gt=0.0)
     pct_start: float = _f(0.25, "onecycle: fraction of training spent rising to the peak", gt=0.0, lt=1.0)
     div_factor: float = _f(25.0, "onecycle: peak lr / starting lr", ge=1.0)
     final_div_factor: float = _f(1e4, "onecycle: starting lr / final lr", ge=1.0)
@@ -361,18 +396,22 @@ def _format_error(err: dict[str, Any], section: type[BaseModel]) -> str:
 #   `synthetic_images` sizes synthetic epochs), and data.source=synthetic replaces the data on
 #   purpose (a throughput ceiling with a real config, whose data.root then stays unused).
 SOURCE_KEYS: dict[str, tuple[str, ...]] = {
-    "root": ("imagefolder", "cifar10"),
-    "train_split": ("imagefolder",),
-    "eval_split": ("imagefolder",),
+    "root": ("imagefolder", "cifar10", "webdataset"),
+    "train_split": ("imagefolder", "webdataset"),
+    "eval_split": ("imagefolder", "webdataset"),
+    "eval_labels": ("imagefolder",),  # a flat validation folder
+    "eval_label_map": ("imagefolder",),
+    "shuffle_buffer": ("webdataset",),
     "download": ("cifar10",),
-    "check_images": ("sample", "imagefolder"),  # cifar10 arrives decoded: nothing to scan
-    "cache": ("sample", "imagefolder"),  # cifar10 arrives decoded: nothing to decode once
+    "check_images": ("sample", "imagefolder", "webdataset"),  # cifar10 arrives decoded: nothing to scan
+    "cache": ("sample", "imagefolder"),  # cifar10 arrives decoded; shards are read in stream order
     "cache_max_gb": ("sample", "imagefolder"),
     "synthetic_images": ("synthetic",),
 }
-DATA_KEYS = ("root", "train_split", "eval_split")
+DATA_KEYS = ("root", "train_split", "eval_split", "eval_labels", "eval_label_map")
 SOURCE_NAMES = {"sample": "the CIFAR-10 sample shipped in data/", "cifar10": "the official python archive",
-                "imagefolder": "a class-per-folder tree", "synthetic": "random images"}
+                "imagefolder": "a class-per-folder tree", "webdataset": "tar shards",
+                "synthetic": "random images"}
 
 
 def ignored_data_keys(data: DataConfig) -> list[str]:
@@ -417,12 +456,13 @@ def _check_consistency(cfg: Config) -> None:
     if aug.max_side < aug.min_side:
         raise ConfigError(f"data.train.max_side: {aug.max_side} is smaller than data.train.min_side {aug.min_side} "
                           f"(e.g. data.train.max_side={aug.min_side})")
-    if aug.crop > aug.min_side:
+    if aug.kind == "reference" and aug.crop > aug.min_side:
         raise ConfigError(
             f"data.train.crop: a {aug.crop}px crop does not fit the smallest resized side "
             f"data.train.min_side = {aug.min_side}px (e.g. data.train.crop={aug.min_side}, or raise "
             f"data.train.min_side and data.train.max_side to {aug.crop} or more)"
         )
+    _check_data_ranges(cfg.data)
     if cfg.data.eval.crop > cfg.data.eval.size:
         raise ConfigError(f"data.eval.crop: {cfg.data.eval.crop} is larger than data.eval.size {cfg.data.eval.size} "
                           f"(e.g. data.eval.size={cfg.data.eval.crop})")
@@ -435,6 +475,9 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.data.source == "cifar10" and not cfg.data.root:
         raise ConfigError("data.root: required for data.source = cifar10: the folder for cifar-10-python.tar.gz "
                           "(e.g. data.root=data/cifar10 data.download=true)")
+    if cfg.data.source == "webdataset" and not cfg.data.root:
+        raise ConfigError("data.root: required for data.source = webdataset: the folder of .tar shards, a glob or a "
+                          "list file (e.g. data.root=/data/shards; write them with python -m pipeline.data.shards)")
     _check_source_keys(cfg.data)
     sched, epochs = cfg.schedule, cfg.train.epochs
     if sched.name == "multistep":
@@ -467,6 +510,18 @@ def _check_consistency(cfg: Config) -> None:
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
         raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir; "
                           "e.g. logging.run_name=my-run)")
+
+
+def _check_data_ranges(data: DataConfig) -> None:
+    """The list-valued data keys (their lengths are checked by the schema): ranges and statistics."""
+    for key, (low, high), bound in (("area", data.train.area, 1.0), ("aspect", data.train.aspect, None)):
+        if not 0 < low <= high or (bound is not None and high > bound):
+            limit = f"0 < min <= max <= {bound}" if bound is not None else "0 < min <= max"
+            raise ConfigError(f"data.train.{key}: expected [min, max] with {limit} (got {[low, high]})")
+    if min(data.std) <= 0:
+        raise ConfigError(f"data.std: every channel's standard deviation must be positive (got {data.std})")
+    if data.eval_label_map and not data.eval_labels:
+        raise ConfigError("data.eval_label_map: maps the IDs of a labels file, so it needs data.eval_labels")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

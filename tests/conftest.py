@@ -64,6 +64,22 @@ def write_imagefolder(root: Path, splits: dict[str, dict[str, int]], side: int =
     return root
 
 
+def write_photo_folder(root: Path, splits: dict[str, dict[str, int]], seed: int = 0) -> Path:
+    """root/<split>/<class>/<i>.jpg: small JPEGs of random sizes and aspect ratios (36-96 px a side),
+    each class a different hue so that labels can be checked from pixels."""
+    rng = np.random.default_rng(seed)
+    for split, classes in splits.items():
+        for c, (cls, count) in enumerate(classes.items()):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = (int(v) for v in rng.integers(36, 97, 2))
+                img = smooth_image(rng, max(h, w))[:h, :w] // 2
+                img[..., c % 3] += 100  # the class's channel dominates
+                (folder / f"{i:03d}.jpg").write_bytes(encode_image(np.ascontiguousarray(img)))
+    return root
+
+
 def write_cifar_archive(path: Path, n_train_per_batch: int = 6, n_test: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A tiny archive in the official python format; returns (first train batch's images HWC, labels)."""
     rng = np.random.default_rng(seed)

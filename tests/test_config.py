@@ -10,6 +10,7 @@ from pipeline.config import Config, ConfigError, from_dict, load_config, markdow
 from pipeline.config import main as config_main
 
 from pipeline.constants import REPO_ROOT as ROOT  # noqa: E402
+from pipeline.training.optim import scaled_lr
 
 
 def write(tmp_path, text: str) -> Path:
@@ -121,6 +122,25 @@ RUN_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config) and cfg.name == path.stem
+
+
+def test_squeezenet_imagenet_recipe_is_the_public_v1_0_solver():
+    """forresti/SqueezeNet SqueezeNet_v1.0/solver.prototxt: 32 x iter_size 32, base_lr 0.08, poly 0.5,
+    max_iter 85,000, momentum 0.9, weight_decay 0.0002, 227 px crops."""
+    cfg = load_config(ROOT / "configs" / "squeezenet_imagenet.yaml")
+    assert (cfg.model.name, cfg.model.num_classes, cfg.train.global_batch_size) == ("squeezenet1_0", 1000, 1024)
+    assert (cfg.optim.lr, cfg.optim.reference_batch_size, cfg.optim.momentum, cfg.optim.weight_decay) == (
+        0.08, 1024, 0.9, 2e-4)
+    assert scaled_lr(cfg.optim, 1024) == 0.08  # the solver's base_lr at its batch
+    assert (cfg.schedule.name, cfg.schedule.power, cfg.schedule.warmup_epochs) == ("poly", 0.5, 0)
+    steps = cfg.train.epochs * (1_281_167 // 1024)  # ImageNet's training set, full batches
+    assert abs(steps - 85_000) < 1251, "the solver's 85,000 iterations, to within an epoch"
+    assert (cfg.data.train.crop, cfg.data.eval.crop, cfg.data.source) == (227, 227, "webdataset")
+    modern = load_config(ROOT / "configs" / "squeezenet_imagenet_modern.yaml")
+    assert (modern.data.train.kind, modern.data.train.crop, modern.data.eval.size, modern.data.eval.crop) == (
+        "random_resized_crop", 224, 256, 224)
+    assert (modern.schedule.name, modern.train.precision, modern.model.name) == ("cosine", "bf16", "squeezenet1_0_bypass")
+    assert modern.train.label_smoothing > 0 and modern.train.ema_decay > 0 and modern.train.epochs == cfg.train.epochs
 
 
 def test_reference_recipe_config():

@@ -453,3 +453,93 @@ def test_decode_once_names_an_undecodable_file_at_start_up(tiny_tree):
     with pytest.raises(BadImageError, match=rf"{bad}: "):
         load_image_sets(folder_cfg(tiny_tree))
 
+
+# --------------------------------------------------------------------------- ImageNet layouts
+
+SYNSETS = ["n01440764", "n01443537", "n01484850"]  # sorted: the class folders' order, labels 0, 1, 2
+DEVKIT_ORDER = ["n01484850", "n01440764", "n01443537"]  # ILSVRC2012_ID 1, 2, 3: not the sorted order
+
+
+def imagenet_tree(root: Path) -> tuple[Path, list[int]]:
+    """train/<synset>/ class folders and a flat val/ with ILSVRC-style names; returns the val labels
+    (indices into SYNSETS) in sorted-file order. Each class is one colour channel."""
+    rng = np.random.default_rng(7)
+    for c, synset in enumerate(SYNSETS):
+        folder = root / "train" / synset
+        folder.mkdir(parents=True)
+        for i in range(3):
+            img = smooth_image(rng) // 3
+            img[..., c] += 150
+            (folder / f"{synset}_{i}.JPEG").write_bytes(encode_image(img))
+    (root / "val").mkdir()
+    labels = [2, 0, 1, 1, 2, 0, 2]
+    for i, label in enumerate(labels, start=1):
+        img = smooth_image(rng) // 3
+        img[..., label] += 150
+        fmt = "PNG" if i == 4 else "JPEG"  # ImageNet has a PNG named .JPEG
+        (root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(encode_image(img, fmt))
+    return root, labels
+
+
+def test_flat_validation_folder_with_the_ilsvrc_ground_truth_and_synset_map(tmp_path):
+    root, labels = imagenet_tree(tmp_path / "imagenet")
+    ids = [DEVKIT_ORDER.index(SYNSETS[label]) + 1 for label in labels]  # what the devkit's file holds
+    (tmp_path / "gt.txt").write_text("".join(f"{i}\n" for i in ids))
+    (tmp_path / "map.txt").write_text("\n".join(DEVKIT_ORDER) + "\n")
+    cfg = data_cfg("data.source=imagefolder", f"data.root={root}", f"data.eval_labels={tmp_path / 'gt.txt'}",
+                   f"data.eval_label_map={tmp_path / 'map.txt'}", *SMALL)
+    train, val = load_image_sets(cfg)
+    assert train.classes == SYNSETS and val.labels.tolist() == labels
+    assert Path(val.names[0]).name == "ILSVRC2012_val_00000001.JPEG"
+    seen = []
+    for x, y in loader(cfg, val, train=False, batch=3):  # the pixels agree: each class is its own channel
+        assert torch.equal(x.float().mean(dim=(2, 3)).argmax(1), y)
+        seen += y.tolist()
+    assert seen == labels
+
+
+def test_flat_validation_folder_with_a_file_label_csv(tmp_path):
+    root, labels = imagenet_tree(tmp_path / "imagenet")
+    files = sorted(p.name for p in (root / "val").iterdir())
+    rows = [f"{f},{SYNSETS[label] if k % 2 else label}" for k, (f, label) in enumerate(zip(files, labels))]
+    (tmp_path / "val.csv").write_text("file,label\n" + "\n".join(rows[::-1]) + "\n")  # header, any order
+    cfg = data_cfg("data.source=imagefolder", f"data.root={root}", f"data.eval_labels={tmp_path / 'val.csv'}")
+    _, val = load_image_sets(cfg)
+    assert val.labels.tolist() == labels
+
+
+@pytest.mark.parametrize(
+    "labels_text, use_map, pattern",
+    [
+        ("1\n2\n3\n1\n2\n3\n1\n", False, r"data.eval_label_map: .* not in the class folders' sorted order"),
+        ("1\n2\n3\n", True, r"3 labels for the 7 files"),
+        ("1\n2\n3\n1\n2\n3\n9\n", True, r"gt.txt:7: ID '9' is not between 1 and the 3 synsets"),
+        ("ILSVRC2012_val_00000001.JPEG,n01440764\n", False, r"ILSVRC2012_val_00000002.JPEG: no label in .*gt.txt"),
+        ("ILSVRC2012_val_00000001.JPEG,n09999999\n", False, r"label 'n09999999' is neither a training class"),
+    ],
+    ids=["ids-without-map", "too-few", "id-out-of-range", "unlabelled-file", "unknown-class"],
+)
+def test_bad_validation_labels_name_the_file(tmp_path, labels_text, use_map, pattern):
+    root, _ = imagenet_tree(tmp_path / "imagenet")
+    (tmp_path / "gt.txt").write_text(labels_text)
+    (tmp_path / "map.txt").write_text("\n".join(DEVKIT_ORDER) + "\n")
+    extra = [f"data.eval_label_map={tmp_path / 'map.txt'}"] if use_map else []
+    with pytest.raises(DataError, match=pattern):
+        load_image_sets(data_cfg("data.source=imagefolder", f"data.root={root}",
+                                 f"data.eval_labels={tmp_path / 'gt.txt'}", *extra))
+
+
+def test_the_shard_writer_packs_the_flat_validation_layout(tmp_path):
+    from pipeline.data.shards import write_shards
+
+    root, labels = imagenet_tree(tmp_path / "imagenet")
+    ids = [DEVKIT_ORDER.index(SYNSETS[label]) + 1 for label in labels]
+    (tmp_path / "gt.txt").write_text("".join(f"{i}\n" for i in ids))
+    (tmp_path / "map.txt").write_text("\n".join(DEVKIT_ORDER) + "\n")
+    write_shards(root, tmp_path / "shards", shard_size=4, workers=1, seed=0, eval_labels=str(tmp_path / "gt.txt"),
+                 eval_label_map=str(tmp_path / "map.txt"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "shards").glob("val-*.tar")) == ["val-000000.tar", "val-000001.tar"]
+    train, val = load_image_sets(data_cfg("data.source=webdataset", f"data.root={tmp_path / 'shards'}"))
+    assert train.classes == SYNSETS and len(train) == 9
+    by_key = {Path(val.names[i].split(":")[-1]).stem: int(val.labels[i]) for i in range(len(val))}
+    assert by_key == {f"ILSVRC2012_val_{i:08d}": label for i, label in enumerate(labels, start=1)}

@@ -157,3 +157,24 @@ def test_the_gpu_step_never_waits_for_the_device(tmp_path):
     rows = {r["component"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     assert rows["total per step"]["reads_per_step"] == 0 and rows["total per step"]["uploads_per_step"] == 0
     assert rows["evaluation, per batch"]["reads"] == 0 and rows["ema"]["ops_per_step"] <= 3
+
+
+@pytest.mark.parametrize("roi_decode", ["true", "false"])
+@pytest.mark.parametrize("normalize", ["image", "channel"])
+def test_gpu_random_resized_crops_from_shards(tmp_path, roi_decode, normalize):
+    """The `mixed` decoder decodes each window of tar-shard members; per-channel or per-image statistics."""
+    from pipeline.data.shards import write_shards
+
+    tree = write_imagefolder(tmp_path / "tree", {"train": {"a": 12, "b": 12}, "val": {"a": 5, "b": 6}}, side=48)
+    write_shards(tree, tmp_path / "shards", shard_size=5, workers=1, seed=0, progress=False)
+    cfg = load_config(None, ["data.source=webdataset", f"data.root={tmp_path / 'shards'}", "data.device=gpu",
+                             "data.train.kind=random_resized_crop", "data.train.crop=32", "data.eval.size=36",
+                             "data.eval.crop=32", f"data.train.roi_decode={roi_decode}",
+                             f"data.normalize={normalize}"]).data
+    train, val = load_image_sets(cfg)
+    for images, labels in (next(iter(gpu_loader(cfg, train))), next(iter(gpu_loader(cfg, val, train=False)))):
+        assert images.device == GPU and labels.device == GPU
+        assert images.shape == (8, 3, 32, 32) and images.dtype == torch.bfloat16
+        assert images.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(images.float()).all()
+    if normalize == "image":
+        assert images.float().mean(dim=(1, 2, 3)).abs().max() < 0.05

@@ -106,3 +106,49 @@ def test_summary_command_prints_the_tested_figures():
         check=True, capture_output=True, text=True,
     ).stdout
     assert "747,146" in out and "249.4" in out and "122 -> 60 -> 31 -> 16 -> 9" in out
+
+
+# ------------------------------------------------------------------------------ ImageNet networks
+
+
+def test_squeezenet1_0_bypass_has_squeezenet1_0s_parameters_for_1000_classes():
+    """The paper's simple bypass adds no parameters: 1,248,424, as SqueezeNet 1.0 (torchvision's)."""
+    plain = build_model("squeezenet1_0", num_classes=1000)
+    bypass = build_model("squeezenet1_0_bypass", num_classes=1000)
+    assert count_params(plain) == count_params(bypass) == 1_248_424
+    bypass.load_state_dict(plain.state_dict(), strict=True)  # the same parameter names: torchvision weights load
+    assert count_params(build_model("resnet50", num_classes=1000)) == 25_557_032
+
+
+@pytest.mark.parametrize("size", [224, 227])
+def test_squeezenet1_0_bypass_output_shape(size):
+    model = build_model("squeezenet1_0_bypass", num_classes=1000).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 1000)
+
+
+def test_bypasses_are_around_fire_3_5_7_9_only():
+    from models.imagenet import BypassFire
+    from torchvision.models.squeezenet import Fire
+
+    features = build_model("squeezenet1_0_bypass", num_classes=10).eval().features
+    fires = [m for m in features if isinstance(m, Fire)]  # fire2 .. fire9
+    assert [isinstance(m, BypassFire) for m in fires] == [False, True, False, True, False, True, False, True]
+    for fire in fires[1::2]:
+        x = torch.randn(2, fire.inplanes, 9, 9)
+        torch.testing.assert_close(fire(x), Fire.forward(fire, x) + x)
+
+
+def test_squeezenet1_0_bypass_trains_every_parameter():
+    torch.manual_seed(0)
+    model = build_model("squeezenet1_0_bypass", num_classes=10).train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 96, 96)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_resnet50_is_registered_for_benchmarks():
+    model = build_model("resnet50", num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)

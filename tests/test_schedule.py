@@ -41,6 +41,17 @@ def test_cosine_closed_form():
         assert lr_factor(cfg, step, total, SPE) == pytest.approx(expected)
 
 
+def test_poly_closed_form_is_caffes():
+    """Caffe's lr_policy poly: base_lr * (1 - iter / max_iter) ^ power, zero at max_iter."""
+    cfg = sched("schedule.name=poly", "schedule.power=0.5")
+    total = 30 * SPE
+    for step in (0, 1, 77, 150, 299):
+        assert lr_factor(cfg, step, total, SPE) == pytest.approx((1 - step / total) ** 0.5)
+    assert lr_factor(cfg, total, total, SPE) == 0.0
+    linear = sched("schedule.name=poly", "schedule.power=1")
+    assert lr_factor(linear, 75, total, SPE) == pytest.approx(0.75)
+
+
 def test_warmup_then_cosine():
     cfg = sched("schedule.name=cosine", "schedule.warmup_epochs=2", "schedule.warmup_start_factor=0.1")
     total, warm = 30 * SPE, 2 * SPE

@@ -1,9 +1,15 @@
 """Input pipelines: what images exist, which ones each rank reads, and how they reach the device.
 
-    sources.py             image sets: the shipped sample, image folders (directory or archive), CIFAR-10
-    images.py              cheap signature checks and full-decode diagnosis of encoded files
-    sampler.py             ShardedBatches: the per-epoch permutation sharded by global rank (pure numpy)
-    dali_graph.py          the DALI graph (read, decode, resize, crop + flip) and its augmentation draws
+    sources.py             image sets: the shipped sample, image folders (directory or archive; ImageNet's
+                           flat validation folder with a labels file), CIFAR-10, tar shards
+    webdataset.py          tar shards: split names, DALI index files, the class map, members read by offset
+    shards.py              the shard writer: python -m pipeline.data.shards SRC_FOLDER OUT_DIR
+    images.py              cheap signature checks, header sizes, full-decode diagnosis of encoded files
+    sampler.py             ShardedBatches: the per-epoch permutation sharded by global rank; ShardStreamBatches:
+                           shards read whole in a per-epoch order through a shuffle buffer (pure numpy)
+    readers.py             encoded bytes of the next batches, read ahead by threads (files; shards in order)
+    crops.py               random-resized-crop windows drawn in numpy (torchvision's algorithm), their callback
+    dali_graph.py          the DALI graphs (read, decode, resize, crop + flip; decode the window, resize, flip)
     dali_loader.py         the DALI backend: batch callbacks, pipeline loop, hand-off to torch
     torchvision_loader.py  the torchvision DataLoader baseline with the identical augmentation
     loader.py              build_loader(backend=dali|torchvision|synthetic): one interface for all

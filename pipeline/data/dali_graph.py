@@ -20,6 +20,13 @@ time, so a graph that computed the crop window from the image shape with DALI ar
 host (and made up most of the CPU graph's time here). Batches also stay a pure function of
 (epoch, iteration): exact resume needs only the position, not DALI's random state.
 
+A second graph, `build_crop_pipeline`, serves `data.train.kind: random_resized_crop`: the window
+(drawn in numpy from each image's header size, pipeline/data/crops.py) is the only part of the
+file decoded (`fn.decoders.image_slice`), then resized to the output side and flipped.
+
+Normalization is per image by default (below); `data.normalize: channel` uses per-channel
+statistics instead ((x / 255 - mean[c]) / std[c], `ChannelStats`), in either graph.
+
 Standardization, (x - mean) / sqrt(var + eps) per image over all pixels and channels, happens
 where the training happens. For a GPU trainer the graph hands uint8 to torch, which standardizes
 and casts on the GPU in one pass (`pipeline/data/dali_loader.py`): DALI cannot emit bfloat16,
@@ -85,6 +92,40 @@ def draw_augmentation(spec: AugmentSpec, rng: np.random.Generator, n: int) -> tu
     return side, crop_x, crop_y, mirror
 
 
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel normalization, (x / 255 - mean[c]) / std[c] (data.normalize: channel)."""
+
+    mean: tuple[float, float, float]  # R, G, B on the 0-1 scale
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """The JPEG decoder's settings: only the GPU (`mixed`) decoder has any."""
+
+    hw_decoder_load: float = 0.65  # share of each batch for the hardware decoder (A100/H100/H200)
+    preallocate_width_hint: int = 0  # px; sizes the hardware decoder's buffers up front (0: DALI's default)
+    preallocate_height_hint: int = 0
+    device_memory_padding: int = 16 << 20  # bytes added to each device buffer it allocates
+    host_memory_padding: int = 8 << 20  # bytes added to each pinned host buffer
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> "DecoderOptions":
+        return cls(data_cfg.hw_decoder_load, data_cfg.preallocate_width_hint, data_cfg.preallocate_height_hint,
+                   data_cfg.device_memory_padding, data_cfg.host_memory_padding)
+
+    def arguments(self, gpu: bool) -> dict[str, Any]:
+        """Keyword arguments of a DALI decoder on the GPU (`mixed`) or the CPU."""
+        if not gpu:
+            return dict(device="cpu")
+        hints = {k: v for k, v in (("preallocate_width_hint", self.preallocate_width_hint),
+                                   ("preallocate_height_hint", self.preallocate_height_hint)) if v}
+        return dict(device="mixed", hw_decoder_load=self.hw_decoder_load,
+                    device_memory_padding=self.device_memory_padding, host_memory_padding=self.host_memory_padding,
+                    **hints)
+
+
 def _interp_types(codes: Any) -> Any:
     """INTERPOLATIONS indices -> DALI interpolation types (nearest, linear, cubic), per sample."""
     from nvidia.dali import fn, types
@@ -92,6 +133,43 @@ def _interp_types(codes: Any) -> Any:
     table = np.array([int(types.INTERP_NN), int(types.INTERP_LINEAR), int(types.INTERP_CUBIC)], np.int32)
     return fn.cast(fn.lookup_table(codes, keys=list(range(len(table))), values=table.tolist(), dtype=types.INT32),
                    dtype=types.INTERP_TYPE)
+
+
+def crop_mirror_normalize(images: Any, output: str, std_eps: float, channel_stats: ChannelStats | None,
+                          **window: Any) -> Any:
+    """The graph's last step: crop/mirror (`window`: crop_mirror_normalize's arguments), then uint8 or
+    normalized float32/float16 HWC."""
+    from nvidia.dali import fn, types
+
+    per_channel = channel_stats is not None and output != "uint8"
+    if per_channel:  # one operator: crop, mirror, (x - 255 mean) / (255 std), cast
+        dtype = types.FLOAT16 if output == "float16" else types.FLOAT
+        stats = dict(mean=[255 * m for m in channel_stats.mean], std=[255 * s for s in channel_stats.std])
+    else:
+        dtype, stats = (types.UINT8 if output == "uint8" else types.FLOAT), {}
+    images = fn.crop_mirror_normalize(images, dtype=dtype, output_layout="HWC", **stats, **window)
+    if output != "uint8" and not per_channel:
+        images = fn.normalize(images, axis_names="HWC", epsilon=std_eps)
+        if output == "float16":
+            images = fn.cast(images, dtype=types.FLOAT16)  # fn.normalize cannot emit float16
+    return images
+
+
+def graph_outputs(images: Any, labels: Any, gpu: bool, device_id: int | None) -> tuple[Any, Any]:
+    if gpu:
+        return images, labels.gpu()
+    if device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI
+        return images.gpu(), labels.gpu()
+    return images, labels
+
+
+def _resize_filter(spec: Any, arg: dict[str, Any]) -> Any:
+    from nvidia.dali import types
+
+    if spec.interpolation == "random":
+        return _interp_types(arg["interp"])
+    return {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}[
+        spec.interpolation]
 
 
 def build_pipeline(
@@ -109,13 +187,14 @@ def build_pipeline(
     samples_stream: Any = None,
     output: Literal["uint8", "float32", "float16"] = "uint8",
     std_eps: float = 1e-5,
-    hw_decoder_load: float = 0.65,
+    channel_stats: ChannelStats | None = None,
+    decoder: DecoderOptions = DecoderOptions(),
     stop_after: str | None = None,
 ) -> Any:
     """A built DALI pipeline with outputs (images HWC, labels int64).
 
-    Images are uint8 (`output="uint8"`), or standardized per image with `std_eps` in float32 or
-    float16.
+    Images are uint8 (`output="uint8"`), or normalized in float32 or float16: per image with
+    `std_eps`, or per channel with `channel_stats`.
 
     Two batch callbacks feed it, both called with DALI's batch_info and raising StopIteration at
     the end of an epoch: `arguments` returns (labels, *per-sample augmentation arguments in
@@ -150,29 +229,16 @@ def build_pipeline(
         if sample_kind in ("arrays", "resident"):
             images = data.gpu() if gpu and sample_kind == "arrays" else data
         else:
-            decoder = dict(device="mixed", hw_decoder_load=hw_decoder_load) if gpu else dict(device="cpu")
-            images = fn.decoders.image(data, output_type=types.RGB, **decoder)
+            images = fn.decoders.image(data, output_type=types.RGB, **decoder.arguments(gpu))
         if stop_after == "decode":
             return images, labels
-        filters = (_interp_types(arg["interp"]) if spec.interpolation == "random"
-                   else {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR,
-                         "bicubic": types.INTERP_CUBIC}[spec.interpolation])
-        images = fn.resize(images, resize_shorter=arg["side"], interp_type=filters)
+        images = fn.resize(images, resize_shorter=arg["side"], interp_type=_resize_filter(spec, arg))
         if stop_after == "resize":
             return images, labels
-        images = fn.crop_mirror_normalize(
-            images, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"], crop_pos_y=arg["crop_y"], mirror=arg["mirror"],
-            dtype=types.UINT8 if output == "uint8" else types.FLOAT, output_layout="HWC",
-        )
-        if output != "uint8":
-            images = fn.normalize(images, axis_names="HWC", epsilon=std_eps)
-            if output == "float16":
-                images = fn.cast(images, dtype=types.FLOAT16)  # fn.normalize cannot emit float16
-        if gpu:
-            return images, labels.gpu()
-        if device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI
-            return images.gpu(), labels.gpu()
-        return images, labels
+        images = crop_mirror_normalize(
+            images, output, std_eps, channel_stats, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"],
+            crop_pos_y=arg["crop_y"], mirror=arg["mirror"])
+        return graph_outputs(images, labels, gpu, device_id)
 
     pipe = graph(
         batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
@@ -180,6 +246,72 @@ def build_pipeline(
     )
     with warnings.catch_warnings():
         if stop_after is not None:  # a truncated graph leaves the augmentation arguments unused, on purpose
+            warnings.filterwarnings("ignore", message="The external source node .* not used")
+        pipe.build()
+    return pipe
+
+
+def build_crop_pipeline(
+    source: Callable[[Any], tuple[Any, ...]],
+    spec: Any,
+    *,
+    device: Literal["gpu", "cpu"],
+    device_id: int | None,
+    batch_size: int,
+    num_threads: int,
+    prefetch_queue_depth: int,
+    seed: int,
+    output: Literal["uint8", "float32", "float16"] = "uint8",
+    std_eps: float = 1e-5,
+    channel_stats: ChannelStats | None = None,
+    decoder: DecoderOptions = DecoderOptions(),
+    stop_after: str | None = None,
+) -> Any:
+    """The random-resized-crop graph (spec: crops.CropSpec), outputs (images HWC, labels int64) as build_pipeline's.
+
+    One batch callback (`source`, crops.CropSource) gives (encoded images, labels, anchor (x, y),
+    shape (width, height), mirror[, interp]) per sample. The decoder decodes only that window
+    (`roi_decode`; else the whole image, then `fn.slice`); the window is resized to out_side x
+    out_side (antialiased when shrinking, as torchvision's antialias=True) and flipped in the last
+    step. On the GPU the decoder is `mixed` (`decoder`: hardware share, buffer hints). The stages
+    for the benchmark: read (the bytes), decode (the decoded window), resize, full.
+    """
+    if stop_after not in (None, *STAGES[:-1]):
+        raise ValueError(f"stop_after must be one of {STAGES[:-1]}, got {stop_after!r}")
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device == "gpu"
+    names = spec.argument_names
+
+    @pipeline_def
+    def graph():
+        data, labels, *args = fn.external_source(source=source, num_outputs=2 + len(names), batch=True,
+                                                 batch_info=True)
+        arg = dict(zip(names, args))
+        if stop_after == "read":
+            return data, labels
+        window = dict(axis_names="WH", normalized_anchor=False, normalized_shape=False)
+        if spec.roi_decode:
+            images = fn.decoders.image_slice(data, arg["anchor"], arg["shape"], output_type=types.RGB,
+                                             **window, **decoder.arguments(gpu))
+        else:
+            images = fn.decoders.image(data, output_type=types.RGB, **decoder.arguments(gpu))
+            images = fn.slice(images, arg["anchor"], arg["shape"], **window)
+        if stop_after == "decode":
+            return images, labels
+        images = fn.resize(images, size=[spec.out_side, spec.out_side], interp_type=_resize_filter(spec, arg),
+                           antialias=True)
+        if stop_after == "resize":
+            return images, labels
+        images = crop_mirror_normalize(images, output, std_eps, channel_stats, mirror=arg["mirror"])
+        return graph_outputs(images, labels, gpu, device_id)
+
+    pipe = graph(
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+        prefetch_queue_depth=prefetch_queue_depth,
+    )
+    with warnings.catch_warnings():
+        if stop_after is not None:  # a truncated graph leaves the per-sample arguments unused, on purpose
             warnings.filterwarnings("ignore", message="The external source node .* not used")
         pipe.build()
     return pipe

@@ -27,8 +27,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import AugmentSpec, build_pipeline, draw_augmentation
+from pipeline.data.crops import CropSource, CropSpec
+from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, build_crop_pipeline, build_pipeline,
+                                      draw_augmentation)
 from pipeline.data.images import find_bad_images
+from pipeline.data.readers import ReaderSamples, batch_reader
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
 from pipeline.errors import BadImageError
@@ -81,6 +84,32 @@ class Position:
         return self.first_epoch + info.epoch_idx, step
 
 
+@functools.lru_cache(maxsize=8)
+def _channel_affine(stats: ChannelStats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of shape (1, 3, 1, 1) on `device`, made once: no host-to-device copy per step."""
+    scale = torch.tensor([1 / (255 * s) for s in stats.std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(stats.mean, stats.std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
+
+
+def normalize_channels(images_nhwc: torch.Tensor, stats: ChannelStats, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 NHWC -> (x / 255 - mean[c]) / std[c], as NCHW channels_last in `dtype` (data.normalize: channel)."""
+    x = images_nhwc.permute(0, 3, 1, 2).float()
+    scale, shift = _channel_affine(stats, x.device)
+    return (x * scale - shift).to(dtype)
+
+
+def normalize_batch(images_nhwc: torch.Tensor, std_eps: float, stats: ChannelStats | None,
+                    dtype: torch.dtype, compiled: bool = False) -> torch.Tensor:
+    """The configured normalization of a uint8 NHWC batch: per image (stats None) or per channel.
+
+    `compiled`: the per-image standardization through torch.compile (for trainers that compile).
+    """
+    if stats is None:
+        return (compiled_standardize() if compiled else standardize)(images_nhwc, std_eps, dtype)
+    return normalize_channels(images_nhwc, stats, dtype)
+
+
 class ArgumentSource:
     """Batch callback: labels and per-sample augmentation arguments of batch `iteration` of an epoch.
 
@@ -93,7 +122,7 @@ class ArgumentSource:
 
     STREAM = 0x617567  # "aug": keeps these draws apart from the index plan's generator of (seed, epoch)
 
-    def __init__(self, images: ImageSet, plan: ShardedBatches, spec: AugmentSpec, seed: int, position: Position,
+    def __init__(self, images: ImageSet, plan: Any, spec: AugmentSpec, seed: int, position: Position,
                  history: int) -> None:
         self.labels, self.plan, self.spec = images.labels, plan, spec
         self.seed, self.position = seed, position
@@ -110,10 +139,9 @@ class ArgumentSource:
 
     def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
         epoch, step = self.position(info)
-        begin, end = self.plan.bounds(step)
-        idx = self.plan.epoch_order(epoch)[begin:end]
+        idx = self.plan.indices(epoch, step)  # any plan: a permutation's slice, or a shard stream's batch
         self.recent.append(idx)
-        return (self.labels[idx], *(d[step, :end - begin] for d in self.epoch_draws(epoch)))
+        return (self.labels[idx], *(d[step, :len(idx)] for d in self.epoch_draws(epoch)))
 
 
 class SampleSource:
@@ -161,7 +189,11 @@ def sample_kind(images: ImageSet, dali_device: str) -> str:
 
 
 class DaliLoader:
-    """DALI pipeline + sharded index plan behind the loader interface."""
+    """DALI pipeline + sharded index plan behind the loader interface.
+
+    `spec` picks the graph: an AugmentSpec the reference one (build_pipeline), a CropSpec the
+    random-resized-crop one (build_crop_pipeline, fed by one CropSource).
+    """
 
     def __init__(
         self,
@@ -176,31 +208,44 @@ class DaliLoader:
         num_threads: int,
         prefetch_queue_depth: int,
         seed: int,
-        hw_decoder_load: float = 0.65,
+        channel_stats: ChannelStats | None = None,
+        decoder: DecoderOptions = DecoderOptions(),
         state: dict[str, Any] | None = None,
         start_epoch: int = 0,
         stop_after: str | None = None,
         compile_standardize: bool = False,
     ) -> None:
         self.images, self.plan, self.device, self.dtype, self.std_eps = images, plan, device, dtype, std_eps
-        self.standardize = compiled_standardize() if compile_standardize else standardize
+        self.channel_stats, self.compiled = channel_stats, compile_standardize
         # Where the consumer is: the epoch being read and the batches of it handed out so far.
         self.epoch, self.step = (state["epoch"], state["step"]) if state else (start_epoch, 0)
         position = Position(plan, self.epoch, self.step)
         kind = sample_kind(images, dali_device)
-        self.arguments = ArgumentSource(images, plan, spec, seed, position, history=prefetch_queue_depth + 2)
-        samples = SampleSource(images, plan, position, kind, device)
-        self.callbacks = (self.arguments, samples)  # what DALI calls per batch, on the training thread
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
         output = "uint8" if self.outputs_on_gpu else ("float16" if dtype == torch.float16 else "float32")
-        self.pipe = build_pipeline(
-            self.arguments, samples, spec, sample_kind=kind, device=dali_device,
-            device_id=device.index if self.outputs_on_gpu else None, batch_size=plan.batch_size,
-            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, seed=seed, output=output,
-            std_eps=std_eps, samples_stream=samples.stream if kind == "resident" else None,
-            hw_decoder_load=hw_decoder_load, stop_after=None if stop_after == "full" else stop_after,
-        )
+        history = prefetch_queue_depth + 2
+        common = dict(device=dali_device, device_id=device.index if self.outputs_on_gpu else None,
+                      batch_size=plan.batch_size, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
+                      seed=seed, output=output, std_eps=std_eps, channel_stats=channel_stats, decoder=decoder,
+                      stop_after=None if stop_after == "full" else stop_after)
+        if isinstance(spec, CropSpec):  # random-resized crops: the window needs the bytes' header sizes
+            reader = batch_reader(images, plan, with_sizes=True, ahead=history)
+            source = CropSource(images.labels, plan, spec, reader, seed, position, history)
+            self.recent = source.recent
+            self.callbacks: tuple[Any, ...] = (source,)  # what DALI calls per batch, on the training thread
+            self.pipe = build_crop_pipeline(source, spec, **common)
+        else:
+            arguments = ArgumentSource(images, plan, spec, seed, position, history=history)
+            self.recent = arguments.recent
+            if images.members is not None:  # tar shards: read in the plan's order by the shard reader
+                samples: Any = ReaderSamples(plan, batch_reader(images, plan, with_sizes=False, ahead=history),
+                                             position)
+            else:
+                samples = SampleSource(images, plan, position, kind, device)
+            self.callbacks = (arguments, samples)
+            self.pipe = build_pipeline(arguments, samples, spec, sample_kind=kind,
+                                       samples_stream=samples.stream if kind == "resident" else None, **common)
         self.raw = stop_after is not None  # benchmark stage timing: yield DALI's outputs untouched
         self.section = no_section  # the host-overhead ledger's hook (pipeline/sections.py)
         self._in_flight: deque[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = deque()
@@ -231,7 +276,7 @@ class DaliLoader:
         if raw_images.dtype != torch.uint8:  # standardized by DALI (a CPU trainer)
             return raw_images.permute(0, 3, 1, 2).to(self.dtype), raw_labels.view(-1)  # channels_last view
         with self.section("standardize"):
-            images = self.standardize(raw_images, self.std_eps, self.dtype)
+            images = normalize_batch(raw_images, self.std_eps, self.channel_stats, self.dtype, self.compiled)
         labels = raw_labels.view(-1).clone()
         if self.outputs_on_gpu:
             # DALI may reuse its buffer once our view is gone, while the kernels reading it are
@@ -254,7 +299,7 @@ class DaliLoader:
         """
         if not self.images.is_encoded:
             return exc
-        candidates = sorted({int(i) for idx in self.arguments.recent for i in idx})
+        candidates = sorted({int(i) for idx in self.recent for i in idx})
         bad = find_bad_images(candidates, self.images.read_encoded, self.images.names)
         if not bad:
             return exc

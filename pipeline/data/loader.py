@@ -26,10 +26,11 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import STAGES, AugmentSpec
+from pipeline.data.crops import CropSpec
+from pipeline.data.dali_graph import STAGES, AugmentSpec, ChannelStats, DecoderOptions
 from pipeline.data.dali_loader import Batch, DaliLoader
 from pipeline.data.images import find_bad_images
-from pipeline.data.sampler import ShardedBatches
+from pipeline.data.sampler import ShardedBatches, ShardStreamBatches
 from pipeline.data.sources import ImageSet, open_source
 from pipeline.errors import BadImageError, ConfigError
 
@@ -86,10 +87,14 @@ def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
     """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan, decoded once
     into arrays when data.cache allows (pipeline/data/cache.py)."""
     train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
-                             data_cfg.download)
+                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map)
     if data_cfg.check_images != "off":
         train, val = (scan_image_set(s, data_cfg.check_images) for s in (train, val))
-    if data_cfg.cache == "auto":
+    if data_cfg.cache == "auto" and data_cfg.source in ("sample", "imagefolder"):
+        if data_cfg.train.kind != "reference":  # the crop graph decodes windows of the encoded files
+            log.info("data.cache=auto: not decoding once: data.train.kind=%s decodes from the files",
+                     data_cfg.train.kind)
+            return train, val
         from pipeline.data.cache import decode_once
 
         train, val = decode_once([train, val], num_threads=data_cfg.num_threads,
@@ -113,6 +118,31 @@ def scan_image_set(images: ImageSet, mode: str) -> ImageSet:
     keep = np.setdiff1d(np.arange(len(images)), [i for i, _ in bad])
     log.warning("data.check_images=skip: left out %d undecodable file(s), e.g. %s", len(bad), bad[0][1])
     return images.subset(keep)
+
+
+def build_plan(data_cfg: Any, images: ImageSet, *, train: bool, batch_size: int, rank: int, world_size: int,
+               seed: int, max_steps: int = 0) -> ShardedBatches | ShardStreamBatches:
+    """Which samples each rank reads at each step: a global permutation per epoch, or, for tar
+    shards, the epoch's shard order read from start to end through a shuffle buffer."""
+    if images.members is not None:
+        return ShardStreamBatches(tuple(images.members.shard_sizes), batch_size, rank, world_size, shuffle=train,
+                                  drop_last=train, seed=seed, buffer_size=data_cfg.shuffle_buffer, max_steps=max_steps)
+    return ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train, seed=seed,
+                          max_steps=max_steps)
+
+
+def augment_spec(data_cfg: Any, train: bool) -> AugmentSpec | CropSpec:
+    """The training augmentation data.train.kind names, or the evaluation preprocessing."""
+    if not train:
+        return AugmentSpec.for_eval(data_cfg.eval)
+    if data_cfg.train.kind == "random_resized_crop":
+        return CropSpec.for_train(data_cfg.train)
+    return AugmentSpec.for_train(data_cfg.train)
+
+
+def channel_stats(data_cfg: Any) -> ChannelStats | None:
+    """data.normalize: None for per-image standardization, else the per-channel mean and std."""
+    return ChannelStats(tuple(data_cfg.mean), tuple(data_cfg.std)) if data_cfg.normalize == "channel" else None
 
 
 def build_loader(
@@ -148,8 +178,8 @@ def build_loader(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if stop_after is not None and (backend != "dali" or stop_after not in STAGES):
         raise ValueError(f"stop_after={stop_after!r}: only the dali backend stops early, after one of {STAGES}")
-    aug = data_cfg.train if train else data_cfg.eval
     if backend == "synthetic":
+        aug = data_cfg.train if train else data_cfg.eval
         n = data_cfg.synthetic_images if train else max(data_cfg.synthetic_images // 5, batch_size * world_size)
         plan = ShardedBatches(n, batch_size, rank, world_size, shuffle=False, drop_last=train, max_steps=max_steps)
         return SyntheticLoader(len(plan), batch_size, aug.crop, num_classes, device=device, dtype=dtype,
@@ -160,19 +190,19 @@ def build_loader(
         fits = world_size * max(1, len(images) // world_size // 2)  # half the set: two steps per epoch at least
         raise ConfigError(f"train.global_batch_size: {batch_size * world_size} is larger than the "
                           f"{len(images)} training images (e.g. train.global_batch_size={fits})")
-    plan = ShardedBatches(len(images), batch_size, rank, world_size, shuffle=train, drop_last=train,
-                          seed=seed, max_steps=max_steps)
-    spec = AugmentSpec.for_train(aug) if train else AugmentSpec.for_eval(aug)
+    plan = build_plan(data_cfg, images, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
+                      seed=seed, max_steps=max_steps)
+    spec = augment_spec(data_cfg, train)
     if backend == "torchvision":
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
         return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
-                                 num_workers=data_cfg.num_threads, seed=seed + rank, start_epoch=start_epoch,
-                                 compile_standardize=compile_standardize)
+                                 channel_stats=channel_stats(data_cfg), num_workers=data_cfg.num_threads,
+                                 seed=seed + rank, start_epoch=start_epoch, compile_standardize=compile_standardize)
     return DaliLoader(
         images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
-        std_eps=data_cfg.std_eps, num_threads=data_cfg.num_threads,
-        prefetch_queue_depth=data_cfg.prefetch_queue_depth, hw_decoder_load=data_cfg.hw_decoder_load,
+        std_eps=data_cfg.std_eps, channel_stats=channel_stats(data_cfg), num_threads=data_cfg.num_threads,
+        prefetch_queue_depth=data_cfg.prefetch_queue_depth, decoder=DecoderOptions.from_config(data_cfg),
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
         stop_after=stop_after, compile_standardize=compile_standardize,
     )

@@ -1,8 +1,13 @@
-"""Where images come from: image-folder trees (on disk or in an archive), CIFAR-10 arrays, the sample.
+"""Where images come from: image-folder trees (on disk or in an archive), CIFAR-10 arrays, the sample,
+tar shards (pipeline/data/webdataset.py).
 
 Every source becomes an `ImageSet`: a list of samples (encoded image bytes or decoded uint8 HWC
 arrays), their integer labels and class names, and a printable name per sample so that an error
 can say which file is bad. Sources only list and fetch; DALI does the decoding and augmentation.
+
+ImageNet's layouts are image folders: class folders for both splits, or class folders for
+training and a flat validation folder with a labels file (`data.eval_labels`, see
+`list_flat_split`).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from pipeline.constants import SAMPLE_ARCHIVE
 from pipeline.data.images import IMAGE_EXTENSIONS, check_encoded
+from pipeline.data.webdataset import MemberNames, ShardMembers, list_webdataset
 from pipeline.errors import BadImageError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,14 +47,15 @@ DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole file
 
 @dataclass
 class ImageSet:
-    """One split. Exactly one of `files`, `encoded` or `arrays` holds the samples."""
+    """One split. Exactly one of `files`, `encoded`, `members` or `arrays` holds the samples."""
 
-    names: list[str]  # printable name of each sample (a path, or archive:member)
+    names: Sequence[str]  # printable name of each sample (a path, archive:member, shard:member)
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
     files: list[str] | None = None  # encoded images read from disk at fetch time
     encoded: list[np.ndarray] | None = None  # encoded images held in memory (uint8 1-D)
     arrays: np.ndarray | None = None  # decoded images (N, H, W, 3) uint8
+    members: ShardMembers | None = None  # encoded images inside tar shards, read by offset at fetch time
     skipped: list[str] = field(default_factory=list)  # names left out by check_images=skip
 
     def __len__(self) -> int:
@@ -61,6 +69,8 @@ class ImageSet:
         """The encoded bytes of one sample as stored (raises OSError if the file is unreadable)."""
         if self.encoded is not None:
             return self.encoded[index]
+        if self.members is not None:
+            return self.members.read(index)
         return np.fromfile(self.files[index], dtype=np.uint8)
 
     def fetch_encoded(self, index: int) -> np.ndarray:
@@ -85,6 +95,7 @@ class ImageSet:
             files=[self.files[i] for i in keep] if self.files is not None else None,
             encoded=[self.encoded[i] for i in keep] if self.encoded is not None else None,
             arrays=self.arrays[keep] if self.arrays is not None else None,
+            members=self.members.take(keep) if self.members is not None else None,
             skipped=self.skipped + [self.names[i] for i in dropped],
         )
 
@@ -166,6 +177,74 @@ def list_folder_split(root: Path, split: str, classes: list[str] | None = None) 
     return ImageSet(names=names, labels=labels, classes=classes, files=list(names))
 
 
+def _read_label_lines(path: Path) -> list[list[str]]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data.eval_labels: cannot read {path} ({exc})") from None
+    return [line.replace(",", " ", 1).split(maxsplit=1) for line in text.splitlines() if line.strip()]
+
+
+def _class_index(label: str, classes: list[str], where: str) -> int:
+    """A label field: a class folder name, or an index into the sorted class folders (0-based)."""
+    label = label.split()[0]  # Kaggle's LOC_val_solution.csv: "n01751748 x0 y0 x1 y1 n01751748 ..."
+    if label in classes:
+        return classes.index(label)
+    if label.isdigit() and int(label) < len(classes):
+        return int(label)
+    raise DataError(f"{where}: label {label!r} is neither a training class nor an index below {len(classes)}")
+
+
+def list_flat_split(folder: Path, labels_file: Path, label_map: str, classes: list[str]) -> ImageSet:
+    """A validation folder without class folders, labelled by a file (ImageNet's validation layout).
+
+    `labels_file` is either the ILSVRC2012 ground-truth form, one integer per line for the
+    folder's files in sorted order (ILSVRC2012_validation_ground_truth.txt), or `file,label`
+    lines (`file label` too; a header line is skipped; label = class folder name or 0-based index
+    into the sorted class folders). The ground truth's 1-based IDs are the devkit's ILSVRC2012_ID,
+    which is NOT the sorted-synset order of the class folders: `label_map` (data.eval_label_map)
+    gives the synset of ID 1, 2, ... one per line, as the devkit's meta.mat lists them.
+    """
+    if not folder.is_dir():
+        raise DataError(f"data.eval_split: {folder} is not a folder")
+    files = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+    for name in files:
+        _require_image_name(str(folder / name))
+    rows = _read_label_lines(labels_file)
+    if rows and all(len(r) == 1 for r in rows):  # the ground-truth form
+        if not label_map:
+            raise DataError(f"data.eval_label_map: {labels_file} holds one ILSVRC ID per line; the IDs are not in "
+                            "the class folders' sorted order, so give the synset of ID 1, 2, ... one per line")
+        synsets = [line.strip() for line in Path(label_map).read_text().splitlines() if line.strip()]
+        if len(rows) != len(files):
+            raise DataError(f"{labels_file}: {len(rows)} labels for the {len(files)} files in {folder}")
+        labels = []
+        for number, (row, name) in enumerate(zip(rows, files), start=1):
+            if not row[0].isdigit() or not 1 <= int(row[0]) <= len(synsets):
+                raise DataError(f"{labels_file}:{number}: ID {row[0]!r} is not between 1 and the "
+                                f"{len(synsets)} synsets of {label_map}")
+            labels.append(_class_index(synsets[int(row[0]) - 1], classes, f"{label_map}:{row[0]}"))
+        by_name = dict(zip(files, labels))
+    else:
+        by_name = {}
+        stems = {Path(f).stem: f for f in files}
+        for number, row in enumerate(rows, start=1):
+            if len(row) != 2:
+                raise DataError(f"{labels_file}:{number}: expected 'file,label' (got {' '.join(row)!r})")
+            name = row[0] if row[0] in files else stems.get(row[0])
+            if name is None:
+                if number == 1:
+                    continue  # a header line ("file,label", "ImageId,PredictionString")
+                raise DataError(f"{labels_file}:{number}: {row[0]} is not a file in {folder}")
+            by_name[name] = _class_index(row[1], classes, f"{labels_file}:{number}")
+        unlabelled = [f for f in files if f not in by_name]
+        if unlabelled:
+            raise DataError(f"{folder / unlabelled[0]}: no label in {labels_file} ({len(unlabelled)} files lack one)")
+    paths = [str(folder / name) for name in files]
+    return ImageSet(names=paths, labels=np.asarray([by_name[f] for f in files], np.int64), classes=classes,
+                    files=paths)
+
+
 class _ArchiveTree:
     """An image-folder tree inside a .tar/.tar.gz, read into memory once (small data sets only)."""
 
@@ -208,11 +287,22 @@ class _ArchiveTree:
         )
 
 
-def load_imagefolder(root: str | Path, train_split: str, eval_split: str) -> tuple[ImageSet, ImageSet]:
-    """Train and validation splits of an image-folder tree: a directory or a .tar/.tar.gz of one."""
+def load_imagefolder(root: str | Path, train_split: str, eval_split: str, eval_labels: str = "",
+                     eval_label_map: str = "") -> tuple[ImageSet, ImageSet]:
+    """Train and validation splits of an image-folder tree: a directory or a .tar/.tar.gz of one.
+
+    With `eval_labels`, the validation split is a flat folder labelled by that file (list_flat_split).
+    """
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data.root: {root} does not exist")
+    if eval_labels:
+        if root.is_file():
+            raise DataError(f"data.eval_labels: a flat validation folder must be a directory, not inside {root}")
+        train = list_folder_split(root, train_split)
+        split = eval_split if eval_split != "auto" else resolve_eval_split(
+            [p.name for p in root.iterdir() if p.is_dir()], "auto", str(root))
+        return train, list_flat_split(root / split, Path(eval_labels).expanduser(), eval_label_map, train.classes)
     if root.is_file():
         if not _is_archive(root):
             raise DataError(f"data.root: {root} is a file but not a .tar/.tar.gz archive of an image folder")
@@ -334,13 +424,22 @@ def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, Im
 # ------------------------------------------------------------------------------------ dispatch
 
 
+def load_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ImageSet, ImageSet]:
+    """Train and validation splits of tar shards (pipeline/data/webdataset.py): members read by offset."""
+    train, val, classes = list_webdataset(root, train_split, eval_split)
+    return tuple(ImageSet(names=MemberNames(split.members), labels=split.labels, classes=classes,
+                          members=split.members) for split in (train, val))
+
+
 def open_source(source: str, root: str = "", train_split: str = "train", eval_split: str = "auto",
-                download: bool = False) -> tuple[ImageSet, ImageSet]:
+                download: bool = False, eval_labels: str = "", eval_label_map: str = "") -> tuple[ImageSet, ImageSet]:
     """(train, eval) image sets of a `data.source` other than synthetic."""
     if source == "sample":
         return load_sample()
     if source == "imagefolder":
-        return load_imagefolder(root, train_split, eval_split)
+        return load_imagefolder(root, train_split, eval_split, eval_labels, eval_label_map)
     if source == "cifar10":
         return load_cifar10(root, download)
+    if source == "webdataset":
+        return load_webdataset(root, train_split, eval_split)
     raise ConfigError(f"data.source: {source!r} has no image set")

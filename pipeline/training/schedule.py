@@ -8,6 +8,7 @@ value; the schedule shapes below then run over the remaining steps.
 - multistep: x gamma after each milestone epoch (the reference: x0.1 after epochs 150 and 225)
 - cosine:    half-cosine from 1 to min_lr_factor
 - onecycle:  torch's OneCycleLR shape (cosine up over pct_start, cosine down)
+- poly:      (1 - progress)^power, as Caffe's lr_policy "poly" (SqueezeNet v1.0's solver: power 0.5)
 - constant:  1
 """
 
@@ -35,6 +36,8 @@ def shape_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int, wa
     pct = min(max(step - warmup_steps, 0) / span, 1.0)
     if cfg.name == "cosine":
         return _cos(1.0, cfg.min_lr_factor, pct)
+    if cfg.name == "poly":
+        return (1.0 - pct) ** cfg.power
     if cfg.name == "onecycle":
         initial = 1.0 / cfg.div_factor
         final = initial / cfg.final_div_factor
