@@ -116,8 +116,8 @@ def test_named_repository_paths_exist_and_nothing_outside_is_named(doc):
     text, missing = doc.read_text(), []
     for code in named_in_code(text):
         for outside in OUTSIDE.findall(code):
-            target = (doc.parent / outside.rstrip(".,:;")).resolve()
-            if not target.is_relative_to(REPO.resolve()):  # docs/ links up to the root's files: inside
+            target = (doc.parent / outside.rstrip(".,:;")).resolve()  # docs/ linking up to the root's files
+            if not (target.is_relative_to(REPO.resolve()) and target.exists()):
                 missing.append(f"{outside}: outside the repository (a clone does not have it)")
         for path in REPO_PATH.findall(code):
             path = path.rstrip(".,:;")

@@ -345,9 +345,9 @@ def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
                      "train.epochs=1", "train.max_steps_per_epoch=0", check=False, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{bad}: cannot decode" in proc.stderr
-    # Found mid-run: the run can continue once the file is fixed, and the last line says how.
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "run badimg crashed; to continue it from its latest checkpoint: ")
+    # Small same-size images are decoded once at start-up (data.cache=auto), so the bad file is found
+    # before the run directory opens: nothing is left behind, and the same command runs once it is fixed.
+    assert not (tmp_path / "badimg").exists()
 
 
 # -------------------------------------------------------------------------------- secrets
