@@ -5,7 +5,7 @@ arguments override them, and both go through the schema below (types converted a
 unknown keys and impossible values rejected with the key named) before any work starts.
 
     python -m pipeline.config configs/quickstart.yaml train.epochs=5   # print the validated config
-    python -m pipeline.config --markdown                               # the README's reference table
+    python -m pipeline.config --markdown                               # the reference table alone
     python -m pipeline.config --docs                                   # rewrite docs/configuration.md
 
 Each section is a pydantic model (a typed dataclass with validation); each field carries its
@@ -805,7 +805,7 @@ def build_parser() -> "argparse.ArgumentParser":
                     "`python train_dist.py CONFIG [key=value ...] --resolve` shows what they become here.",
         epilog="examples:\n"
                "  python -m pipeline.config configs/quickstart.yaml train.epochs=5\n"
-               "  python -m pipeline.config --markdown        # the reference table README.md embeds\n"
+               "  python -m pipeline.config --markdown        # the reference table alone\n"
                "  python -m pipeline.config --docs            # rewrite docs/configuration.md from the schema\n"
                "exit status: 0 valid, 2 a bad key or value (one line naming it)")
     parser.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, from_dict, load_config, markdown_reference
+from pipeline.config import Config, ConfigError, from_dict, load_config
 from pipeline.config import main as config_main
 
 from pipeline.constants import REPO_ROOT as ROOT  # noqa: E402
@@ -150,16 +150,6 @@ def test_reference_recipe_config():
     assert cfg.optim.decay_norm_and_bias and cfg.schedule.name == "multistep"
     assert cfg.schedule.milestones == [150, 225] and cfg.schedule.gamma == 0.1
     assert cfg.train.label_smoothing == 0 and cfg.train.ema_decay == 0
-
-
-def test_readme_reference_matches_the_schema():
-    readme = (ROOT / "README.md").read_text()
-    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-    assert start in readme and end in readme, "README lacks the generated configuration reference"
-    block = readme.split(start, 1)[1].split(end, 1)[0]
-    assert block.strip() == markdown_reference().strip(), (
-        "README's configuration reference is stale: regenerate it with `python -m pipeline.config --markdown`"
-    )
 
 
 def test_a_bare_off_means_off_not_false():

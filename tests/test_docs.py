@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,13 +106,7 @@ def test_relative_links_lead_to_files_and_headings_that_exist(doc):
     assert not broken, f"{doc.name}: " + "; ".join(broken)
 
 
-# BENCHMARKS.md names ../shared/... (lines 143, 283, 366, 386-388: the machine's shared data and notes).
-# It is edited in the docs pass that follows this change; remove the mark then (strict: it fails once fixed).
-KNOWN_OUTSIDE = pytest.mark.xfail(strict=True, reason="BENCHMARKS.md names ../shared/ paths; fixed in the docs pass")
-PATH_DOCS = [pytest.param(doc, marks=KNOWN_OUTSIDE) if doc.name == "BENCHMARKS.md" else doc for doc in DOCS]
-
-
-@pytest.mark.parametrize("doc", PATH_DOCS, ids=IDS)
+@pytest.mark.parametrize("doc", DOCS, ids=IDS)
 def test_named_repository_paths_exist_and_nothing_outside_is_named(doc):
     text, missing = doc.read_text(), []
     for code in named_in_code(text):
@@ -243,3 +238,30 @@ def test_configuration_reference_page_is_up_to_date():
     page = REPO / "docs" / "configuration.md"
     assert page.is_file() and page.read_text() == configuration_page(), (
         "docs/configuration.md is out of date: regenerate it with `python -m pipeline.config --docs`")
+
+
+def _readme_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_check", REPO / "scripts" / "readme_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_readme_command_block_is_run_by_ci_or_marked_as_not_for_a_cpu():
+    """CI runs the README's CPU commands (scripts/readme_check.py); a block marked neither way would escape it."""
+    check = _readme_check()
+    found = check.blocks((REPO / "README.md").read_text())
+    unmarked = [cmds for marker, cmds in found if cmds and marker is None]
+    assert not unmarked, f"README bash blocks without a ci marker: {unmarked}"
+    run = [c for marker, cmds in found if marker == check.RUN for c in cmds]
+    assert any(c.startswith("./launch.sh") for c in run), "the quickstart must be among the commands CI runs"
+    for command in run:  # each is valid bash
+        assert subprocess.run(["bash", "-n", "-c", command]).returncode == 0, command
+
+
+def test_the_readme_runner_joins_continued_lines_and_drops_comments():
+    check = _readme_check()
+    text = "<!-- ci: run -->\n```bash\n# a comment\n./launch.sh a=1 \\\n    b=2   # why\nls\n```\n"
+    assert check.blocks(text) == [(check.RUN, ["./launch.sh a=1 b=2   # why", "ls"])]
