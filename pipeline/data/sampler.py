@@ -28,6 +28,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def check_plan(plan: "ShardedBatches | ShardStreamBatches") -> None:
+    """A plan's rank, batch size and (training) sample count make sense, or ValueError says which does not."""
+    if not 0 <= plan.rank < plan.world_size:
+        raise ValueError(f"rank {plan.rank} is outside world size {plan.world_size}")
+    if plan.batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {plan.batch_size}")
+    if plan.drop_last and plan.num_samples < plan.global_batch_size:
+        raise ValueError(f"{plan.num_samples} samples cannot fill one global batch of {plan.global_batch_size} images")
+
+
 @dataclass(frozen=True)
 class ShardedBatches:
     num_samples: int  # N, the whole split
@@ -41,14 +51,7 @@ class ShardedBatches:
     _orders: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # {epoch: order}
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        if self.drop_last and self.num_samples < self.global_batch_size:
-            raise ValueError(
-                f"{self.num_samples} samples cannot fill one global batch of {self.global_batch_size} images"
-            )
+        check_plan(self)
 
     @property
     def global_batch_size(self) -> int:
@@ -140,14 +143,7 @@ class ShardStreamBatches:
     _streams: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # {epoch: (stream, order)}
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        if self.drop_last and self.num_samples < self.global_batch_size:
-            raise ValueError(
-                f"{self.num_samples} samples cannot fill one global batch of {self.global_batch_size} images"
-            )
+        check_plan(self)
 
     @property
     def num_samples(self) -> int:
