@@ -3,16 +3,19 @@
 Packages, in the order their imports go (each imports only from those above it):
 
     pipeline/             config.py (the schema), errors.py (UserError and exit codes), constants.py,
-                          distributed.py (process group, collectives, device sync), entry.py (CLI skeleton)
-    pipeline/data/        where images come from and how they reach the device: sources, the sharded
-                          index plan, the DALI graph, the loaders (DALI, torchvision, synthetic)
+                          distributed.py (process group, collectives, device sync), entry.py (CLI skeleton),
+                          sections.py (the named sections of the hot path the overhead ledger reads)
+    pipeline/data/        where images come from and how they reach the device: sources (tar shards
+                          too) and their writer, the sharded index plans, decode-once, the DALI graphs,
+                          the loaders (DALI, torchvision, synthetic)
     pipeline/runs/        what a run leaves behind: run directory (and its lock), metrics.jsonl, W&B,
                           summary.json, resolved values, data fingerprint, run clock, curves, console
                           progress, and which run a command continues (continuation)
     pipeline/training/    the loop and what it is made of: trainer, components, step, checkpoint,
                           EMA, optimizer, schedule, precision, meters, preemption, time to accuracy,
                           and what `auto` becomes on this machine (resolve)
-    pipeline/bench/       throughput benchmarks, built on the same public builders as training
+    pipeline/bench/       throughput benchmarks and the host-overhead ledger, built on the same public
+                          builders as training
     pipeline/tools/       tools beside the trainer: compare and sweep (they read run directories),
                           launch (launch.sh's run naming, torchrun, and the report of how a run ended)
 

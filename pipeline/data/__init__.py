@@ -5,6 +5,7 @@
     webdataset.py          tar shards: split names, DALI index files, the class map, members read by offset
     shards.py              the shard writer: python -m pipeline.data.shards SRC_FOLDER OUT_DIR
     images.py              cheap signature checks, header sizes, full-decode diagnosis of encoded files
+    cache.py               decode once: small same-size images decoded at start-up into arrays (data.cache)
     sampler.py             ShardedBatches: the per-epoch permutation sharded by global rank; ShardStreamBatches:
                            shards read whole in a per-epoch order through a shuffle buffer (pure numpy)
     readers.py             encoded bytes of the next batches, read ahead by threads (files; shards in order)
