@@ -3,12 +3,17 @@
     summary = final_summary(counters, meter, dist, all_ranks=True)   # records.summary(summary)
     report_final(counters, cfg.train, dist, summary.get("perf/mean_images_per_sec", 0.0), run_dir)
     metrics = evaluate_checkpoint(evaluate, counters, cfg.checkpoint, run_dir, dist)   # eval.only: eval.json
+    announce_continue(end, counters, dist, run_dir)   # a resumable ending: the command that continues it
+    report_done_before(counters, cfg, dist, run_dir, stopped_at_target)   # the same command after the end
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +21,9 @@ import torch
 
 from pipeline import distributed
 from pipeline.distributed import DistInfo
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, EndReason
+from pipeline.runs.continuation import LAUNCHER_ENV, direct_command
+from pipeline.runs.rundir import default_run_name
 from pipeline.training.checkpoint import Counters
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.tta import describe_tta
@@ -67,3 +74,40 @@ def evaluate_checkpoint(evaluate: Callable[[], dict[str, float]], counters: Coun
                  counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
                  metrics["val/loss"], metrics["val/images"])
     return metrics
+
+
+def report_nonfinite(exc: Exception, run_dir: Path, lr: float) -> None:
+    """The non-finite stop's message. A resumed run keeps the checkpoint's optimizer and schedule state,
+    learning rate included: a lower optim.lr takes effect only in a new run."""
+    log.error("stopping: %s. Checkpoints in %s were not overwritten. Resuming replays the same batches at "
+              "the same learning rate (a new optim.lr does not apply to a resumed run): if the streak is "
+              "transient, resume with a higher train.nonfinite_limit; a lower learning rate needs a new run "
+              "(e.g. optim.lr=%g)", exc, run_dir, lr / 2)
+
+
+def report_done_before(c: Counters, cfg: Any, dist: DistInfo, run_dir: Path, stopped_at_target: bool) -> None:
+    """The same command again after the run finished: nothing to train; say so, and how to start anew."""
+    if not dist.is_main:
+        return
+    result = (f"final top-1 {100 * c.final['val/top1']:.2f}% (epoch {c.final['epoch']}), best "
+              f"{100 * c.best_top1:.2f}% (epoch {c.best_epoch})" if c.final else "no evaluation")
+    how = ("start a new run (./launch.sh --new with the same arguments)" if os.environ.get(LAUNCHER_ENV)
+           else f"start a new run: {direct_command(default_run_name(cfg.name))}")
+    ended = (f"reached train.target_accuracy at epoch {c.epoch} of {cfg.train.epochs}"
+             if stopped_at_target else f"finished its {cfg.train.epochs} epochs")
+    log.warning("run %s already %s (%s): nothing to train. To train this setup again, %s", run_dir.name, ended,
+                result, how)
+
+
+def announce_continue(end: EndReason, c: Counters, dist: DistInfo, run_dir: Path) -> None:
+    """A resumable ending, run without launch.sh: rank 0 prints the command that continues it, last.
+
+    It is printed at exit, after everything else (a crash's traceback included); under launch.sh
+    the launcher prints it after torchrun's own report instead."""
+    if not dist.is_main or os.environ.get(LAUNCHER_ENV):
+        return
+    name, command = run_dir.name, direct_command(run_dir.name)
+    why = {EndReason.PREEMPTED: f"stopped at step {c.global_step} (checkpoint written)",
+           EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
+    atexit.register(print, f"run {name} {why}; to continue it from its latest checkpoint: {command}",
+                    file=sys.stderr, flush=True)

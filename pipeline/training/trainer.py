@@ -13,10 +13,7 @@ pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to ac
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import sys
 import time
 from typing import Any
 
@@ -30,8 +27,7 @@ from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
-from pipeline.runs.continuation import LAUNCHER_ENV, direct_command
-from pipeline.runs.rundir import default_run_name, discard_failed_start, open_run_dir, save_run_config, setup_logging
+from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
@@ -39,7 +35,8 @@ from pipeline.training.ema import name_evaluations
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
 from pipeline.training.step import evaluate
-from pipeline.training.summary import evaluate_checkpoint, final_summary, report_final
+from pipeline.training.summary import (announce_continue, evaluate_checkpoint, final_summary, report_done_before,
+                                      report_final, report_nonfinite)
 from pipeline.training.tta import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
@@ -99,19 +96,14 @@ class Trainer:
         if self.cfg.eval.only:
             return self.evaluate_only()
         if self.done_before:
-            self.report_done_before()
+            report_done_before(self.counters, self.cfg, self.dist, self.run_dir, self.stopped_at_target)
         self.stop.install()
         end, code = EndReason.CRASHED, ExitCode.ERROR  # unless the loop ends on its own
         try:
             end = self.run_epochs()
             code = end.exit_code
         except NonFiniteLossError as exc:
-            # A resumed run keeps the checkpoint's optimizer and schedule state, learning rate included:
-            # a lower optim.lr takes effect only in a new run.
-            log.error("stopping: %s. Checkpoints in %s were not overwritten. Resuming replays the same batches at "
-                      "the same learning rate (a new optim.lr does not apply to a resumed run): if the streak is "
-                      "transient, resume with a higher train.nonfinite_limit; a lower learning rate needs a new run "
-                      "(e.g. optim.lr=%g)", exc, self.run_dir, self.cfg.optim.lr / 2)
+            report_nonfinite(exc, self.run_dir, self.cfg.optim.lr)
             end, code = EndReason.NONFINITE, ExitCode.NONFINITE
         except BaseException as exc:
             code = crash_exit_code(exc)  # W&B and summary.json say "crashed"; the traceback goes on up
@@ -142,33 +134,6 @@ class Trainer:
                          self.cfg.train.epochs, 100 * c.final["val/top1"], 100 * self.cfg.train.target_accuracy)
             return EndReason.TARGET_REACHED
         return EndReason.FINISHED
-
-    def report_done_before(self) -> None:
-        """The same command again after the run finished: nothing to train; say so, and how to start anew."""
-        if not self.dist.is_main:
-            return
-        c, name = self.counters, self.run_dir.name
-        result = (f"final top-1 {100 * c.final['val/top1']:.2f}% (epoch {c.final['epoch']}), best "
-                  f"{100 * c.best_top1:.2f}% (epoch {c.best_epoch})" if c.final else "no evaluation")
-        how = ("start a new run (./launch.sh --new with the same arguments)" if os.environ.get(LAUNCHER_ENV)
-               else f"start a new run: {direct_command(default_run_name(self.cfg.name))}")
-        ended = (f"reached train.target_accuracy at epoch {c.epoch} of {self.cfg.train.epochs}"
-                 if self.stopped_at_target else f"finished its {self.cfg.train.epochs} epochs")
-        log.warning("run %s already %s (%s): nothing to train. To train this setup again, %s", name, ended, result,
-                    how)
-
-    def announce_continue(self, end: EndReason) -> None:
-        """A resumable ending, run without launch.sh: rank 0 prints the command that continues it, last.
-
-        It is printed at exit, after everything else (a crash's traceback included); under launch.sh
-        the launcher prints it after torchrun's own report instead."""
-        if not self.dist.is_main or os.environ.get(LAUNCHER_ENV):
-            return
-        name, command = self.run_dir.name, direct_command(self.run_dir.name)
-        why = {EndReason.PREEMPTED: f"stopped at step {self.counters.global_step} (checkpoint written)",
-               EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
-        atexit.register(print, f"run {name} {why}; to continue it from its latest checkpoint: {command}",
-                        file=sys.stderr, flush=True)
 
     def evaluate_only(self) -> ExitCode:
         """eval.only: evaluate the restored weights (eval.json), then close W&B with the exit code."""
@@ -271,7 +236,7 @@ class Trainer:
             summary = final_summary(self.counters, self.meter, self.dist, all_ranks=end is not EndReason.CRASHED)
             self.records.summary(summary)
             if end in (EndReason.PREEMPTED, EndReason.NONFINITE, EndReason.CRASHED):
-                self.announce_continue(end)
+                announce_continue(end, self.counters, self.dist, self.run_dir)
             elif not self.done_before:
                 report_final(self.counters, self.cfg.train, self.dist, summary.get("perf/mean_images_per_sec", 0.0),
                              self.run_dir)
