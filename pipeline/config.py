@@ -15,6 +15,7 @@ default, its meaning and its unit. Components receive only their own section
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
 import sys
@@ -795,9 +796,7 @@ def validated_yaml(cfg: Config, resolved: bool = False) -> str:
     return "\n".join(head) + "\n" + cfg.to_yaml()
 
 
-def build_parser() -> "argparse.ArgumentParser":
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.config", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print the config that CONFIG.yaml and key=value overrides describe, validated by the schema "

@@ -119,7 +119,7 @@ def test_nodes_without_a_shared_run_directory_stop_before_training(tmp_path):
         assert "epoch 1/" not in out  # nothing trained
     message = next(line for line in outputs[0].splitlines() if "logging.runs_dir must be" in line)
     local = [str(view / "runs" / "local-disks") for view in views]
-    assert (f"run directory {local[0]} (rank 0 on " in message and f"rank 1 on " in message
+    assert (f"run directory {local[0]} (rank 0 on " in message and "rank 1 on " in message
             and f"finds no such directory at {local[1]}" in message) or (
             f"run directory {local[1]} (rank 0 on " in message and f"finds no such directory at {local[0]}" in message)
     for view in views:
