@@ -1,6 +1,7 @@
 """The DALI graph: read, decode, resize the shorter side, crop + flip; uint8 out (or standardized on CPU).
 
-One function builds the graph for every source and device. On GPU the JPEG decoder is DALI's
+One function builds the graph for every source and device (`GraphSettings`: device, batches,
+output; shared with the crop graph). On GPU the JPEG decoder is DALI's
 `mixed` one and the resize and crop run as GPU operators; on CPU (`device_id=None`) the same code
 builds CPU operators, and a CPU graph feeding a GPU trainer ends with a copy to the GPU inside
 DALI (so it overlaps with training).
@@ -126,6 +127,60 @@ class DecoderOptions:
                     **hints)
 
 
+@dataclass(frozen=True)
+class GraphSettings:
+    """What both graphs share: where they run, their batches and threads, and what they emit.
+
+    `output`: uint8, or normalized float32/float16: per image with `std_eps`, or per channel with
+    `channel_stats`. A CPU graph (`device="cpu"`) with a `device_id` copies its outputs to that GPU
+    at the end. `stop_after` ("read", "decode", "resize") truncates the graph, for the benchmark's
+    per-stage breakdown only.
+    """
+
+    device: Literal["gpu", "cpu"]
+    device_id: int | None
+    batch_size: int
+    num_threads: int
+    prefetch_queue_depth: int
+    seed: int
+    output: Literal["uint8", "float32", "float16"] = "uint8"
+    std_eps: float = 1e-5
+    channel_stats: ChannelStats | None = None
+    decoder: DecoderOptions = DecoderOptions()
+    stop_after: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stop_after not in (None, *STAGES[:-1]):
+            raise ValueError(f"stop_after must be one of {STAGES[:-1]}, got {self.stop_after!r}")
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "gpu"
+
+    def decoder_arguments(self) -> dict[str, Any]:
+        return self.decoder.arguments(self.gpu)
+
+    def finish(self, images: Any, labels: Any, **window: Any) -> tuple[Any, Any]:
+        """The graph's last step and its outputs: crop/mirror (`window`) and normalize, then the
+        copy to the trainer's GPU where the graph runs on the CPU for a GPU trainer."""
+        images = crop_mirror_normalize(images, self.output, self.std_eps, self.channel_stats, **window)
+        if self.gpu:
+            return images, labels.gpu()
+        if self.device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI
+            return images.gpu(), labels.gpu()
+        return images, labels
+
+    def build(self, graph: Callable[..., Any]) -> Any:
+        """The built pipeline of a `@pipeline_def` graph."""
+        pipe = graph(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+                     seed=self.seed, prefetch_queue_depth=self.prefetch_queue_depth)
+        with warnings.catch_warnings():
+            if self.stop_after is not None:  # a truncated graph leaves the per-sample arguments unused, on purpose
+                warnings.filterwarnings("ignore", message="The external source node .* not used")
+            pipe.build()
+        return pipe
+
+
 def _interp_types(codes: Any) -> Any:
     """INTERPOLATIONS indices -> DALI interpolation types (nearest, linear, cubic), per sample."""
     from nvidia.dali import fn, types
@@ -155,14 +210,6 @@ def crop_mirror_normalize(images: Any, output: str, std_eps: float, channel_stat
     return images
 
 
-def graph_outputs(images: Any, labels: Any, gpu: bool, device_id: int | None) -> tuple[Any, Any]:
-    if gpu:
-        return images, labels.gpu()
-    if device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI
-        return images.gpu(), labels.gpu()
-    return images, labels
-
-
 def _resize_filter(spec: Any, arg: dict[str, Any]) -> Any:
     from nvidia.dali import types
 
@@ -176,40 +223,22 @@ def build_pipeline(
     arguments: Callable[[Any], tuple[Any, ...]],
     samples: Callable[[Any], Any],
     spec: AugmentSpec,
+    settings: GraphSettings,
     *,
     sample_kind: Literal["paths", "encoded", "arrays", "resident"],
-    device: Literal["gpu", "cpu"],
-    device_id: int | None,
-    batch_size: int,
-    num_threads: int,
-    prefetch_queue_depth: int,
-    seed: int,
     samples_stream: Any = None,
-    output: Literal["uint8", "float32", "float16"] = "uint8",
-    std_eps: float = 1e-5,
-    channel_stats: ChannelStats | None = None,
-    decoder: DecoderOptions = DecoderOptions(),
-    stop_after: str | None = None,
 ) -> Any:
-    """A built DALI pipeline with outputs (images HWC, labels int64).
-
-    Images are uint8 (`output="uint8"`), or normalized in float32 or float16: per image with
-    `std_eps`, or per channel with `channel_stats`.
+    """A built DALI pipeline with outputs (images HWC, labels int64), as `settings` say.
 
     Two batch callbacks feed it, both called with DALI's batch_info and raising StopIteration at
     the end of an epoch: `arguments` returns (labels, *per-sample augmentation arguments in
     `spec.argument_names` order), `samples` the images: file paths as uint8 arrays (`sample_kind="paths"`,
     read by DALI's C++ file reader), encoded image bytes ("encoded"), uint8 HWC arrays ("arrays"),
     or uint8 HWC arrays already on the GPU, made on `samples_stream` ("resident").
-    A CPU graph (`device="cpu"`) with a `device_id` copies its outputs to that GPU at the end.
-    `stop_after` ("read", "decode", "resize") truncates the graph, for the benchmark's per-stage
-    breakdown only.
     """
-    if stop_after not in (None, *STAGES[:-1]):
-        raise ValueError(f"stop_after must be one of {STAGES[:-1]}, got {stop_after!r}")
     from nvidia.dali import fn, pipeline_def, types
 
-    gpu = device == "gpu"
+    stop_after = settings.stop_after
 
     @pipeline_def
     def graph():
@@ -227,61 +256,33 @@ def build_pipeline(
         if stop_after == "read":
             return data, labels
         if sample_kind in ("arrays", "resident"):
-            images = data.gpu() if gpu and sample_kind == "arrays" else data
+            images = data.gpu() if settings.gpu and sample_kind == "arrays" else data
         else:
-            images = fn.decoders.image(data, output_type=types.RGB, **decoder.arguments(gpu))
+            images = fn.decoders.image(data, output_type=types.RGB, **settings.decoder_arguments())
         if stop_after == "decode":
             return images, labels
         images = fn.resize(images, resize_shorter=arg["side"], interp_type=_resize_filter(spec, arg))
         if stop_after == "resize":
             return images, labels
-        images = crop_mirror_normalize(
-            images, output, std_eps, channel_stats, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"],
-            crop_pos_y=arg["crop_y"], mirror=arg["mirror"])
-        return graph_outputs(images, labels, gpu, device_id)
+        return settings.finish(images, labels, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"],
+                               crop_pos_y=arg["crop_y"], mirror=arg["mirror"])
 
-    pipe = graph(
-        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-        prefetch_queue_depth=prefetch_queue_depth,
-    )
-    with warnings.catch_warnings():
-        if stop_after is not None:  # a truncated graph leaves the augmentation arguments unused, on purpose
-            warnings.filterwarnings("ignore", message="The external source node .* not used")
-        pipe.build()
-    return pipe
+    return settings.build(graph)
 
 
-def build_crop_pipeline(
-    source: Callable[[Any], tuple[Any, ...]],
-    spec: Any,
-    *,
-    device: Literal["gpu", "cpu"],
-    device_id: int | None,
-    batch_size: int,
-    num_threads: int,
-    prefetch_queue_depth: int,
-    seed: int,
-    output: Literal["uint8", "float32", "float16"] = "uint8",
-    std_eps: float = 1e-5,
-    channel_stats: ChannelStats | None = None,
-    decoder: DecoderOptions = DecoderOptions(),
-    stop_after: str | None = None,
-) -> Any:
+def build_crop_pipeline(source: Callable[[Any], tuple[Any, ...]], spec: Any, settings: GraphSettings) -> Any:
     """The random-resized-crop graph (spec: crops.CropSpec), outputs (images HWC, labels int64) as build_pipeline's.
 
     One batch callback (`source`, crops.CropSource) gives (encoded images, labels, anchor (x, y),
     shape (width, height), mirror[, interp]) per sample. The decoder decodes only that window
     (`roi_decode`; else the whole image, then `fn.slice`); the window is resized to out_side x
     out_side (antialiased when shrinking, as torchvision's antialias=True) and flipped in the last
-    step. On the GPU the decoder is `mixed` (`decoder`: hardware share, buffer hints). The stages
-    for the benchmark: read (the bytes), decode (the decoded window), resize, full.
+    step. On the GPU the decoder is `mixed` (`settings.decoder`: hardware share, buffer hints). The
+    stages for the benchmark: read (the bytes), decode (the decoded window), resize, full.
     """
-    if stop_after not in (None, *STAGES[:-1]):
-        raise ValueError(f"stop_after must be one of {STAGES[:-1]}, got {stop_after!r}")
     from nvidia.dali import fn, pipeline_def, types
 
-    gpu = device == "gpu"
-    names = spec.argument_names
+    stop_after, names = settings.stop_after, spec.argument_names
 
     @pipeline_def
     def graph():
@@ -293,9 +294,9 @@ def build_crop_pipeline(
         window = dict(axis_names="WH", normalized_anchor=False, normalized_shape=False)
         if spec.roi_decode:
             images = fn.decoders.image_slice(data, arg["anchor"], arg["shape"], output_type=types.RGB,
-                                             **window, **decoder.arguments(gpu))
+                                             **window, **settings.decoder_arguments())
         else:
-            images = fn.decoders.image(data, output_type=types.RGB, **decoder.arguments(gpu))
+            images = fn.decoders.image(data, output_type=types.RGB, **settings.decoder_arguments())
             images = fn.slice(images, arg["anchor"], arg["shape"], **window)
         if stop_after == "decode":
             return images, labels
@@ -303,15 +304,6 @@ def build_crop_pipeline(
                            antialias=True)
         if stop_after == "resize":
             return images, labels
-        images = crop_mirror_normalize(images, output, std_eps, channel_stats, mirror=arg["mirror"])
-        return graph_outputs(images, labels, gpu, device_id)
+        return settings.finish(images, labels, mirror=arg["mirror"])
 
-    pipe = graph(
-        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-        prefetch_queue_depth=prefetch_queue_depth,
-    )
-    with warnings.catch_warnings():
-        if stop_after is not None:  # a truncated graph leaves the per-sample arguments unused, on purpose
-            warnings.filterwarnings("ignore", message="The external source node .* not used")
-        pipe.build()
-    return pipe
+    return settings.build(graph)

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from pipeline.data.crops import CropSource, CropSpec
-from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, build_crop_pipeline, build_pipeline,
-                                      draw_augmentation)
+from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, GraphSettings, build_crop_pipeline,
+                                      build_pipeline, draw_augmentation)
 from pipeline.data.images import find_bad_images
 from pipeline.data.readers import ReaderSamples, batch_reader
 from pipeline.data.sampler import ShardedBatches
@@ -225,16 +225,17 @@ class DaliLoader:
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
         output = "uint8" if self.outputs_on_gpu else ("float16" if dtype == torch.float16 else "float32")
         history = prefetch_queue_depth + 2
-        common = dict(device=dali_device, device_id=device.index if self.outputs_on_gpu else None,
-                      batch_size=plan.batch_size, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
-                      seed=seed, output=output, std_eps=std_eps, channel_stats=channel_stats, decoder=decoder,
-                      stop_after=None if stop_after == "full" else stop_after)
+        settings = GraphSettings(
+            device=dali_device, device_id=device.index if self.outputs_on_gpu else None, batch_size=plan.batch_size,
+            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, seed=seed, output=output,
+            std_eps=std_eps, channel_stats=channel_stats, decoder=decoder,
+            stop_after=None if stop_after == "full" else stop_after)
         if isinstance(spec, CropSpec):  # random-resized crops: the window needs the bytes' header sizes
             reader = batch_reader(images, plan, with_sizes=True, ahead=history)
             source = CropSource(images.labels, plan, spec, reader, seed, position, history)
             self.recent = source.recent
             self.callbacks: tuple[Any, ...] = (source,)  # what DALI calls per batch, on the training thread
-            self.pipe = build_crop_pipeline(source, spec, **common)
+            self.pipe = build_crop_pipeline(source, spec, settings)
         else:
             arguments = ArgumentSource(images, plan, spec, seed, position, history=history)
             self.recent = arguments.recent
@@ -244,8 +245,8 @@ class DaliLoader:
             else:
                 samples = SampleSource(images, plan, position, kind, device)
             self.callbacks = (arguments, samples)
-            self.pipe = build_pipeline(arguments, samples, spec, sample_kind=kind,
-                                       samples_stream=samples.stream if kind == "resident" else None, **common)
+            self.pipe = build_pipeline(arguments, samples, spec, settings, sample_kind=kind,
+                                       samples_stream=samples.stream if kind == "resident" else None)
         self.raw = stop_after is not None  # benchmark stage timing: yield DALI's outputs untouched
         self.section = no_section  # the host-overhead ledger's hook (pipeline/sections.py)
         self._in_flight: deque[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = deque()
