@@ -28,18 +28,49 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def check_plan(plan: "ShardedBatches | ShardStreamBatches") -> None:
-    """A plan's rank, batch size and (training) sample count make sense, or ValueError says which does not."""
-    if not 0 <= plan.rank < plan.world_size:
-        raise ValueError(f"rank {plan.rank} is outside world size {plan.world_size}")
-    if plan.batch_size <= 0:
-        raise ValueError(f"batch size must be positive, got {plan.batch_size}")
-    if plan.drop_last and plan.num_samples < plan.global_batch_size:
-        raise ValueError(f"{plan.num_samples} samples cannot fill one global batch of {plan.global_batch_size} images")
+class RankPlan:
+    """What both index plans compute alike from num_samples, batch_size, rank, world_size, drop_last
+    and max_steps: validation, the global batch, rank r's contiguous part [r*N//W, (r+1)*N//W) and
+    the steps per epoch. Training runs N // G steps on every rank ((N // W) // B, the smallest part's
+    full batches, is the same number); evaluation the batches of the rank's part, the last partial."""
+
+    num_samples: int
+    batch_size: int
+    rank: int
+    world_size: int
+    drop_last: bool
+    max_steps: int
+
+    def __post_init__(self) -> None:
+        """The rank, batch size and (training) sample count make sense, or ValueError says which does not."""
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if self.drop_last and self.num_samples < self.global_batch_size:
+            raise ValueError(f"{self.num_samples} samples cannot fill one global batch of {self.global_batch_size} "
+                             "images")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def rank_part(self) -> tuple[int, int]:
+        n, w, r = self.num_samples, self.world_size, self.rank
+        return r * n // w, (r + 1) * n // w
+
+    def __len__(self) -> int:
+        """Steps per epoch on this rank: equal on every rank when training."""
+        if self.drop_last:
+            steps = self.num_samples // self.global_batch_size
+        else:
+            start, end = self.rank_part()
+            steps = -(-(end - start) // self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
 @dataclass(frozen=True)
-class ShardedBatches:
+class ShardedBatches(RankPlan):
     num_samples: int  # N, the whole split
     batch_size: int  # per rank
     rank: int  # global rank
@@ -49,26 +80,6 @@ class ShardedBatches:
     seed: int = 0
     max_steps: int = 0  # cap on steps per epoch; 0 = none
     _orders: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # {epoch: order}
-
-    def __post_init__(self) -> None:
-        check_plan(self)
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    def _shard_bounds(self) -> tuple[int, int]:
-        n, w, r = self.num_samples, self.world_size, self.rank
-        return r * n // w, (r + 1) * n // w
-
-    def __len__(self) -> int:
-        """Steps per epoch on this rank."""
-        if self.drop_last:
-            steps = self.num_samples // self.global_batch_size
-        else:
-            start, end = self._shard_bounds()
-            steps = -(-(end - start) // self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The order all ranks agree on for this epoch."""
@@ -87,7 +98,7 @@ class ShardedBatches:
         if self.drop_last:
             begin = step * self.global_batch_size + self.rank * self.batch_size
             return begin, begin + self.batch_size
-        start, end = self._shard_bounds()
+        start, end = self.rank_part()
         begin = start + step * self.batch_size
         return begin, min(begin + self.batch_size, end)
 
@@ -123,7 +134,7 @@ def buffer_shuffle(n: int, buffer_size: int, rng: np.random.Generator) -> np.nda
 
 
 @dataclass(frozen=True)
-class ShardStreamBatches:
+class ShardStreamBatches(RankPlan):
     """The index plan for tar shards: per-epoch shard order, contiguous parts per rank, a shuffle buffer.
 
     Sample indices follow the listing (shards in name order, each shard's samples contiguous, in
@@ -142,36 +153,16 @@ class ShardStreamBatches:
     max_steps: int = 0  # cap on steps per epoch; 0 = none
     _streams: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # {epoch: (stream, order)}
 
-    def __post_init__(self) -> None:
-        check_plan(self)
-
     @property
     def num_samples(self) -> int:
         return sum(self.shard_sizes)
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    def _part(self) -> tuple[int, int]:
-        n, w, r = self.num_samples, self.world_size, self.rank
-        return r * n // w, (r + 1) * n // w
-
-    def __len__(self) -> int:
-        """Steps per epoch on this rank: equal on every rank when training."""
-        if self.drop_last:
-            steps = (self.num_samples // self.world_size) // self.batch_size  # the smallest part's full batches
-        else:
-            start, end = self._part()
-            steps = -(-(end - start) // self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
 
     def epoch_stream(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(stream, order): this rank's samples in the order they are read, and the positions in
         `stream` in the order they are used (batch s is stream[order[s*B:(s+1)*B]])."""
         cached = self._streams.get(epoch)  # the shard reader's thread asks too: no check-then-lookup
         if cached is None:
-            start, end = self._part()
+            start, end = self.rank_part()
             if self.shuffle:
                 firsts = np.cumsum([0, *self.shard_sizes[:-1]])
                 shards = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard_sizes))
