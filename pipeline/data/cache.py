@@ -37,10 +37,9 @@ import torch
 
 from pipeline.data.dali_graph import AugmentSpec
 from pipeline.data.dali_loader import DaliLoader
-from pipeline.data.images import find_bad_images
+from pipeline.data.images import REMOVE_OR_SKIP, find_bad_images, undecodable_error
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
-from pipeline.errors import BadImageError
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +122,7 @@ def check_decodable(sets: list[ImageSet]) -> None:
     """Raise BadImageError naming every file Pillow cannot decode (before DALI sees them)."""
     bad = [msg for s in sets for _, msg in find_bad_images(range(len(s)), s.read_encoded, s.names)]
     if bad:
-        shown = "; ".join(bad[:20]) + (f" (and {len(bad) - 20} more)" if len(bad) > 20 else "")
-        raise BadImageError(f"{len(bad)} undecodable image(s): {shown} (remove them, or set data.check_images=skip "
-                            "to leave bad files out)")
+        raise undecodable_error(bad, REMOVE_OR_SKIP)
 
 
 def decode_once(sets: list[ImageSet], *, num_threads: int, max_bytes: float, checked: bool = False) -> list[ImageSet]:

@@ -30,11 +30,10 @@ import torch
 from pipeline.data.crops import CropSource, CropSpec
 from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, GraphSettings, build_crop_pipeline,
                                       build_pipeline, draw_augmentation)
-from pipeline.data.images import find_bad_images
+from pipeline.data.images import REMOVE_OR_SKIP, find_bad_images, undecodable_error
 from pipeline.data.readers import ReaderSamples, batch_reader
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
-from pipeline.errors import BadImageError
 from pipeline.sections import no_section
 
 log = logging.getLogger(__name__)
@@ -169,14 +168,14 @@ class SampleSource:
 
     def __call__(self, info: Any) -> Any:
         epoch, step = self.position(info)
-        begin, end = self.plan.bounds(step)
         if self.kind == "resident":
             with torch.cuda.stream(self.stream):
                 if epoch != self.epoch:
                     order = torch.from_numpy(self.plan.epoch_order(epoch)).pin_memory()
                     self.epoch, self.order = epoch, order.to(self.device, non_blocking=True)
+                begin, end = self.plan.bounds(step)
                 return self.samples[self.order[begin:end]]
-        idx = self.plan.epoch_order(epoch)[begin:end]
+        idx = self.plan.indices(epoch, step)
         if self.kind == "arrays":
             return self.samples[idx]
         return [self.samples[i] for i in idx]
@@ -240,8 +239,7 @@ class DaliLoader:
             arguments = ArgumentSource(images, plan, spec, seed, position, history=history)
             self.recent = arguments.recent
             if images.members is not None:  # tar shards: read in the plan's order by the shard reader
-                samples: Any = ReaderSamples(plan, batch_reader(images, plan, with_sizes=False, ahead=history),
-                                             position)
+                samples: Any = ReaderSamples(batch_reader(images, plan, with_sizes=False, ahead=history), position)
             else:
                 samples = SampleSource(images, plan, position, kind, device)
             self.callbacks = (arguments, samples)
@@ -304,8 +302,7 @@ class DaliLoader:
         bad = find_bad_images(candidates, self.images.read_encoded, self.images.names)
         if not bad:
             return exc
-        return BadImageError("undecodable image(s): " + "; ".join(msg for _, msg in bad)
-                             + " (remove them, or set data.check_images=skip to leave bad files out)")
+        return undecodable_error([msg for _, msg in bad], REMOVE_OR_SKIP)
 
     def state_dict(self) -> dict[str, Any]:
         """The consumer's position (epoch, batches of it handed out), to restore this loader exactly.

@@ -77,6 +77,15 @@ def find_bad_images(indices: Iterable[int], read: Callable[[int], np.ndarray | b
         return [r for r in pool.map(check, list(indices)) if r is not None]
 
 
+REMOVE_OR_SKIP = " (remove them, or set data.check_images=skip to leave bad files out)"
+
+
+def undecodable_error(problems: list[str], hint: str = "") -> BadImageError:
+    """The one error for files that do not decode: how many, the first 20 ("name: reason"), a hint."""
+    shown = "; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else "")
+    return BadImageError(f"{len(problems)} undecodable image(s): {shown}{hint}")
+
+
 # ------------------------------------------------------------------------------- image sizes
 
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic).

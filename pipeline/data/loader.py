@@ -29,10 +29,10 @@ import torch
 from pipeline.data.crops import CropSpec
 from pipeline.data.dali_graph import STAGES, AugmentSpec, ChannelStats, DecoderOptions
 from pipeline.data.dali_loader import Batch, DaliLoader
-from pipeline.data.images import find_bad_images
+from pipeline.data.images import find_bad_images, undecodable_error
 from pipeline.data.sampler import ShardedBatches, ShardStreamBatches
 from pipeline.data.sources import ImageSet, open_source
-from pipeline.errors import BadImageError, ConfigError
+from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ def scan_image_set(images: ImageSet, mode: str) -> ImageSet:
     if not bad:
         return images
     if mode == "error":
-        shown = "; ".join(msg for _, msg in bad[:20])
-        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
-        raise BadImageError(f"{len(bad)} undecodable image(s): {shown}{more}")
+        raise undecodable_error([msg for _, msg in bad])
     keep = np.setdiff1d(np.arange(len(images)), [i for i, _ in bad])
     log.warning("data.check_images=skip: left out %d undecodable file(s), e.g. %s", len(bad), bad[0][1])
     return images.subset(keep)

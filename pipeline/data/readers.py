@@ -42,15 +42,21 @@ class BatchReader(Protocol):
     def batch(self, epoch: int, step: int) -> EncodedBatch: ...
 
 
-def _sized(images: ImageSet, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _read_one(images: ImageSet, index: int, with_sizes: bool) -> Any:
+    """One image's bytes, with its decoded (height, width) if asked."""
     data = images.fetch_encoded(index)
-    return data, image_size(data, images.names[index])
+    return (data, image_size(data, images.names[index])) if with_sizes else data
 
 
 def _batch(items: list[Any], with_sizes: bool) -> EncodedBatch:
     if not with_sizes:
         return EncodedBatch(items, None)
     return EncodedBatch([d for d, _ in items], np.asarray([s for _, s in items], np.int64).reshape(-1, 2))
+
+
+def _read_batch(images: ImageSet, plan: Any, with_sizes: bool, epoch: int, step: int) -> EncodedBatch:
+    """The batch of plan.indices(epoch, step), read in plan order."""
+    return _batch([_read_one(images, int(i), with_sizes) for i in plan.indices(epoch, step)], with_sizes)
 
 
 class MemoryReader:
@@ -60,8 +66,7 @@ class MemoryReader:
         self.images, self.plan, self.with_sizes = images, plan, with_sizes
 
     def batch(self, epoch: int, step: int) -> EncodedBatch:
-        read = (lambda i: _sized(self.images, i)) if self.with_sizes else self.images.fetch_encoded
-        return _batch([read(int(i)) for i in self.plan.indices(epoch, step)], self.with_sizes)
+        return _read_batch(self.images, self.plan, self.with_sizes, epoch, step)
 
 
 class FileReader:
@@ -72,14 +77,11 @@ class FileReader:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="file-reader")
         self.pending: dict[tuple[int, int], Future] = {}
 
-    def _read(self, epoch: int, step: int) -> EncodedBatch:
-        read = (lambda i: _sized(self.images, i)) if self.with_sizes else self.images.fetch_encoded
-        return _batch([read(int(i)) for i in self.plan.indices(epoch, step)], self.with_sizes)
-
     def batch(self, epoch: int, step: int) -> EncodedBatch:
         for ahead in range(step, min(step + self.ahead + 1, len(self.plan))):
             if (epoch, ahead) not in self.pending:
-                self.pending[(epoch, ahead)] = self.pool.submit(self._read, epoch, ahead)
+                self.pending[(epoch, ahead)] = self.pool.submit(_read_batch, self.images, self.plan, self.with_sizes,
+                                                                epoch, ahead)
         future = self.pending.pop((epoch, step))
         for key in [k for k in self.pending if k[0] != epoch or k[1] < step]:  # an epoch or a resume left behind
             self.pending.pop(key).cancel()
@@ -123,7 +125,7 @@ class ShardStreamReader:
             at = self._next
             if first <= emitted_at[at] < used:
                 index = int(self._stream[at])
-                self._held[at] = _sized(self.images, index) if self.with_sizes else self.images.fetch_encoded(index)
+                self._held[at] = _read_one(self.images, index, self.with_sizes)
             self._next += 1
         return _batch([self._held.pop(int(p)) for p in positions], self.with_sizes)
 
@@ -162,8 +164,8 @@ def batch_reader(images: ImageSet, plan: Any, *, with_sizes: bool, ahead: int) -
 class ReaderSamples:
     """Batch callback of the reference graph for samples Python reads (tar shards): their bytes."""
 
-    def __init__(self, plan: Any, reader: BatchReader, position: Any) -> None:
-        self.plan, self.reader, self.position = plan, reader, position  # position: dali_loader.Position
+    def __init__(self, reader: BatchReader, position: Any) -> None:
+        self.reader, self.position = reader, position  # position: dali_loader.Position
 
     def __call__(self, info: Any) -> list[np.ndarray]:
         return self.reader.batch(*self.position(info)).data

@@ -300,8 +300,7 @@ def load_imagefolder(root: str | Path, train_split: str, eval_split: str, eval_l
         if root.is_file():
             raise DataError(f"data.eval_labels: a flat validation folder must be a directory, not inside {root}")
         train = list_folder_split(root, train_split)
-        split = eval_split if eval_split != "auto" else resolve_eval_split(
-            [p.name for p in root.iterdir() if p.is_dir()], "auto", str(root))
+        split = resolve_eval_split([p.name for p in root.iterdir() if p.is_dir()], eval_split, str(root))
         return train, list_flat_split(root / split, Path(eval_labels).expanduser(), eval_label_map, train.classes)
     if root.is_file():
         if not _is_archive(root):

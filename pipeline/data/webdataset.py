@@ -281,12 +281,17 @@ def find_shards(base: Path, spec: str, key: str) -> list[Path]:
         if missing:
             raise DataError(f"{where}: lists {missing[0]}, which does not exist")
     else:
-        shards = sorted({*base.glob(f"{spec}-*.tar"), *(base / spec).glob("*.tar")})
+        shards = _named_shards(base, spec)
     if not shards:
         named = _is_pattern(spec) or spec.endswith((".txt", ".tar"))
         raise DataError(f"{key}: no shards for {spec!r} (looked for {where}"
                         + ("" if named else f"-*.tar and {where}/*.tar") + ")")
     return shards
+
+
+def _named_shards(base: Path, name: str) -> list[Path]:
+    """The shards a split name stands for: base/NAME-*.tar and base/NAME/*.tar."""
+    return sorted({*base.glob(f"{name}-*.tar"), *(base / name).glob("*.tar")})
 
 
 def _read_label(members: ShardMembers, shard: int, member: Member) -> int:
@@ -362,13 +367,14 @@ def split_shards(root: str | Path, train_split: str, eval_split: str) -> tuple[P
     else:
         raise DataError(f"data.root: {root} is not a folder of shards, a glob or a .txt list of shards")
     train_shards = find_shards(base, train_spec, "data.train_split")
-    if eval_split == "auto":
-        eval_split = next((name for name in EVAL_SPLIT_CANDIDATES
-                           if list(base.glob(f"{name}-*.tar")) or list((base / name).glob("*.tar"))), None)
-        if eval_split is None:
-            raise DataError(f"{base}: no validation shards (looked for {', '.join(EVAL_SPLIT_CANDIDATES)}-*.tar "
-                            "and sub-folders); set data.eval_split")
-    return base, train_shards, find_shards(base, eval_split, "data.eval_split")
+    if eval_split != "auto":
+        return base, train_shards, find_shards(base, eval_split, "data.eval_split")
+    eval_shards = next((found for found in (_named_shards(base, name) for name in EVAL_SPLIT_CANDIDATES) if found),
+                       None)
+    if eval_shards is None:
+        raise DataError(f"{base}: no validation shards (looked for {', '.join(EVAL_SPLIT_CANDIDATES)}-*.tar "
+                        "and sub-folders); set data.eval_split")
+    return base, train_shards, eval_shards
 
 
 def list_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ShardSplit, ShardSplit, list[str]]:
