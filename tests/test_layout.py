@@ -138,3 +138,14 @@ def test_the_trainer_stays_short():
     tree = ast.parse((REPO / "pipeline" / "training" / "trainer.py").read_text())
     (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
     assert trainer.end_lineno - trainer.lineno + 1 <= 200
+
+
+def test_run_readers_load_no_torch():
+    """compare and the launcher's Python half read run directories; importing torch would cost them
+    ~2 s a call (runs/metrics.py promises it): what they import stays torch-free."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.tools.compare, pipeline.tools.launch; print(sorted(m for m in sys.modules if m == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

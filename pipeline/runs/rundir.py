@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import distributed
 from pipeline.config import Config, save_config
 from pipeline.errors import RunDirError
 
@@ -150,6 +149,8 @@ def open_run_dir(cfg: Config, is_main: bool) -> RunDir:
     token back at its own resolution of logging.runs_dir (a node with a local runs/, say) makes
     every rank stop with a RunDirError naming it, before any work.
     """
+    from pipeline import distributed  # here, not at the top: compare and the launcher read run dirs without torch
+
     name = distributed.broadcast_object(cfg.logging.run_name or (default_run_name(cfg.name) if is_main else None))
     created: tuple[str, str, str] | str = ""  # rank 0: (run directory, token, host), or what went wrong
     new_dir, lock = False, None
