@@ -146,6 +146,6 @@ def test_run_readers_load_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, pipeline.tools.compare, pipeline.tools.launch; print(sorted(m for m in sys.modules if m == 'torch'))"
+    code = "import sys, pipeline.tools.compare, pipeline.tools.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "False"
