@@ -451,6 +451,14 @@ def _scaled_milestones(milestones: list[float], epochs: int) -> str:
     return "[" + ",".join(_number(m * factor) for m in milestones) + "]"
 
 
+# What data.root is for each source that needs one (the error when it is missing says so).
+ROOT_HINTS = {
+    "imagefolder": "the folder that holds the train/ and val/ class folders (e.g. data.root=/data/my-images)",
+    "cifar10": "the folder for cifar-10-python.tar.gz (e.g. data.root=data/cifar10 data.download=true)",
+    "webdataset": "the folder of .tar shards, a glob or a list file (e.g. data.root=/data/shards; write them with "
+                  "python -m pipeline.data.shards)",
+}
+
 def _check_consistency(cfg: Config) -> None:
     """Rules that involve several fields; each error names the key to change and a value to try."""
     aug = cfg.data.train
@@ -470,15 +478,8 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.model.num_classes == "auto" and cfg.data.source == "synthetic":
         raise ConfigError("model.num_classes: auto counts the classes of the data, and data.source = synthetic "
                           "has none; give a number (e.g. model.num_classes=10)")
-    if cfg.data.source == "imagefolder" and not cfg.data.root:
-        raise ConfigError("data.root: required for data.source = imagefolder: the folder that holds the train/ and "
-                          "val/ class folders (e.g. data.root=/data/my-images)")
-    if cfg.data.source == "cifar10" and not cfg.data.root:
-        raise ConfigError("data.root: required for data.source = cifar10: the folder for cifar-10-python.tar.gz "
-                          "(e.g. data.root=data/cifar10 data.download=true)")
-    if cfg.data.source == "webdataset" and not cfg.data.root:
-        raise ConfigError("data.root: required for data.source = webdataset: the folder of .tar shards, a glob or a "
-                          "list file (e.g. data.root=/data/shards; write them with python -m pipeline.data.shards)")
+    if cfg.data.source in ROOT_HINTS and not cfg.data.root:
+        raise ConfigError(f"data.root: required for data.source = {cfg.data.source}: {ROOT_HINTS[cfg.data.source]}")
     _check_source_keys(cfg.data)
     sched, epochs = cfg.schedule, cfg.train.epochs
     if sched.name == "multistep":

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pipeline.config import Config
+from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
 # Keys that name a run rather than say what it trains (compare leaves the same ones out).
@@ -152,7 +153,7 @@ def direct_command(run_name: str, argv: list[str] | None = None, env: Mapping[st
     if "TORCHELASTIC_RUN_ID" not in env:
         return shlex.join([_python(), script, *args])
     nproc = int(env.get("LOCAL_WORLD_SIZE", "1"))
-    nodes = int(env.get("WORLD_SIZE", "1")) // max(nproc, 1)
+    nodes = node_count(env)
     restarts = env.get("TORCHELASTIC_MAX_RESTARTS", "0")
     options = [f"--nproc-per-node={nproc}"] + ([f"--max-restarts={restarts}"] if restarts != "0" else [])
     if nodes > 1:
