@@ -29,7 +29,7 @@ import torch
 
 from pipeline.bench.loader import backend_loader
 from pipeline.bench.measure import batch_consumer, measure, summarize
-from pipeline.bench.overhead import MODEL_SECTIONS, bench_overhead
+from pipeline.bench.overhead import MODEL_SECTIONS, LedgerRun, step_rows
 from pipeline.bench.train import training_rates
 from pipeline.config import Config
 from pipeline.data import load_image_sets
@@ -111,15 +111,13 @@ def bench_doctor(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[
                           "synthetic (e.g. data.source=sample)")
     per_process = 1.0 / dist.world_size
     rows = [{"what": "loader alone", **_rate(loader_rate(cfg, args, dist))}]
-    rates = training_rates(cfg, args, dist, ["synthetic", "real"])
-    rates.pop("work")
+    rates, _ = training_rates(cfg, args, dist, ["synthetic", "real"])
     rows.append({"what": "model alone (synthetic input)", **_rate(summarize([r * per_process for r in rates["synthetic"]]))})
     rows.append({"what": "end to end", **_rate(summarize([r * per_process for r in rates["real"]]))})
     bigger = cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"source": "synthetic"}),
         "train": cfg.train.model_copy(update={"global_batch_size": 4 * cfg.train.global_batch_size})})
-    rates_4x = training_rates(bigger, args, dist, ["synthetic"])
-    rates_4x.pop("work")
+    rates_4x, _ = training_rates(bigger, args, dist, ["synthetic"])
     rows.append({"what": "model alone at 4x batch", **_rate(summarize([r * per_process for r in rates_4x["synthetic"]]))})
     loader, model, e2e, model_4x = (row["images_per_sec"]["median"] for row in rows)
     within_noise = rows[2]["images_per_sec"]["max"] >= rows[1]["images_per_sec"]["min"]
@@ -133,7 +131,7 @@ def bench_doctor(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[
 
 def host_work(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     """The ledger's step (pipeline/bench/overhead.py): host and wall microseconds, operators, the costliest extra."""
-    rows = {r["component"]: r for r in bench_overhead(cfg, args, dist)}
+    rows = {r["component"]: r for r in step_rows(LedgerRun(cfg, dist), args)}
     total, extra = rows["total per step"], rows["non-model per step"]
     sections = [r for r in rows.values() if r.get("host_us") and "ops_per_step" in r
                 and r["component"] not in MODEL_SECTIONS]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from pipeline.bench.measure import batch_consumer, measure
+from pipeline.bench.report import compared_to_torchvision
 from pipeline.config import Config
 from pipeline.data import Loader, build_loader, load_image_sets
 from pipeline.data.dali_graph import STAGES
@@ -104,9 +105,7 @@ def bench_loader(cfg: Config, args: argparse.Namespace, device: torch.device) ->
                 gc.collect()
     baseline = next((r for r in rows if r["backend"] == "torchvision"), None)
     if baseline:
-        # Only rows that do the baseline's work: synthetic does none and a stage row part of it, so
-        # their ratios to torchvision (34,000x for synthetic) would be noise, not a comparison.
-        for row in rows:
-            if row["backend"] != "synthetic" and ":" not in row["backend"]:
+        for row in rows:  # only rows that do the baseline's work (synthetic would read 34,000x)
+            if compared_to_torchvision(row["backend"]):
                 row["vs_torchvision"] = row["images_per_sec"]["median"] / baseline["images_per_sec"]["median"]
     return rows

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import statistics
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -46,7 +45,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline.bench.measure import endless
+from pipeline.bench.measure import endless, summarize
 from pipeline.config import Config
 from pipeline.distributed import DistInfo, synchronize
 from pipeline.training.components import build_components, build_training_step
@@ -309,7 +308,7 @@ class LedgerRun:
             for callback in callbacks:
                 callback(info)
             times.append((time.perf_counter_ns() - t0) / 1000)
-        return _stat(times)
+        return summarize(times)
 
     def _snapshot(self, steps: int) -> dict[str, Any]:
         led = self.ledger
@@ -334,14 +333,8 @@ def _total(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "host_us_sum_of_medians": sum(r["host_us"]["median"] for r in rows if r["host_us"])}
 
 
-def _stat(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "repeats": values}
-
-
-def bench_overhead(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
-    """One row per section (per training step), then the totals, the logging boundary, one evaluation
-    batch and the batch callbacks."""
-    run = LedgerRun(cfg, dist)
+def step_rows(run: LedgerRun, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per section (per training step), the totals and the logging boundary."""
     run.run_steps(args.warmup)  # buffers, autotuning, compilation
     counted = run.count_steps(args.steps)
     times, wall_us = run.time_steps(args.steps)
@@ -352,7 +345,7 @@ def bench_overhead(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> lis
         c = counted.get(name, _empty())
         rows.append({"component": name, "ops_per_step": c["ops"], "reads_per_step": c["reads"],
                      "uploads_per_step": c["uploads"], "top_ops": c["op_names"],
-                     "host_us": _stat(times[name]) if name in times else None})
+                     "host_us": summarize(times[name]) if name in times else None})
     per_step = [r for r in rows if r["component"] != OUTSIDE]
     non_model = [r for r in per_step if r["component"] not in (*MODEL_SECTIONS, "standardize")]
     total, non = _total("total per step", per_step), _total("non-model per step", non_model)
@@ -361,6 +354,13 @@ def bench_overhead(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> lis
     boundary = counted["logging boundary"]
     rows.append({"component": "logging boundary (every logging.log_every steps)", "ops": boundary["ops"],
                  "reads": boundary["reads"], "uploads": boundary["uploads"]})
+    return rows
+
+
+def bench_overhead(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
+    """The step's rows (step_rows), then one evaluation batch and the batch callbacks."""
+    run = LedgerRun(cfg, dist)
+    rows = step_rows(run, args)
     evaluation = run.count_evaluation_batch()
     rows.append({"component": "evaluation, per batch", "ops": evaluation["ops"], "reads": evaluation["reads"],
                  "uploads": evaluation["uploads"]})
@@ -368,7 +368,8 @@ def bench_overhead(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> lis
     if callbacks is not None:
         rows.append({"component": "DALI batch callbacks (inside loader)", "host_us": callbacks})
     if dist.is_main:
+        total, non = (next(r for r in rows if r["component"] == name) for name in ("total per step",
+                                                                                   "non-model per step"))
         log.info("overhead: %d ops per step, %d of them outside the model and optimizer; %d device reads per step",
                  total["ops_per_step"], non["ops_per_step"], total["reads_per_step"])
     return rows
-

@@ -13,6 +13,12 @@ from pipeline.config import Config
 from pipeline.runs.envinfo import describe, environment
 
 
+def compared_to_torchvision(backend: str) -> bool:
+    """Whether a loader row does the torchvision baseline's work: synthetic does none and a stage row
+    ("dali:decode") part of it, so their ratios to torchvision would be noise, not a comparison."""
+    return backend != "synthetic" and ":" not in backend
+
+
 def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
     def rate(r: dict[str, Any]) -> str:
         return f"{r['median']:>10,.0f}  ({r['min']:,.0f}-{r['max']:,.0f})"
@@ -22,7 +28,7 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
         lines.append(f"{'backend':<16} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>30}  vs torchvision")
         for r in rows:
             # Results written before synthetic and stage rows lost their ratio still carry one: not shown.
-            compared = "vs_torchvision" in r and r["backend"] != "synthetic" and ":" not in r["backend"]
+            compared = "vs_torchvision" in r and compared_to_torchvision(r["backend"])
             ratio = f"{r['vs_torchvision']:.2f}x" if compared else "-"
             lines.append(f"{r['backend']:<16} {r['source']:<12} {r['batch_size']:>5} {r['workers_or_threads']:>7}  "
                          f"{rate(r['images_per_sec']):>30}  {ratio}")

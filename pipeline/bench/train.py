@@ -49,10 +49,11 @@ def training_feeds(cfg: Config, parts: Components, dist: DistInfo, feeds: list[s
     return loaders
 
 
-def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo, feeds: list[str]) -> dict[str, Any]:
+def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo,
+                   feeds: list[str]) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Images/sec per repeat of real training steps from each feed, summed over processes.
 
-    Returns {feed: [images/sec per repeat]} and "work": the steps run, and the schedule steps and
+    Returns ({feed: [images/sec per repeat]}, work): the steps run, and the schedule steps and
     EMA updates they made (equal to the steps: the trainer's step does both). Model, optimizer,
     precision, compile mode and the DALI loader come from `build_components`,
     and the step is the trainer's own (`build_training_step`: model, optimizer, schedule, the
@@ -82,18 +83,18 @@ def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo, feeds:
         del batches, loader
         gc.collect()
     # What the step did, for the record: the schedule and the EMA advanced once per step, as in training.
-    rates["work"] = {"steps": done, "schedule_steps": parts.scheduler.last_epoch,
-                     "ema_updates": int(parts.ema.n_averaged) if parts.ema is not None else 0}
-    return rates
+    work = {"steps": done, "schedule_steps": parts.scheduler.last_epoch,
+            "ema_updates": int(parts.ema.n_averaged) if parts.ema is not None else 0}
+    return rates, work
 
 
 def bench_train(cfg: Config, args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
     """End-to-end steps with synthetic input, the configured DALI loader and the torchvision baseline."""
-    rates = training_rates(cfg, args, dist, args.feeds or list(FEEDS))
+    rates, work = training_rates(cfg, args, dist, args.feeds or list(FEEDS))
     row: dict[str, Any] = {"model": cfg.model.name, "source": cfg.data.source, "processes": dist.world_size,
                            "global_batch_size": cfg.train.global_batch_size, "compile": cfg.train.compile,
                            "precision": resolve_precision(cfg.train.precision, dist.device), "size": cfg.data.train.crop,
-                           "ema_decay": cfg.train.ema_decay, "step_work": rates.pop("work")}
+                           "ema_decay": cfg.train.ema_decay, "step_work": work}
     for name, total in rates.items():
         row[f"{name}_images_per_sec"] = summarize(total)
         row[f"{name}_images_per_sec_per_process"] = summarize([t / dist.world_size for t in total])
