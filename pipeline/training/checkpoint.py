@@ -29,7 +29,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -55,18 +55,23 @@ STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
 MUST_MATCH = ("model", "train.global_batch_size", "data.source")
 
 
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """Write `obj` to `path` so that readers see either the old file or the complete new one."""
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder:
+    readers see either the old file or the complete new one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Write `obj` to `path` so that readers see either the old file or the complete new one."""
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -192,15 +197,7 @@ def parameter_digest(model: nn.Module) -> str:
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy a written checkpoint file so that readers see either the old `dst` or the complete copy."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dst.parent)
+    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
