@@ -58,9 +58,9 @@ def squeezenet1_0_bypass(num_classes: int, dropout: float = 0.5) -> nn.Module:
 @register("resnet50")
 def resnet50(num_classes: int, dropout: float = 0.5) -> nn.Module:
     """torchvision's ResNet-50, for throughput beside published figures; it has no dropout (model.dropout is unused)."""
-    from models.imagenet import resnet50 as tv_resnet50
+    from torchvision.models import resnet50 as tv_resnet50
 
-    return tv_resnet50(num_classes=num_classes)
+    return tv_resnet50(weights=None, num_classes=num_classes)
 
 
 def list_models() -> list[str]:

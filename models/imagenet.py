@@ -1,4 +1,4 @@
-"""The ImageNet-scale networks beside the reference: SqueezeNet 1.0 with simple bypass, and ResNet-50.
+"""The ImageNet-scale network beside the reference: SqueezeNet 1.0 with simple bypass.
 
     python -m models squeezenet1_0 squeezenet1_0_bypass resnet50 --size 224 --classes 1000
 
@@ -12,14 +12,14 @@ ceil-mode pools, dropout 0.5, a 1x1 conv head with ReLU, global average pooling,
 initialization) with the four bypasses added; parameter names are torchvision's, so its
 squeezenet1_0 weights load into it.
 
-`resnet50` is torchvision's, registered so that `bench model` and `bench train` figures can be set
-beside NVIDIA's published ResNet-50 AMP throughput (DeepLearningExamples: 2,470 img/s on one A100).
+ResNet-50 (`resnet50` in the registry, models/__init__.py) is torchvision's, registered so that
+`bench model` and `bench train` figures can be set beside NVIDIA's published ResNet-50 AMP
+throughput (DeepLearningExamples: 2,470 img/s on one A100).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchvision.models.squeezenet import Fire, SqueezeNet
 
 BYPASS_FIRES = (4, 7, 9, 12)  # positions of Fire 3, 5, 7, 9 in SqueezeNet 1.0's `features`
@@ -43,9 +43,3 @@ class SqueezeNet10Bypass(SqueezeNet):
                                 fire.expand3x3.out_channels)
             bypass.load_state_dict(fire.state_dict())  # keep torchvision's initialization
             self.features[position] = bypass
-
-
-def resnet50(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet50 as tv_resnet50
-
-    return tv_resnet50(weights=None, num_classes=num_classes)
