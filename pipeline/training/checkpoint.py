@@ -71,7 +71,13 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
     """Write `obj` to `path` so that readers see either the old file or the complete new one."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: Path) -> None:
+        # Into a Python file: a full disk then reads "OSError: [Errno 27] File too large" in the traceback;
+        # torch's own writer, given the path, says only "basic_ios::clear: iostream error".
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    _atomic_write(path, save)
 
 
 def _fsync_dir(path: Path) -> None:
