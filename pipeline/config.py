@@ -298,6 +298,9 @@ class CheckpointConfig(Section):
     every_steps: int = _f(0, "also write a mid-epoch checkpoint every N steps; 0 = off", ge=0)
     keep_last: int = _f(2, "step checkpoints kept (older ones deleted)", gt=0)
     save_best: bool = _f(True, "keep a copy of the best-top-1 checkpoint as 'best'")
+    accept_changes: list[str] = _f([], "continuing a run with other values of keys that change the experiment "
+                                   "(optim, schedule, data, train.epochs, ...): the keys whose new values to accept, "
+                                   "or [all]; each change is recorded in config-changes.jsonl (docs/fault-tolerance.md)")
 
 
 # ------------------------------------------------------------------------------------------ root
@@ -508,10 +511,32 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.eval.only and cfg.checkpoint.resume == "never":
         raise ConfigError("eval.only: needs a checkpoint: checkpoint.resume=auto (the latest of "
                           "logging.run_name=<run>) or checkpoint.resume=<path to a .pt file>")
+    _check_accepted_keys(cfg.checkpoint.accept_changes)
     name = cfg.logging.run_name
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
         raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir; "
                           "e.g. logging.run_name=my-run)")
+
+
+def _leaf_keys(section: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in section.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _leaf_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _check_accepted_keys(keys: list[str]) -> None:
+    """checkpoint.accept_changes names config keys (or `all`): a typo would accept nothing."""
+    known = _leaf_keys(Config)
+    for key in keys:
+        if key != "all" and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else " (a dotted config key, e.g. optim.lr, or all)"
+            raise ConfigError(f"checkpoint.accept_changes: {key!r} is not a config key{hint}")
 
 
 def _check_data_ranges(data: DataConfig) -> None:

@@ -129,6 +129,25 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+class PendingFlag:
+    """A max-reduce of a flag over ranks, started and not yet waited for (`start_any_rank`)."""
+
+    def __init__(self, flag: bool) -> None:
+        self.tensor = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        self.work = (dist.all_reduce(self.tensor, op=dist.ReduceOp.MAX, group=_control_group, async_op=True)
+                     if dist.is_initialized() else None)
+
+    def result(self) -> bool:
+        if self.work is not None:
+            self.work.wait()
+        return bool(self.tensor.item())
+
+
+def start_any_rank(flag: bool) -> PendingFlag:
+    """`any_rank` without waiting: the message travels while the caller works; `.result()` reads it."""
+    return PendingFlag(flag)
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank.
 

@@ -6,7 +6,7 @@ Arguments `[CONFIG.yaml] [key=value ...]` become a validated config, the process
 process group torchrun describes (none for a single process), the world size is checked against
 the config, `body` runs, and the group is torn down whatever happens. A `UserError` (bad config,
 data, checkpoint, launch) prints one line and exits 2; anything else is a bug and keeps its
-traceback. `exit_now` ends a process that returned normally without Python's module teardown.
+traceback. A stop signal during start-up (`Interrupted`) exits 75. `exit_now` ends a process that returned normally without Python's module teardown.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.config import Config, load_config_args
-from pipeline.errors import ExitCode, UserError
+from pipeline.errors import ExitCode, Interrupted, UserError
 
 if TYPE_CHECKING:
     from pipeline.distributed import DistInfo
@@ -49,6 +49,10 @@ def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
     except UserError as exc:
         print_user_error(exc)
         return int(ExitCode.BAD_INPUT)
+    except Interrupted as exc:  # a stop signal during start-up: nothing new to checkpoint
+        print(f"{exc.message}; nothing new to checkpoint (exit status {int(ExitCode.PREEMPTED)}): the same "
+              "command continues", file=sys.stderr)
+        return int(ExitCode.PREEMPTED)
     finally:
         distributed.destroy()
 

@@ -41,8 +41,23 @@ _EXIT_CODES = {EndReason.FINISHED: ExitCode.OK, EndReason.TARGET_REACHED: ExitCo
 
 
 def crash_exit_code(exc: BaseException) -> ExitCode:
-    """The exit status an exception escaping the loop gives: 2 for bad input found mid-run, else 1."""
+    """The exit status an exception escaping the loop gives: 2 for bad input found mid-run, 75 for a
+    stop signal that ended start-up, else 1."""
+    if isinstance(exc, Interrupted):
+        return ExitCode.PREEMPTED
     return ExitCode.BAD_INPUT if isinstance(exc, UserError) else ExitCode.ERROR
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived where the run cannot stop at a step boundary (start-up): the process ends now.
+
+    A BaseException, like KeyboardInterrupt: `except Exception` blocks on the way up must not swallow it.
+    args: (signal number, message).
+    """
+
+    @property
+    def message(self) -> str:
+        return str(self.args[1])
 
 
 class UserError(Exception):

@@ -26,6 +26,10 @@ class RunPosition(Protocol):
     step_in_epoch: int
     wall_seconds: float  # run time when the counters were last saved (s)
     train_seconds: float  # seconds in the training loop so far
+    eval_pending: bool  # the epoch's training is done, its evaluation is not (a stop interrupted it)
+
+    @property
+    def epoch_closed(self) -> bool: ...  # at an epoch's end with its evaluation recorded
 
 
 class RunClock:

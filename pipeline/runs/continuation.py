@@ -28,11 +28,10 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pipeline.config import Config
+from pipeline.runs.changes import NAMING_KEYS, effective_config, flatten
 from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
-# Keys that name a run rather than say what it trains (compare leaves the same ones out).
-NAMING_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
 DONE = ("finished", "target_reached")
 # Set by pipeline/tools/launch.py for the workers it starts: it prints the ending and the continue
 # command itself, after torchrun has exited, so the workers do not.
@@ -44,7 +43,7 @@ class RunState:
     """What a run directory says about its latest session."""
 
     path: Path
-    config: dict[str, Any]     # config.yaml, flattened ({"optim.lr": 0.1, ...}); {} when unreadable
+    config: dict[str, Any]     # config.yaml with its recorded changes, flattened ({"optim.lr": 0.1, ...}); {} when unreadable
     summary: dict[str, Any]    # summary.json; {} when the latest session wrote none
     in_use_by: str | None      # "pid N on HOST" while a training process holds the run's lock
 
@@ -70,17 +69,6 @@ class RunState:
                                      if epoch is not None else "")
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _read(path: Path, parse) -> dict[str, Any]:
     try:
         data = parse(path.read_text())
@@ -90,7 +78,7 @@ def _read(path: Path, parse) -> dict[str, Any]:
 
 
 def read_run_state(run_dir: Path) -> RunState:
-    return RunState(path=run_dir, config=flatten(_read(run_dir / "config.yaml", yaml.safe_load)),
+    return RunState(path=run_dir, config=flatten(effective_config(run_dir)),
                     summary=_read(run_dir / "summary.json", json.loads), in_use_by=RunLock.in_use(run_dir))
 
 

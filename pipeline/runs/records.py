@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from pipeline.config import Config
 from pipeline.errors import EndReason
+from pipeline.runs.changes import recorded_config
 from pipeline.runs.clock import RunClock, RunPosition
 from pipeline.runs.metrics import MetricsLog
 from pipeline.runs.plots import plot_curves
@@ -66,9 +67,10 @@ class RunRecords:
             self.start_summary_file(resumed)
             write_json(run_dir / RESOLVED_FILE, resolved)
         self.tracker = Tracker(cfg.wandb, enabled=is_main, run_dir=run_dir, run_name=run_dir.name,
-                               experiment=cfg.name, config=cfg.to_dict(), environment=environment, resolved=resolved)
+                               experiment=cfg.name, config=recorded_config(run_dir, cfg.to_dict()) if is_main else {},
+                               environment=environment, resolved=resolved)
         self.tracker.backfill(self.metrics.read())
-        self.tracker.settle(counters.global_step, epoch_closed=counters.step_in_epoch == 0)
+        self.tracker.settle(counters.global_step, epoch_closed=counters.epoch_closed)
 
     def start_summary_file(self, resumed: bool) -> None:
         """Carry a resumed run's summary.json over without its session keys; a fresh run starts with none."""
@@ -96,7 +98,7 @@ class RunRecords:
         pass  # the run clock, an observer before this one, stamps the counters
 
     def after_save(self, counters: RunPosition) -> None:
-        self.tracker.settle(counters.global_step, epoch_closed=counters.step_in_epoch == 0)
+        self.tracker.settle(counters.global_step, epoch_closed=counters.epoch_closed)
 
     # ----------------------------------------------------------------------------- finish
 

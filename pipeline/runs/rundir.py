@@ -8,8 +8,8 @@
 A directory that start-up made and that start-up failed in (bad input found after the directory was
 opened: a model that cannot take the crop, a class count that does not match the data) is removed
 again, so a failed command leaves nothing behind. A directory that existed before (an earlier
-session's checkpoints) is never removed, and its config.yaml is rewritten only once start-up
-succeeded. Rank 0 holds an exclusive lock on runs/<name>/.lock while it runs, so a second training
+session's checkpoints) is never removed, and its config.yaml, written when the run started, is
+kept when the run continues (changes go to config-changes.jsonl). Rank 0 holds an exclusive lock on runs/<name>/.lock while it runs, so a second training
 process cannot write into the same run at the same time.
 """
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, save_config
+from pipeline.runs.changes import CHANGES_FILE
 from pipeline.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -184,10 +185,20 @@ def open_run_dir(cfg: Config, is_main: bool) -> RunDir:
     return run
 
 
-def save_run_config(cfg: Config, run: RunDir, is_main: bool) -> None:
-    """config.yaml, written once start-up succeeded: a refused resume leaves the earlier one as it was."""
-    if is_main:
-        save_config(cfg, run.path / "config.yaml")
+def save_run_config(cfg: Config, run: RunDir, is_main: bool, resumed: bool) -> None:
+    """config.yaml, written once start-up succeeded, when the run starts (not when it continues).
+
+    A continued run keeps the config.yaml it started with; what changed since is appended to
+    config-changes.jsonl (pipeline/runs/changes.py). A run that starts over in an existing directory
+    (no checkpoint yet, or checkpoint.resume=never) starts its record over too.
+    """
+    if not is_main:
+        return
+    path = run.path / "config.yaml"
+    if resumed and path.is_file():
+        return
+    save_config(cfg, path)
+    (run.path / CHANGES_FILE).unlink(missing_ok=True)
 
 
 def discard_failed_start(run: RunDir) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.runs.continuation import NAMING_KEYS, flatten
+from pipeline.runs.changes import NAMING_KEYS, flatten, read_changes
 from pipeline.runs.metrics import read_metrics
 
 # Keys that differ between any two runs by construction: comparing them says nothing.
@@ -53,10 +53,24 @@ class Run:
 
     name: str
     path: Path
-    config: dict[str, Any]          # flattened: {"optim.lr": 0.1, ...}
+    config: dict[str, Any]          # config.yaml, flattened: {"optim.lr": 0.1, ...}: what the run started with
+    changes: list[dict[str, Any]]   # config-changes.jsonl: keys changed when the run continued, with the step
     records: list[dict[str, Any]]   # metrics.jsonl, `time` made continuous across resumes (s)
     summary: dict[str, Any]         # summary.json; {} when the trainer wrote none
     figures: dict[str, Any] = field(default_factory=dict)  # summary.json's keys: summary first, else derived
+
+    def value(self, key: str) -> Any:
+        """The value the run trains with now (its last recorded change, else config.yaml's)."""
+        latest = [c["new"] for c in self.changes if c["key"] == key]
+        return latest[-1] if latest else self.config.get(key, MISSING)
+
+    def shown(self, key: str) -> str:
+        """A config value for a table: 'old -> new @step N' for a key changed when the run continued."""
+        text = format_value(self.config.get(key, MISSING))
+        for change in self.changes:
+            if change["key"] == key:
+                text += f" -> {format_value(change['new'])} @step {change['step']}"
+        return text
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -101,6 +115,7 @@ def load_run(path: str | Path) -> Run:
         name=path.resolve().name,
         path=path,
         config=flatten(read_yaml_or_json(path / "config.yaml")),
+        changes=read_changes(path),
         records=continuous_time(read_metrics(path / "metrics.jsonl")),
         summary=read_yaml_or_json(summary_path) if summary_path.is_file() else {},
     )
@@ -137,7 +152,7 @@ def mean_rate(rates: list[float]) -> float | None:
 
 def looks_running(run: Run, evals: list[dict[str, Any]]) -> bool:
     age = time.time() - (run.path / "metrics.jsonl").stat().st_mtime
-    epochs = run.config.get("train.epochs")
+    epochs = run.value("train.epochs")
     done = bool(evals) and epochs is not None and evals[-1]["epoch"] >= epochs
     return age < RUNNING_WINDOW_S and not done
 
@@ -167,7 +182,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
     for run in runs:
         keys.update(dict.fromkeys(run.config))
     return [key for key in keys if key not in IGNORED_KEYS
-            and len({json.dumps(run.config[key]) if key in run.config else None for run in runs}) > 1]
+            and len({json.dumps(run.config[key]) + run.shown(key) if key in run.config else None for run in runs}) > 1]
 
 
 def format_value(value: Any) -> str:
@@ -214,7 +229,7 @@ def table_rows(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
             tta_cells.append(MISSING if reached is None and not evaluated  # never evaluated: nothing to say
                              else "not reached" if reached is None
                              else f"{number(reached[0], 'g')}, {number(reached[1], '.0f')}")
-        rows.append([run.name, *[format_value(run.config.get(key, MISSING)) for key in keys],
+        rows.append([run.name, *[run.shown(key) for key in keys],
                      percent(fig.get("final/top1")), percent(fig.get("best/top1")),
                      number(fig.get("best/epoch"), "g"), *tta_cells,
                      number(measured(fig.get("perf/mean_images_per_sec")), ",.0f"),
@@ -250,7 +265,7 @@ def _is_number(cell: str) -> bool:
 
 
 def legend_label(run: Run, keys: list[str]) -> str:
-    values = ", ".join(f"{key}={format_value(run.config.get(key, MISSING))}" for key in keys)
+    values = ", ".join(f"{key}={run.shown(key)}" for key in keys)
     return f"{run.name} ({values})" if values else run.name
 
 

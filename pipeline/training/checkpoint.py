@@ -37,6 +37,7 @@ from torch import nn
 from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError
+from pipeline.runs.changes import Change, config_changes, refuse_unaccepted
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
 from pipeline.training.tta import tta_summary
@@ -51,8 +52,9 @@ log = logging.getLogger(__name__)
 # drawn at once from (seed, epoch): a format-2 mid-epoch position would resume other batches.
 FORMAT_VERSION = 3
 STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
-# Config keys that must match to resume: they change parameter shapes or what a step means.
-MUST_MATCH = ("model", "train.global_batch_size", "data.source")
+# Config keys that must match to resume, whatever checkpoint.accept_changes says: they change parameter
+# shapes or what a step means. Other keys may change with consent (pipeline/runs/changes.py).
+MUST_MATCH = ("model", "train.global_batch_size", "data.source", "optim.decay_norm_and_bias")
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -149,9 +151,15 @@ def latest_good(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         except CheckpointError as exc:
             log.warning("skipping a checkpoint: %s", exc)
             continue
-        if newest is None or ckpt["counters"]["global_step"] > newest[1]["counters"]["global_step"]:
+        if newest is None or _progress(ckpt) > _progress(newest[1]):
             newest = (path, ckpt)
     return newest
+
+
+def _progress(ckpt: dict[str, Any]) -> tuple[int, bool]:
+    """How far a checkpoint got: its global step, then whether the evaluation at that step is done."""
+    counters = ckpt["counters"]
+    return counters["global_step"], not counters.get("eval_pending", False)
 
 
 def prune_step_checkpoints(run_dir: Path, keep: int) -> None:
@@ -177,6 +185,18 @@ class Counters:
     wall_seconds: float = 0.0  # run time when written (s, all sessions): metrics.jsonl `time` continues from it
     train_seconds: float = 0.0  # seconds in the training loop so far (evaluation and checkpoints excluded)
     tta: dict[str, dict[str, float]] = field(default_factory=dict)  # "92.6" -> train_seconds, wall_seconds, epoch
+    # The epoch's training is done and its evaluation is not: a stop interrupted it, and a resumed run
+    # redoes it before training on (so metrics.jsonl and W&B hold each evaluation once).
+    eval_pending: bool = False
+
+    @property
+    def epoch_closed(self) -> bool:
+        """At an epoch's end with its evaluation recorded: the metrics row of this step is complete."""
+        return self.step_in_epoch == 0 and not self.eval_pending
+
+    @property
+    def position(self) -> tuple[int, bool]:
+        return self.global_step, self.eval_pending
 
     def result_summary(self) -> dict[str, float]:
         """final/*, best/* and tta/* figures for the run's summary (empty before the first evaluation)."""
@@ -226,6 +246,7 @@ class ResumePoint:
 
     path: Path
     ckpt: dict[str, Any]
+    changes: tuple[Change, ...] = ()  # config keys whose values differ from the checkpoint's (all allowed)
 
     @property
     def epoch(self) -> int:
@@ -241,6 +262,28 @@ class ResumePoint:
     def loader_state(self, dist: DistInfo) -> dict[str, Any] | None:
         state = self.rank_state(dist)
         return state["loader"] if state else None
+
+
+def apply_configured_hyperparameters(parts: "Checkpointable", configured: list[dict[str, Any]], path: Path) -> None:
+    """After loading the optimizer and scheduler state: the config's hyperparameters, the checkpoint's state.
+
+    load_state_dict restores the saved hyperparameters (lr, momentum, weight decay) and the
+    scheduler's base learning rates with the momentum buffers and the step. They equal the config's
+    unless a continued run accepted a change (checkpoint.accept_changes, pipeline/runs/changes.py),
+    and then the accepted values are the ones to train with: re-applied here, and the learning rate
+    of the current step recomputed from the (possibly new) schedule. Nothing changes otherwise.
+    """
+    scheduler = parts.scheduler
+    before = [group["lr"] for group in parts.optimizer.param_groups]
+    for group, conf in zip(parts.optimizer.param_groups, configured):
+        group.update({k: v for k, v in conf.items() if k != "lr"})
+    scheduler.base_lrs = [conf["initial_lr"] for conf in configured]
+    for group, base, factor in zip(parts.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    after = [group["lr"] for group in parts.optimizer.param_groups]
+    if after != before:
+        log.warning("%s: learning rate at this step %.6g under the checkpoint's settings, %.6g under this run's "
+                    "(accepted changes)", path.name, before[0], after[0])
 
 
 # ------------------------------------------------------------------------------ the manager
@@ -280,6 +323,7 @@ class CheckpointManager:
         self.config = config  # the resolved config as plain data, saved in every checkpoint
         self.epochs = epochs
         self.observers: list[SaveObserver] = []
+        self.written: tuple[int, bool] | None = None  # Counters.position of the newest checkpoint (restored or written)
 
     def find_resume(self) -> ResumePoint | None:
         """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
@@ -299,24 +343,30 @@ class CheckpointManager:
             path = Path(mode).expanduser()
         ckpt = load(path)
         check_compatible(ckpt, self.config, path)
+        changes = config_changes(ckpt["config"], self.config)
+        if not self.config["eval"]["only"]:  # evaluating a checkpoint trains nothing: any settings will do
+            refuse_unaccepted(changes, self.config["checkpoint"]["accept_changes"], self.run_dir.name)
         if ckpt["world_size"] != self.dist.world_size and ckpt["counters"]["step_in_epoch"] != 0:
             raise CheckpointError(
                 f"{path}: written mid-epoch by {ckpt['world_size']} process(es); exact resume needs the same "
                 f"number (this run has {self.dist.world_size}). Resume from an epoch-end checkpoint instead "
                 f"(checkpoint.resume={path.parent / 'last.pt'})")
-        return ResumePoint(path, ckpt)
+        return ResumePoint(path, ckpt, tuple(changes))
 
     def restore(self, resume: ResumePoint, parts: Checkpointable) -> Counters:
         """Load every state_dict strictly into `parts`; returns the saved counters."""
         ckpt = resume.ckpt
         parts.model.load_state_dict(ckpt["model"], strict=True)
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in parts.optimizer.param_groups]
         parts.optimizer.load_state_dict(ckpt["optimizer"])
         parts.scheduler.load_state_dict(ckpt["scheduler"])
+        apply_configured_hyperparameters(parts, configured, resume.path)
         if parts.precision.scaler.is_enabled() and ckpt.get("scaler"):
             parts.precision.scaler.load_state_dict(ckpt["scaler"])
         if parts.ema is not None and ckpt.get("ema") is not None:
             parts.ema.load_state_dict(ckpt["ema"], strict=True)
         counters = Counters(**ckpt["counters"])
+        self.written = counters.position
         rank_state = resume.rank_state(self.dist)
         if rank_state is not None:
             set_rng_state(rank_state["rng"], self.dist.device)
@@ -324,6 +374,10 @@ class CheckpointManager:
             log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", resume.path,
                      counters.epoch, counters.step_in_epoch, counters.global_step)
         return counters
+
+    def holds(self, counters: Counters) -> bool:
+        """Does the newest checkpoint hold this position (or is there nothing trained to keep)?"""
+        return self.written == counters.position or counters.position == (0, False)
 
     def save_step(self, parts: Checkpointable, counters: Counters) -> None:
         """A mid-epoch checkpoint step-<global step>.pt; keeps the newest checkpoint.keep_last."""
@@ -354,6 +408,8 @@ class CheckpointManager:
             for path in names[1:]:  # last.pt and best.pt hold the same bytes: serialised once
                 atomic_copy(names[0], path)
         distributed.barrier()  # nobody resumes or exits before the file is complete
+        if any(path.name != "best.pt" for path in names):  # best.pt is a result, not a resume point
+            self.written = counters.position
         for observer in self.observers:
             observer.after_save(counters)
 

@@ -1,9 +1,22 @@
-"""SIGTERM/SIGINT handling: finish the current step, checkpoint, exit; a second Ctrl-C exits at once.
+"""SIGTERM/SIGINT: a bounded stop. Checkpoint after the current step, exit 75; a second Ctrl-C exits at once.
+
+Where the signal lands decides what happens (docs/fault-tolerance.md has the measured times):
+- start-up (listing and decoding data, building the model, the loaders, the first compile):
+  `StopRequest.install(at_once=True)` makes the signal end start-up at once with `Interrupted`
+  (exit 75): nothing new exists to checkpoint, and the run's latest checkpoint is still there.
+- a training step: the step finishes, a checkpoint is written, exit 75 (`StopAgreement`).
+- an evaluation: it stops after the current batch; the checkpoint marks the epoch's evaluation as
+  pending and a resumed run redoes it, so each evaluation is recorded once.
+- a checkpoint write: the write completes; the run then stops without training another step.
 
 Only a second SIGINT (a person pressing Ctrl-C again) means "exit now". A repeated SIGTERM does
 not: under SLURM and torchrun one stop request commonly arrives twice (`scancel --signal=TERM`
 reaches every process of the step, and torchrun's agent forwards its own SIGTERM a moment later),
 and exiting on the second would skip the checkpoint the first one asked for.
+
+Stop means stop: under ./launch.sh (pipeline/tools/launch.py is torchrun's agent) a worker that is
+asked to stop passes the request on to the agent, which stops the whole job instead of restarting
+the worker (`--max-restarts` is for crashes).
 """
 
 from __future__ import annotations
@@ -12,10 +25,22 @@ import logging
 import os
 import signal
 from types import FrameType
+from typing import Any
 
 from pipeline import distributed
+from pipeline.errors import Interrupted
+from pipeline.runs.continuation import LAUNCHER_ENV
 
 log = logging.getLogger(__name__)
+
+
+def tell_the_agent() -> None:
+    """Under ./launch.sh's agent: ask it to stop the whole job (it then signals every worker once)."""
+    if os.environ.get(LAUNCHER_ENV) and "TORCHELASTIC_RUN_ID" in os.environ:
+        try:
+            os.kill(os.getppid(), signal.SIGTERM)
+        except OSError:
+            pass  # the agent is gone already
 
 
 class StopRequest:
@@ -25,12 +50,19 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self.at_once = False
+        self._previous: dict[int, Any] = {}
 
-    def install(self) -> "StopRequest":
+    def install(self, at_once: bool = False) -> "StopRequest":
+        """Catch the signals; `at_once`: a signal raises `Interrupted` where it lands (see `defer`)."""
+        self.at_once = at_once
         for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, signal.signal(sig, self._handle))
         return self
+
+    def defer(self) -> None:
+        """From here on a signal only sets `requested`: the run can checkpoint, and stops at the next boundary."""
+        self.at_once = False
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -50,8 +82,12 @@ class StopRequest:
             os.write(2, f"second {signal.Signals(signum).name}: exiting now without a checkpoint\n".encode())
             os._exit(128 + signum)
         self.signum = signum
+        tell_the_agent()
+        name = signal.Signals(signum).name
+        if self.at_once:
+            raise Interrupted(signum, f"{name} received during start-up: stopping now")
         log.warning("%s received: stopping after the current step and writing a checkpoint "
-                    "(press Ctrl-C again to exit at once)", signal.Signals(signum).name)
+                    "(press Ctrl-C again to exit at once)", name)
 
     @property
     def requested(self) -> bool:
@@ -59,13 +95,33 @@ class StopRequest:
 
 
 class StopAgreement:
-    """Has any rank been asked to stop? One rank alone stops at once; several compare notes every
-    `every` steps (a CPU message on the control group, no GPU sync), so all stop after the same step."""
+    """Has any rank been asked to stop? All ranks must stop after the same step.
 
-    def __init__(self, request: StopRequest, world_size: int, every: int = 10) -> None:
-        self.request, self.world_size, self.every = request, world_size, every
+    One process: its own request, after every step. Several: after every step each rank starts a
+    non-blocking max-reduce of its request on the control group (a CPU message: no GPU sync, and no
+    step waits for it) and reads the one it started after the previous step. So the ranks agree
+    after the step in progress when the signal arrived, or the next one.
+    """
 
-    def __call__(self, global_step: int) -> bool:
+    def __init__(self, request: StopRequest, world_size: int) -> None:
+        self.request, self.world_size = request, world_size
+        self.pending: distributed.PendingFlag | None = None
+
+    def after_step(self) -> bool:
         if self.world_size == 1:
             return self.request.requested
-        return global_step % self.every == 0 and distributed.any_rank(self.request.requested)
+        if self._collect():
+            return True
+        self.pending = distributed.start_any_rank(self.request.requested)
+        return False
+
+    def now(self) -> bool:
+        """Blocking: does any rank want to stop? (before training starts, at epoch ends)."""
+        if self.world_size == 1:
+            return self.request.requested
+        earlier = self._collect()
+        return distributed.any_rank(self.request.requested) or earlier
+
+    def _collect(self) -> bool:
+        pending, self.pending = self.pending, None
+        return pending.result() if pending is not None else False

@@ -27,6 +27,7 @@ buffers before each replay.
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -135,19 +136,27 @@ class TrainingStep:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, precision: Precision) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Loader, precision: Precision,
+             should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Top-1, top-5 and mean loss over the loader's split, summed exactly over ranks.
 
     Every rank's loader covers a disjoint shard of the split, so the sums over ranks are the
     single-process figures. Call it with the raw (unwrapped) model after the ranks' BatchNorm
     buffers agree. The sums stay on the device and the image count on the host until the end:
     no host-device transfer per batch.
+
+    `should_stop` is asked before every batch (a stop signal): when it says yes on any rank, every
+    rank returns None after its current batch (the ranks agree in the final sum, so none waits for
+    another's whole evaluation when all were signalled).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=precision.device)  # loss, top-1, top-5
-    count = 0
+    count, stopped = 0, False
     for images, labels in loader:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         with precision.autocast():
             logits = model(images)
         logits = logits.float()
@@ -157,7 +166,9 @@ def evaluate(model: nn.Module, loader: Loader, precision: Precision) -> dict[str
                              hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
         count += len(labels)
     model.train(was_training)
-    total = distributed.all_reduce_sum(torch.cat([sums.cpu(), torch.tensor([count], dtype=torch.float64)]))
+    total = distributed.all_reduce_sum(torch.cat([sums.cpu(), torch.tensor([count, stopped], dtype=torch.float64)]))
+    if total[4].item() > 0:
+        return None
     count = total[3].item()
     return {"val/loss": total[0].item() / count, "val/top1": total[1].item() / count,
             "val/top5": total[2].item() / count, "val/images": int(count)}

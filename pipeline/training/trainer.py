@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from pipeline import distributed
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
 from pipeline.errors import EndReason, ExitCode, crash_exit_code
@@ -27,17 +26,16 @@ from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
+from pipeline.runs.changes import note_changes
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
-from pipeline.training.ema import name_evaluations
+from pipeline.training.evaluation import EpochEvaluation
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
-from pipeline.training.step import evaluate
 from pipeline.training.summary import (announce_continue, evaluate_checkpoint, final_summary, report_done_before,
                                       report_final, report_nonfinite)
-from pipeline.training.tta import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
 
@@ -48,6 +46,7 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo) -> None:
         started = time.perf_counter()  # the run clock counts start-up (pipeline/runs/clock.py RunClock)
+        self.stop = StopRequest().install(at_once=True)  # a signal during start-up ends it now (Interrupted)
         setup_logging(dist.rank)
         data = load_data(cfg.data)  # the data completes the config (model.num_classes: auto) ...
         self.cfg = cfg = resolve_num_classes(cfg, data)
@@ -58,6 +57,7 @@ class Trainer:
             self.start_up(data, started)
         except BaseException:
             discard_failed_start(self.run)  # bad input found now leaves no new run directory behind
+            self.stop.uninstall()
             raise
 
     def start_up(self, data: Any, started: float) -> None:
@@ -69,21 +69,24 @@ class Trainer:
             log.info("run directory: %s", self.run_dir)
             log.info("%d process(es) on %s; %s", dist.world_size, dist.device, describe(env))
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.run_dir, dist, cfg.to_dict(), cfg.train.epochs)
-        resume = self.checkpoints.find_resume()
+        resume = self.checkpoints.find_resume()  # refuses unaccepted changes of experiment keys
         self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
         self.clock = RunClock(self.counters, dist.device, started)
+        self.evaluation = EpochEvaluation(cfg, self.parts)
         # True once train.target_accuracy is reached before the last epoch (here: before a resume):
         # the run then ends early with exit 0.
-        self.stopped_at_target = self.target_reached(self.counters.final)
+        self.stopped_at_target = self.evaluation.target_reached(self.counters.final)
         # A run whose earlier session finished: this one trains nothing, and says so (fit).
         self.done_before = resume is not None and (self.counters.epoch >= cfg.train.epochs or self.stopped_at_target)
-        self.stop = StopRequest()
         self.stop_agreed = StopAgreement(self.stop, dist.world_size)
         self.training_step = build_training_step(self.parts, cfg.train)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
         self.progress = Progress(cfg.logging.progress, enabled=dist.is_main)
-        save_run_config(cfg, self.run, dist.is_main)
+        self.stop.defer()  # from here a signal waits for a checkpoint (W&B starts below: not to be cut short)
+        save_run_config(cfg, self.run, dist.is_main, resumed=resume is not None)
+        if resume is not None and dist.is_main:  # config.yaml keeps the original; what changed is appended
+            note_changes(self.run_dir, resume.changes, self.counters.global_step, self.counters.epoch)
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
                                   environment=env,
                                   resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
@@ -97,7 +100,6 @@ class Trainer:
             return self.evaluate_only()
         if self.done_before:
             report_done_before(self.counters, self.cfg, self.dist, self.run_dir, self.stopped_at_target)
-        self.stop.install()
         end, code = EndReason.CRASHED, ExitCode.ERROR  # unless the loop ends on its own
         try:
             end = self.run_epochs()
@@ -109,25 +111,24 @@ class Trainer:
             code = crash_exit_code(exc)  # W&B and summary.json say "crashed"; the traceback goes on up
             raise
         finally:
-            self.stop.uninstall()
-            self.finish(end, code)
+            try:
+                self.finish(end, code)
+            finally:
+                self.stop.uninstall()  # after finish: a second Ctrl-C while W&B closes still exits at once
         return code
 
     def run_epochs(self) -> EndReason:
         c = self.counters
-        while c.epoch < self.cfg.train.epochs and not self.stopped_at_target:
+        if self.stop_agreed.now():  # a signal at the end of start-up: the newest checkpoint is already the latest
+            return self.preempted()
+        while True:
+            if c.eval_pending and not self.close_epoch():
+                return self.preempted()
+            if c.epoch >= self.cfg.train.epochs or self.stopped_at_target:
+                break
             if not self.train_epoch():
-                self.checkpoints.save_step(self.parts, c)
-                log.warning("preempted at step %d: checkpoint written to %s; exit status %d",
-                            c.global_step, self.run_dir, ExitCode.PREEMPTED)
-                return EndReason.PREEMPTED
-            c.epoch, c.step_in_epoch = c.epoch + 1, 0
-            metrics = self.evaluate() if self.eval_due(c.epoch) else None
-            if metrics is not None:
-                self.record_evaluation(metrics)
-                self.stopped_at_target = self.target_reached({**metrics, "epoch": c.epoch})
-            self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch,
-                                        final=self.stopped_at_target)
+                return self.preempted()
+            c.epoch, c.step_in_epoch, c.eval_pending = c.epoch + 1, 0, True
         if self.stopped_at_target:
             if self.dist.is_main:
                 log.info("stopping at epoch %d of %d: top-1 %.2f%% reached train.target_accuracy %.2f%%", c.epoch,
@@ -135,11 +136,34 @@ class Trainer:
             return EndReason.TARGET_REACHED
         return EndReason.FINISHED
 
+    def close_epoch(self) -> bool:
+        """The finished epoch's evaluation (when due) and checkpoint; False when a stop request came first."""
+        c, metrics = self.counters, None
+        if self.evaluation.due(c.epoch):
+            metrics = self.evaluation.run(should_stop=lambda: self.stop.requested)
+            if metrics is None:  # interrupted: checkpointed as pending by preempted(), redone on resume
+                return False
+            self.evaluation.record(metrics, c, self.records, self.clock)
+            self.stopped_at_target = self.evaluation.target_reached({**metrics, "epoch": c.epoch})
+        c.eval_pending = False
+        self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch,
+                                    final=self.stopped_at_target)
+        return not self.stop_agreed.now()
+
+    def preempted(self) -> EndReason:
+        """A stop request: checkpoint where the run is (unless the newest checkpoint is already there)."""
+        if not self.checkpoints.holds(self.counters):
+            self.checkpoints.save_step(self.parts, self.counters)
+        log.warning("preempted at step %d: checkpoint written to %s; exit status %d", self.counters.global_step,
+                    self.run_dir, ExitCode.PREEMPTED)
+        return EndReason.PREEMPTED
+
     def evaluate_only(self) -> ExitCode:
         """eval.only: evaluate the restored weights (eval.json), then close W&B with the exit code."""
         code = ExitCode.ERROR
+        self.stop.install(at_once=True)  # nothing to checkpoint: a signal ends the evaluation now
         try:
-            evaluate_checkpoint(self.evaluate, self.counters, self.cfg.checkpoint, self.run_dir, self.dist)
+            evaluate_checkpoint(self.evaluation.run, self.counters, self.cfg.checkpoint, self.run_dir, self.dist)
             code = ExitCode.OK
             return code
         except BaseException as exc:
@@ -147,16 +171,6 @@ class Trainer:
             raise
         finally:
             self.records.finish(None, code, plot=False)  # W&B's exit state only: the training run did not end
-
-    def target_reached(self, evaluation: dict[str, float]) -> bool:
-        """Did `evaluation` (metrics and "epoch", or {} before any) reach train.target_accuracy before the last epoch?"""
-        target = self.cfg.train.target_accuracy
-        return (target > 0 and "val/top1" in evaluation and evaluation["epoch"] < self.cfg.train.epochs
-                and reaches(evaluation["val/top1"], target))
-
-    def eval_due(self, epochs_done: int) -> bool:
-        every = self.cfg.eval.every
-        return epochs_done == self.cfg.train.epochs or (every > 0 and epochs_done % every == 0)
 
     # ---------------------------------------------------------------------------- train
 
@@ -179,12 +193,12 @@ class Trainer:
                 every = self.cfg.checkpoint.every_steps
                 if every and c.global_step % every == 0 and c.step_in_epoch < steps:
                     self.checkpoints.save_step(parts, c)
-                if self.stop_agreed(c.global_step):
+                if self.stop_agreed.after_step():
                     return False
         finally:
             self.clock.stop_training()
             self.progress.end_epoch()
-        return not distributed.any_rank(self.stop.requested)
+        return not self.stop_agreed.now()
 
     def log_training(self) -> None:
         c, stats = self.counters, self.training_step.stats.read()
@@ -204,29 +218,6 @@ class Trainer:
         ips = self.meter.mean_images_per_sec_per_device
         remaining = self.cfg.train.epochs * self.parts.steps_per_epoch - self.counters.global_step
         return remaining * self.parts.local_batch / ips if ips == ips and ips > 0 else float("nan")
-
-    # ------------------------------------------------------------------------- evaluate
-
-    def evaluate(self) -> dict[str, float]:
-        """val/* for the headline weights of eval.weights; val_ema/* and val_raw/* when both are evaluated."""
-        self.parts.sync_buffers()
-        models = self.parts.eval_models(self.cfg.eval.weights)
-        return name_evaluations({name: evaluate(model, self.parts.eval_loader, self.parts.precision)
-                                 for name, model in models.items()})
-
-    def record_evaluation(self, metrics: dict[str, float]) -> None:
-        c = self.counters
-        c.final = {**metrics, "epoch": c.epoch}
-        if metrics["val/top1"] > c.best_top1:
-            c.best_top1, c.best_epoch = metrics["val/top1"], c.epoch
-        crossed = record_crossings(c.tta, self.cfg.train.tta_thresholds, metrics["val/top1"], epoch=c.epoch,
-                                   train_seconds=c.train_seconds, wall_seconds=self.clock.wall_seconds())
-        record = {"step": c.global_step, "epoch": c.epoch, **metrics, **crossed}
-        self.records.log(record)
-        raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
-        log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
-                 c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
 
     # ----------------------------------------------------------------------------- finish
 

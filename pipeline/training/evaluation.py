@@ -1,0 +1,64 @@
+"""The evaluation at an epoch's end: when it is due, running it (a stop signal may cut it short), recording it.
+
+    evaluation = EpochEvaluation(cfg, parts)
+    if evaluation.due(counters.epoch):
+        metrics = evaluation.run(should_stop=lambda: stop.requested)   # None: interrupted, redo it on resume
+        evaluation.record(metrics, counters, records, clock)            # metrics.jsonl, W&B, the log line
+        evaluation.target_reached({**metrics, "epoch": counters.epoch})  # train.target_accuracy before the end
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from pipeline.config import Config
+from pipeline.runs.clock import RunClock
+from pipeline.runs.records import RunRecords
+from pipeline.training.checkpoint import Counters
+from pipeline.training.components import Components
+from pipeline.training.ema import name_evaluations
+from pipeline.training.step import evaluate
+from pipeline.training.tta import reaches, record_crossings
+
+log = logging.getLogger("pipeline")
+
+
+class EpochEvaluation:
+    def __init__(self, cfg: Config, parts: Components) -> None:
+        self.cfg, self.parts = cfg, parts
+
+    def due(self, epochs_done: int) -> bool:
+        every = self.cfg.eval.every
+        return epochs_done == self.cfg.train.epochs or (every > 0 and epochs_done % every == 0)
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+        """val/* for the headline weights of eval.weights; val_ema/* and val_raw/* when both are evaluated.
+        None when `should_stop` cut it short (on any rank)."""
+        self.parts.sync_buffers()
+        results = {}
+        for name, model in self.parts.eval_models(self.cfg.eval.weights).items():
+            result = evaluate(model, self.parts.eval_loader, self.parts.precision, should_stop)
+            if result is None:
+                return None
+            results[name] = result
+        return name_evaluations(results)
+
+    def target_reached(self, evaluation: dict[str, Any]) -> bool:
+        """Did `evaluation` (metrics and "epoch", or {} before any) reach train.target_accuracy before the last epoch?"""
+        target = self.cfg.train.target_accuracy
+        return (target > 0 and "val/top1" in evaluation and evaluation["epoch"] < self.cfg.train.epochs
+                and reaches(evaluation["val/top1"], target))
+
+    def record(self, metrics: dict[str, float], c: Counters, records: RunRecords, clock: RunClock) -> None:
+        """The counters' final/best figures and time to accuracy; metrics.jsonl and W&B; the log line."""
+        c.final = {**metrics, "epoch": c.epoch}
+        if metrics["val/top1"] > c.best_top1:
+            c.best_top1, c.best_epoch = metrics["val/top1"], c.epoch
+        crossed = record_crossings(c.tta, self.cfg.train.tta_thresholds, metrics["val/top1"], epoch=c.epoch,
+                                   train_seconds=c.train_seconds, wall_seconds=clock.wall_seconds())
+        records.log({"step": c.global_step, "epoch": c.epoch, **metrics, **crossed})
+        raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
+        log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
+                 c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
+                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
