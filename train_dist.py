@@ -14,9 +14,16 @@ written; the command printed at the end continues the run), 1 anything else.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from pipeline.entry import exit_now, run_entry
+from pipeline.errors import Interrupted
+
+
+def stop_now(signum: int, frame: object) -> None:
+    """Until the trainer can checkpoint (pipeline/training/preemption.py), a stop signal ends the start-up."""
+    raise Interrupted(signum, f"{signal.Signals(signum).name} received during start-up: stopping now")
 
 
 def train(cfg, dist) -> int:
@@ -44,6 +51,8 @@ def resolve(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_now)
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -63,3 +64,93 @@ def test_a_continued_run_with_changed_keys_stops_until_accepted_and_keeps_both_r
     wb = offline_run(run_dir)
     assert wb["config"]["optim"]["lr"] == 0.1  # W&B's config is the original too ...
     assert [c["key"] for c in wb["config"]["config_changes"]] == ["logging.log_every", "optim.lr", "train.epochs"]
+
+
+# ------------------------------------------------------------------------------- a bounded stop
+
+# Two epochs of 6 steps, evaluated after each in 100 batches of 10 (long enough to land a signal in).
+EVALUATED = ("train.epochs=2", "train.deterministic=true", "eval.batch_size=10", "wandb.mode=offline")
+
+
+def wait_for_log(run_dir: Path, text: str, proc, after: int = 0, timeout: float = 120) -> None:
+    """Until `text` appears in train.log past byte `after` (an earlier session's lines come before it)."""
+    log = run_dir / "train.log"
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and text in log.read_text()[after:]):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"{text!r} did not appear in {log} (exit {proc.returncode})\n{err[-3000:]}")
+        time.sleep(0.005)
+
+
+def stop(proc, within: float = 60) -> tuple[float, str]:
+    """SIGTERM; (seconds to exit, stderr)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=within)
+    return time.monotonic() - t0, err
+
+
+@pytest.mark.slow
+def test_a_stop_during_evaluation_or_start_up_is_prompt_and_the_resumed_run_is_exact(tmp_path):
+    run_train(tmp_path, "straight", *EVALUATED)
+    run_dir = tmp_path / "stopped"
+
+    # 1. A SIGTERM during epoch 1's evaluation: the evaluation stops, the checkpoint marks it pending.
+    proc = start_train(tmp_path, "stopped", *EVALUATED)
+    wait_for_log(run_dir, "epoch 1/2: evaluating", proc)
+    seconds, err = stop(proc)
+    assert proc.returncode == 75, err[-3000:]
+    assert "preempted at step 6" in err
+    pending = load_ckpt(run_dir / "step-00000006.pt")["counters"]
+    assert pending["eval_pending"] and pending["epoch"] == 1 and not pending["final"]
+    assert not [r for r in read_metrics(run_dir / "metrics.jsonl") if "val/top1" in r]
+
+    # 2. A SIGTERM while the next session starts up: it stops there; nothing new is written.
+    size = (run_dir / "train.log").stat().st_size
+    proc = start_train(tmp_path, "stopped", *EVALUATED)
+    wait_for_log(run_dir, "run directory:", proc, after=size)
+    seconds, err = stop(proc)
+    assert proc.returncode == 75, err[-3000:]
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["step-00000006.pt"]
+
+    # 3. The next session redoes the evaluation and finishes exactly as the uninterrupted run.
+    proc = run_train(tmp_path, "stopped", *EVALUATED)
+    assert "resumed from" in proc.stderr and "epoch 1/2: evaluating" in proc.stderr
+    straight, stopped = load_ckpt(tmp_path / "straight" / "last.pt"), load_ckpt(run_dir / "last.pt")
+    assert_same_tensors(straight["model"], stopped["model"], "model")
+    assert_same_tensors(straight["optimizer"], stopped["optimizer"], "optimizer")
+    evaluations = {name: [(r["epoch"], r["val/top1"]) for r in read_metrics(tmp_path / name / "metrics.jsonl")
+                          if "val/top1" in r] for name in ("straight", "stopped")}
+    assert evaluations["stopped"] == evaluations["straight"] and len(evaluations["stopped"]) == 2  # each once
+    history = [(row["epoch"], row["val/top1"]) for row in offline_run(run_dir)["history"] if "val/top1" in row]
+    assert history == evaluations["stopped"]
+
+
+def test_a_signal_during_start_up_ends_it_at_once_and_one_during_a_checkpoint_write_waits_for_it(tmp_path):
+    import os
+
+    import torch
+
+    from pipeline.errors import Interrupted
+    from pipeline.training.checkpoint import atomic_save, load
+    from pipeline.training.preemption import StopRequest
+
+    stop_request = StopRequest().install(at_once=True)
+    try:
+        with pytest.raises(Interrupted, match="SIGTERM received during start-up"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here, at the next bytecode
+        stop_request = StopRequest().install()  # the loop's mode: a signal waits for the write
+
+        # A real write of 200 MB in 400 tensors, and a SIGTERM from another thread while it runs.
+        payload = {"format_version": 3, "weights": [torch.full((125_000,), float(i)) for i in range(400)]}
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        atomic_save(payload, tmp_path / "last.pt")
+        assert stop_request.requested, f"the signal came after the write ({time.monotonic() - started:.2f} s)"
+        saved = load(tmp_path / "last.pt")["weights"]
+        assert len(saved) == 400 and saved[-1][0] == 399  # complete
+    finally:
+        stop_request.uninstall()

@@ -32,9 +32,12 @@ class EpochEvaluation:
         every = self.cfg.eval.every
         return epochs_done == self.cfg.train.epochs or (every > 0 and epochs_done % every == 0)
 
-    def run(self, should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+    def run(self, should_stop: Callable[[], bool] | None = None, epoch: int | None = None) -> dict[str, float] | None:
         """val/* for the headline weights of eval.weights; val_ema/* and val_raw/* when both are evaluated.
         None when `should_stop` cut it short (on any rank)."""
+        if epoch is not None:  # a long evaluation (50,000 ImageNet images) is not a hang
+            log.info("epoch %d/%d: evaluating (%d batches per process)", epoch, self.cfg.train.epochs,
+                     len(self.parts.eval_loader))
         self.parts.sync_buffers()
         results = {}
         for name, model in self.parts.eval_models(self.cfg.eval.weights).items():

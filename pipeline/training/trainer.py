@@ -140,7 +140,7 @@ class Trainer:
         """The finished epoch's evaluation (when due) and checkpoint; False when a stop request came first."""
         c, metrics = self.counters, None
         if self.evaluation.due(c.epoch):
-            metrics = self.evaluation.run(should_stop=lambda: self.stop.requested)
+            metrics = self.evaluation.run(should_stop=lambda: self.stop.requested, epoch=c.epoch)
             if metrics is None:  # interrupted: checkpointed as pending by preempted(), redone on resume
                 return False
             self.evaluation.record(metrics, c, self.records, self.clock)
