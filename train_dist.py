@@ -17,12 +17,15 @@ from __future__ import annotations
 import signal
 import sys
 
-from pipeline.entry import exit_now, run_entry
+from pipeline.entry import exit_now, run_entry, tell_the_agent
 from pipeline.errors import Interrupted
 
 
 def stop_now(signum: int, frame: object) -> None:
     """Until the trainer can checkpoint (pipeline/training/preemption.py), a stop signal ends the start-up."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the request is taken: a repeat must not interrupt the exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tell_the_agent()
     raise Interrupted(signum, f"{signal.Signals(signum).name} received during start-up: stopping now")
 
 

@@ -10,3 +10,7 @@ BENCH_RESULTS_DIR = REPO_ROOT / "bench-results"  # default parent of benchmark r
 
 # Resize filters every loader implements; the config adds "random" (one of these per image) for training.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+# Set by pipeline/tools/launch.py (./launch.sh's torchrun agent) for the workers it starts: it prints
+# the ending and the continue command itself, and a worker asked to stop passes the request on to it.
+LAUNCHER_ENV = "PIPELINE_LAUNCHER"

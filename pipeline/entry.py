@@ -14,10 +14,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.config import Config, load_config_args
+from pipeline.constants import LAUNCHER_ENV
 from pipeline.errors import ExitCode, Interrupted, UserError
 
 if TYPE_CHECKING:
@@ -55,6 +57,18 @@ def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
         return int(ExitCode.PREEMPTED)
     finally:
         distributed.destroy()
+
+
+def tell_the_agent() -> None:
+    """Under ./launch.sh's torchrun agent (pipeline/tools/launch.py): ask it to stop the whole job.
+
+    A worker that was asked to stop (a signal) or cannot go on (bad input) calls this once: the
+    agent then signals every worker and does not restart any (--max-restarts is for crashes)."""
+    if os.environ.get(LAUNCHER_ENV) and "TORCHELASTIC_RUN_ID" in os.environ:
+        try:
+            os.kill(os.getppid(), signal.SIGTERM)
+        except OSError:
+            pass  # the agent is gone already
 
 
 def exit_now(code: int) -> None:

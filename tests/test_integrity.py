@@ -4,17 +4,17 @@ stop means stop under restarts, and one rank's error stops every rank with that 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-
 from pipeline.runs.changes import CHANGES_FILE, config_changes, effective_config
 from pipeline.runs.metrics import read_metrics
-from runs import assert_same_tensors, load_ckpt, run_train
+from runs import TINY, assert_same_tensors, load_ckpt, run_train
 from test_reliability import start_train, wait_for_file
 from wandb_log import offline_run
 
@@ -154,3 +154,37 @@ def test_a_signal_during_start_up_ends_it_at_once_and_one_during_a_checkpoint_wr
         assert len(saved) == 400 and saved[-1][0] == 399  # complete
     finally:
         stop_request.uninstall()
+
+
+# ------------------------------------------------------------------------------ stop means stop
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_agent_or_a_worker_stops_the_job_whatever_max_restarts(tmp_path):
+    import subprocess
+
+    from runs import REPO
+    from test_launch import launch_env
+    from test_reliability import descendants
+
+    runs = tmp_path / "runs"
+    args = [*TINY, "train.deterministic=true", "train.epochs=2", "train.max_steps_per_epoch=8",
+            "checkpoint.every_steps=2", f"logging.runs_dir={runs}", "logging.run_name=job"]
+    env = launch_env(NPROC="2", MAX_RESTARTS="1")  # restarts are for crashes, not for stop requests
+    for target, after_step in (("a worker", 2), ("the agent", 6)):
+        console = tmp_path / f"{after_step}.txt"
+        with open(console, "w") as out:
+            job = subprocess.Popen(["./launch.sh", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_file(runs / "job" / f"step-{after_step:08d}.pt", job)
+        workers = [pid for pid in descendants(job.pid) if "train_dist.py" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, workers
+        t0 = time.monotonic()
+        os.kill(workers[-1] if target == "a worker" else job.pid, signal.SIGTERM)
+        job.wait(timeout=120)
+        out = console.read_text()
+        assert job.returncode == 75, f"{target}: exit {job.returncode}\n{out[-4000:]}"
+        assert out.count("run directory:") == 1, f"{target}: the workers were restarted\n{out[-4000:]}"
+        assert "Traceback" not in out, out[-4000:]
+        last = out.strip().splitlines()[-1]
+        assert " was preempted at step " in last and last.endswith(shlex.join(["./launch.sh", *args])), last
+        print(f"SIGTERM to {target}: exit 75 after {time.monotonic() - t0:.1f} s")

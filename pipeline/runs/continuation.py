@@ -33,9 +33,6 @@ from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
 DONE = ("finished", "target_reached")
-# Set by pipeline/tools/launch.py for the workers it starts: it prints the ending and the continue
-# command itself, after torchrun has exited, so the workers do not.
-LAUNCHER_ENV = "PIPELINE_LAUNCHER"
 
 
 @dataclass(frozen=True)

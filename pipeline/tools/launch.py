@@ -37,7 +37,8 @@ from typing import Mapping
 
 from pipeline.config import Config, load_config_args
 from pipeline.errors import ExitCode, LaunchError, UserError
-from pipeline.runs.continuation import LAUNCHER_ENV, RunState, latest_run_of, read_run_state, setup_differences
+from pipeline.constants import LAUNCHER_ENV
+from pipeline.runs.continuation import RunState, latest_run_of, read_run_state, setup_differences
 from pipeline.runs.rundir import default_run_name
 
 PREFIX = "launch.sh:"
@@ -134,12 +135,37 @@ def name_main(argv: list[str]) -> int:
 # -------------------------------------------------------------------------------- torchrun
 
 
+def handle_sigterm_once() -> None:
+    """SIGTERM stops the job once, whoever sends it: the user, SLURM, or a worker passing its own on.
+
+    A worker asked to stop passes the request to this agent (pipeline/training/preemption.py
+    `tell_the_agent`), so that the agent stops the whole job instead of restarting the worker under
+    --max-restarts. The agent then signals every worker, and each of them passes that on too: the
+    first SIGTERM raises torchrun's SignalException (the agent stops its workers and waits for their
+    checkpoints), later ones are the same request and must not cut that wait short. torchrun is told
+    to leave SIGTERM to this handler (TORCHELASTIC_SIGNALS_TO_HANDLE; its other signals stay its own).
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
+
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def run_torchrun(args: list[str]) -> tuple[int, str | None]:
     """torchrun's main() on `args`: (exit status, a one-line summary when its own report was left out)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    handle_sigterm_once()
     try:
         torchrun_main(args)
     except SignalException as exc:  # the agent was signalled: it has stopped its workers, whatever they did

@@ -28,19 +28,10 @@ from types import FrameType
 from typing import Any
 
 from pipeline import distributed
+from pipeline.entry import tell_the_agent
 from pipeline.errors import Interrupted
-from pipeline.runs.continuation import LAUNCHER_ENV
 
 log = logging.getLogger(__name__)
-
-
-def tell_the_agent() -> None:
-    """Under ./launch.sh's agent: ask it to stop the whole job (it then signals every worker once)."""
-    if os.environ.get(LAUNCHER_ENV) and "TORCHELASTIC_RUN_ID" in os.environ:
-        try:
-            os.kill(os.getppid(), signal.SIGTERM)
-        except OSError:
-            pass  # the agent is gone already
 
 
 class StopRequest:

@@ -22,7 +22,8 @@ import torch
 from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, EndReason
-from pipeline.runs.continuation import LAUNCHER_ENV, direct_command
+from pipeline.constants import LAUNCHER_ENV
+from pipeline.runs.continuation import direct_command
 from pipeline.runs.rundir import default_run_name
 from pipeline.training.checkpoint import Counters
 from pipeline.training.meters import ThroughputMeter
