@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import re
 import sys
 import types
 import typing
@@ -236,6 +237,11 @@ class TrainConfig(Section):
     target_accuracy: float = _f(0.0, "stop (exit 0) after the first evaluation whose headline top-1 reaches this "
                                 "fraction; 0 = off", ge=0.0, le=1.0)
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
+    max_steps: int = _f(0, "stop after this many optimizer steps in all (the last epoch may end early); the "
+                           "schedule runs over them; 0 = train.epochs whole epochs", ge=0)
+    time_budget: str = _f("off", "fit the run to this wall-clock time from process start (e.g. 300s, 5m, 2h): it "
+                                 "measures its steps, then plans train.epochs/max_steps and scales the schedule "
+                                 "(docs/training.md); off = train.epochs as given")
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
 
@@ -512,10 +518,36 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError("eval.only: needs a checkpoint: checkpoint.resume=auto (the latest of "
                           "logging.run_name=<run>) or checkpoint.resume=<path to a .pt file>")
     _check_accepted_keys(cfg.checkpoint.accept_changes)
+    _check_time_budget(cfg.train)
     name = cfg.logging.run_name
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
         raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir; "
                           "e.g. logging.run_name=my-run)")
+
+
+def duration_seconds(text: str) -> float:
+    """'300s', '5m', '2h', '1h30m' or plain seconds -> seconds; ValueError for anything else."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def _check_time_budget(train: TrainConfig) -> None:
+    if train.time_budget == "off":
+        return
+    try:
+        seconds = duration_seconds(train.time_budget)
+    except ValueError:
+        raise ConfigError(f"train.time_budget: {train.time_budget!r} is not a duration (e.g. train.time_budget=300s, "
+                          "5m, 2h or 1h30m; off for none)") from None
+    if seconds <= 0:
+        raise ConfigError(f"train.time_budget: {train.time_budget!r} must be longer than zero (or off)")
+    if train.max_steps:
+        raise ConfigError("train.max_steps: train.time_budget plans the number of steps; give one of the two")
 
 
 def _leaf_keys(section: type[BaseModel], prefix: str = "") -> list[str]:

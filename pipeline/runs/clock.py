@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Protocol
 
@@ -30,6 +31,20 @@ class RunPosition(Protocol):
 
     @property
     def epoch_closed(self) -> bool: ...  # at an epoch's end with its evaluation recorded
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0.0 where it cannot be read).
+
+    train.time_budget counts from here: interpreter start-up and imports are part of what a budget pays.
+    """
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[19])  # field 22 of proc(5), counted from the one after the command name
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 class RunClock:

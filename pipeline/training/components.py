@@ -170,8 +170,14 @@ def resolve_num_classes(cfg: Config, data: ImageSets | None) -> Config:
     return resolved
 
 
+def rebuild_train_loader(cfg: Config, dist: DistInfo, data: ImageSets | None, parts: Components) -> None:
+    """A new training loader for `parts`, at the run's first batch (after train.time_budget measured the run)."""
+    parts.train_loader, _ = build_loaders(cfg, dist, data, parts.precision.dtype, None, with_eval=False, quiet=True)
+
+
 def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: torch.dtype,
-                  resume: ResumePoint | None, with_eval: bool = True) -> tuple[Loader, Loader | None]:
+                  resume: ResumePoint | None, with_eval: bool = True,
+                  quiet: bool = False) -> tuple[Loader, Loader | None]:
     """This rank's training loader (at the resume point's position) and evaluation loader."""
     train_set, val_set = data if data is not None else (None, None)
     if train_set is not None:
@@ -191,7 +197,7 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
                                 start_epoch=resume.epoch if resume else 0, **common)
     eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
                    if with_eval else None)
-    if dist.is_main:
+    if dist.is_main and not quiet:
         for key in ignored_data_keys(cfg.data):  # the harmless ones; keys that select data are config errors
             log.warning("%s", describe_ignored(cfg.data, key))
         n_train = len(train_set) if train_set is not None else cfg.data.synthetic_images
@@ -219,7 +225,7 @@ def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = N
     wrapped = wrap_model(model, dist, compile=cfg.train.compile)
     torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs per rank
     optimizer = build_optimizer(cfg.optim, model, cfg.train.global_batch_size, dist.device)
-    scheduler = build_scheduler(cfg.schedule, optimizer, cfg.train.epochs, len(train_loader))
+    scheduler = build_scheduler(cfg.schedule, optimizer, cfg.train.epochs, len(train_loader), cfg.train.max_steps)
     ema = WeightEMA(model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
     return Components(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, precision=precision,
                       ema=ema, train_loader=train_loader, eval_loader=eval_loader,

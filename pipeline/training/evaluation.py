@@ -65,3 +65,7 @@ class EpochEvaluation:
         log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
                  c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
                  metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
+
+    def announce_target(self, c: Counters) -> None:
+        log.info("stopping at epoch %d of %d: top-1 %.2f%% reached train.target_accuracy %.2f%%", c.epoch,
+                 self.cfg.train.epochs, 100 * c.final["val/top1"], 100 * self.cfg.train.target_accuracy)

@@ -28,6 +28,7 @@ from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
 from pipeline.runs.changes import note_changes
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
+from pipeline.training.budget import budget_run, plan_from
 from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
@@ -70,8 +71,13 @@ class Trainer:
             log.info("%d process(es) on %s; %s", dist.world_size, dist.device, describe(env))
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.run_dir, dist, cfg.to_dict(), cfg.train.epochs)
         resume = self.checkpoints.find_resume()  # refuses unaccepted changes of experiment keys
+        plan = plan_from(resume)  # train.time_budget: the first session's plan holds for the whole run
+        self.cfg = cfg = plan.apply(cfg) if plan else cfg
         self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
+        if cfg.train.time_budget != "off" and plan is None and not cfg.eval.only:
+            self.cfg, plan = cfg, plan = budget_run(cfg, self.parts, dist, self.run_dir, data)
+        self.checkpoints.plan, self.checkpoints.epochs = plan, cfg.train.epochs
         self.clock = RunClock(self.counters, dist.device, started)
         self.evaluation = EpochEvaluation(cfg, self.parts)
         # True once train.target_accuracy is reached before the last epoch (here: before a resume):
@@ -79,6 +85,7 @@ class Trainer:
         self.stopped_at_target = self.evaluation.target_reached(self.counters.final)
         # A run whose earlier session finished: this one trains nothing, and says so (fit).
         self.done_before = resume is not None and (self.counters.epoch >= cfg.train.epochs or self.stopped_at_target)
+        self.total_steps = min(cfg.train.epochs * self.parts.steps_per_epoch, cfg.train.max_steps or 2**62)
         self.stop_agreed = StopAgreement(self.stop, dist.world_size)
         self.training_step = build_training_step(self.parts, cfg.train)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
@@ -90,6 +97,10 @@ class Trainer:
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
                                   environment=env,
                                   resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
+        if plan is not None:  # fixed once: metrics.jsonl (once), the summary, W&B and every checkpoint keep it
+            self.records.summary(plan.record())
+            if resume is None:
+                self.records.log({"step": 0, "epoch": 0, **plan.record()})
         # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
         self.checkpoints.observers += [self.clock, self.records]
 
@@ -130,9 +141,7 @@ class Trainer:
                 return self.preempted()
             c.epoch, c.step_in_epoch, c.eval_pending = c.epoch + 1, 0, True
         if self.stopped_at_target:
-            if self.dist.is_main:
-                log.info("stopping at epoch %d of %d: top-1 %.2f%% reached train.target_accuracy %.2f%%", c.epoch,
-                         self.cfg.train.epochs, 100 * c.final["val/top1"], 100 * self.cfg.train.target_accuracy)
+            self.evaluation.announce_target(c)
             return EndReason.TARGET_REACHED
         return EndReason.FINISHED
 
@@ -195,6 +204,8 @@ class Trainer:
                     self.checkpoints.save_step(parts, c)
                 if self.stop_agreed.after_step():
                     return False
+                if c.global_step >= self.total_steps:  # train.max_steps (or a time budget's plan) ends the run
+                    break
         finally:
             self.clock.stop_training()
             self.progress.end_epoch()
@@ -216,7 +227,7 @@ class Trainer:
 
     def eta_seconds(self) -> float:
         ips = self.meter.mean_images_per_sec_per_device
-        remaining = self.cfg.train.epochs * self.parts.steps_per_epoch - self.counters.global_step
+        remaining = self.total_steps - self.counters.global_step
         return remaining * self.parts.local_batch / ips if ips == ips and ips > 0 else float("nan")
 
     # ----------------------------------------------------------------------------- finish
