@@ -10,3 +10,10 @@ BENCH_RESULTS_DIR = REPO_ROOT / "bench-results"  # default parent of benchmark r
 
 # Resize filters every loader implements; the config adds "random" (one of these per image) for training.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+# The training-only augmentation levers (pipeline/data/levers.py): the choices the config offers.
+AUTO_AUGMENTS = ("none", "trivial_augment", "rand_augment", "auto_augment")
+AUTO_AUGMENT_POLICIES = ("image_net", "reduced_cifar10", "svhn", "reduced_image_net")
+# Progressive resizing's most distinct training sizes: each compiles once under train.compile, and
+# torch._dynamo keeps at most recompile_limit (8) graphs per function before falling back to eager.
+MAX_PROGRESSIVE_SIZES = 6

@@ -140,8 +140,10 @@ def build_network(model_cfg: Any, data_cfg: Any, dist: DistInfo, sync_bn: bool) 
     if model_cfg.name not in list_models():
         raise ConfigError(f"model.name: unknown model {model_cfg.name!r}; choose one of {', '.join(list_models())}")
     model = build_model(model_cfg.name, num_classes=model_cfg.num_classes, dropout=model_cfg.dropout)
-    check_input_sizes(model, {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop},
-                      model_cfg.num_classes)
+    sizes = {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop}
+    if data_cfg.train.progressive_start_crop:  # the smallest training size (the network takes every larger one)
+        sizes["data.train.progressive_start_crop"] = data_cfg.train.progressive_start_crop
+    check_input_sizes(model, sizes, model_cfg.num_classes)
     if sync_bn and dist.distributed:
         if dist.device.type != "cuda":
             raise ConfigError("dist.sync_bn: torch's SyncBatchNorm runs only on GPUs; set dist.sync_bn=false on CPU")
@@ -186,7 +188,7 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
     common = dict(rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed, device=dist.device,
                   dtype=dtype, num_classes=cfg.model.num_classes, compile_standardize=cfg.train.compile != "off")
     train_loader = build_loader(cfg.data, images=train_set, train=True, batch_size=local_batch,
-                                max_steps=cfg.train.max_steps_per_epoch,
+                                max_steps=cfg.train.max_steps_per_epoch, total_epochs=cfg.train.epochs,
                                 state=resume.loader_state(dist) if resume else None,
                                 start_epoch=resume.epoch if resume else 0, **common)
     eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
