@@ -253,7 +253,14 @@ class TrainConfig(Section):
         "at small batches) | max-autotune | max-autotune-no-cudagraphs; true/false mean default/off")
     seed: int = _f(0, "base seed: data order, weights, augmentation (rank r uses seed + r)", ge=0)
     deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0.0, lt=1.0)
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (applied to mixed targets too)", ge=0.0, lt=1.0)
+    mixup_alpha: float = _f(0.0, "mixup (Zhang et al. 2018) on the device: the batch's weight ~ Beta(alpha, alpha) "
+                            "per batch; 0 = off (timm: 0.8)", ge=0.0)
+    cutmix_alpha: float = _f(0.0, "CutMix (Yun et al. 2019) on the device: the kept area ~ Beta(alpha, alpha) per "
+                             "batch; 0 = off (timm: 1.0)", ge=0.0)
+    mix_prob: float = _f(1.0, "mixup/CutMix: probability that a batch is mixed at all", ge=0.0, le=1.0)
+    mix_switch_prob: float = _f(0.5, "mixup and CutMix both on: probability that a mixed batch uses CutMix",
+                                ge=0.0, le=1.0)
     ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
     ema_warmup: bool = _f(True, "EMA decay of update n is min(ema_decay, (1 + n) / (10 + n)), so the EMA follows "
                                 "the weights from the first epoch; false = ema_decay from the second update on")
@@ -283,6 +290,9 @@ class EvalConfig(Section):
         "The former eval.use_ema=true/false still means ema/raw"
     )
     only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
+    tta: Literal["none", "flip"] = _f(
+        "none", "test-time augmentation: flip = the mean of the logits of each image and its mirror, the headline "
+        "val/*, with the plain figures as val/*_noflip (not time to accuracy: that is train.tta_thresholds, tta/*)")
 
 
 class DistConfig(Section):

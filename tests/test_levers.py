@@ -1,11 +1,16 @@
-"""The augmentation levers of the DALI graph: automatic augmentation, random erasing, progressive resizing;
-each a function of train.seed."""
+"""The augmentation levers: automatic augmentation, random erasing, progressive resizing (DALI graph),
+mixup/CutMix (the training step), flip evaluation; each a function of train.seed, and a killed run with
+all of them on resumes bit for bit."""
 
 from __future__ import annotations
+
+import signal
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from conftest import smooth_image, write_imagefolder
 from pipeline.config import ConfigError, load_config
@@ -18,6 +23,11 @@ from pipeline.data.erasing import ErasingSpec, draw_erasing, erase_boxes
 from pipeline.data.levers import TrainLevers
 from pipeline.data.progressive import ProgressiveResize
 from pipeline.data.sampler import ShardedBatches
+from pipeline.runs.metrics import read_metrics
+from pipeline.training.ema import name_evaluations
+from pipeline.training.mixing import BatchMixer, Mix, mix_images, mixed_targets
+from pipeline.training.precision import build_precision
+from pipeline.training.step import evaluate, evaluation_notes
 
 CPU = torch.device("cpu")
 SMALL = ("data.train.min_side=34", "data.train.max_side=38", "data.train.crop=32", "data.num_threads=1")
@@ -186,3 +196,111 @@ def test_the_torchvision_baseline_refuses_the_levers():
     with pytest.raises(ConfigError, match="the torchvision baseline loader does not implement the training levers"):
         build_loader(cfg.data, images=array_set(), train=True, batch_size=8, rank=0, world_size=1, seed=0,
                      device=CPU, dtype=torch.float32, backend="torchvision")
+
+
+# --------------------------------------------------------------------------------- mixup, CutMix
+
+
+def test_mixed_targets_sum_to_one_and_follow_the_draw():
+    torch.manual_seed(0)
+    images, labels = torch.randn(6, 3, 8, 10), torch.tensor([0, 1, 2, 3, 4, 1])
+    mixup = BatchMixer(mixup_alpha=0.4, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5, seed=1)
+    mix = mixup.draw(5, 8, 10)
+    assert mix == mixup.draw(5, 8, 10) and mix != mixup.draw(6, 8, 10)  # a function of (seed, step)
+    assert mix.kind == "mixup" and 0 < mix.lam < 1
+    mixed, targets = mixup(images, labels, 5, 5, 0.1)
+    assert torch.allclose(mixed, mix.lam * images + (1 - mix.lam) * images.flip(0), atol=1e-6)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    smoothed = F.one_hot(labels, 5).float() * 0.9 + 0.02  # timm's mixup_target: smooth each, then mix
+    assert torch.allclose(targets, mix.lam * smoothed + (1 - mix.lam) * smoothed.flip(0), atol=1e-6)
+
+    cutmix = BatchMixer(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, seed=1)
+    mix = next(m for m in (cutmix.draw(s, 8, 10) for s in range(50)) if 0 < m.lam < 1)
+    top, bottom, left, right = mix.box
+    assert mix.kind == "cutmix" and mix.lam == pytest.approx(1 - (bottom - top) * (right - left) / 80)
+    pasted = mix_images(images, mix)
+    inside = torch.zeros(8, 10, dtype=torch.bool)
+    inside[top:bottom, left:right] = True
+    assert torch.equal(pasted[..., inside], images.flip(0)[..., inside])
+    assert torch.equal(pasted[..., ~inside], images[..., ~inside])
+    targets = mixed_targets(labels, 5, mix.lam)
+    assert torch.allclose(targets.sum(1), torch.ones(6)) and targets.max() <= 1
+
+    both = BatchMixer(mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.5, switch_prob=0.25, seed=2)
+    kinds = [both.draw(s, 8, 10).kind for s in range(4000)]
+    assert abs(kinds.count("none") / 4000 - 0.5) < 0.04
+    assert abs(kinds.count("cutmix") / (4000 - kinds.count("none")) - 0.25) < 0.04
+    assert mix_images(images, Mix("none", 1.0)) is images
+
+
+def test_mixing_adds_a_few_operators_and_reads_nothing_back():
+    """The host cost of mixing a batch (the ledger of `python -m pipeline.bench overhead`): a handful of
+    operators, no device read, no upload; a per-sample loop or an F.one_hot (which reads the labels'
+    range back on a CPU) would fail here."""
+    from pipeline.bench.overhead import Ledger
+
+    images, labels = torch.randn(32, 3, 16, 16), torch.randint(0, 10, (32,))
+    for alphas in ((0.4, 0.0), (0.0, 1.0)):
+        mixer = BatchMixer(*alphas, prob=1.0, switch_prob=0.5, seed=0)
+        ledger = Ledger()
+        with ledger.counting(CPU), ledger.section("mix"):
+            mixer(images, labels, 3, 10, 0.1)
+        assert 0 < ledger.ops["mix"] <= 12 and not ledger.reads and not ledger.uploads, ledger.op_names["mix"]
+
+
+# ---------------------------------------------------------------------------------- flip evaluation
+
+
+def test_flip_evaluation_is_the_mean_of_the_two_logit_sets():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 7))  # not mirror-symmetric
+    batches = [(torch.randn(5, 3, 8, 8), torch.randint(0, 7, (5,))) for _ in range(3)]
+    precision = build_precision("fp32", CPU)
+    both = evaluate(model, batches, precision, flip=True)
+    plain = evaluate(model, batches, precision)
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in batches])
+        averaged = (logits + torch.cat([model(x.flip(3)) for x, _ in batches])) / 2
+    labels = torch.cat([y for _, y in batches])
+    assert both["val/top1"] == pytest.approx((averaged.argmax(1) == labels).float().mean().item())
+    assert both["val/loss"] == pytest.approx(F.cross_entropy(averaged, labels).item(), rel=1e-6)
+    assert both["val/top1"] != plain["val/top1"]  # the flip changes predictions of this network
+    assert {k.removesuffix("_noflip"): v for k, v in both.items() if k.endswith("_noflip")} == \
+        {k: v for k, v in plain.items() if k != "val/images"}
+    named = name_evaluations({"ema": both, "raw": both})
+    assert named["val_raw/top1_noflip"] == plain["val/top1"]  # not confused with tta/* (time to accuracy)
+    assert f"without: {100 * plain['val/top1']:.2f}%" in evaluation_notes(named)
+
+
+# ------------------------------------------------------------------------ kill -9, then resume
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical_with_every_lever_on(tmp_path):
+    """One uninterrupted run and one killed mid-epoch 2 and resumed, every lever on, end with the same weights."""
+    from runs import run_train
+    from test_reliability import RESUMABLE, final_state, kill_job, start_train, wait_for_file
+    from pipeline.training.checkpoint import step_path
+    from runs import assert_same_tensors
+
+    levers = ("data.train.auto_augment=rand_augment", "data.train.erase_prob=0.5",
+              "data.train.progressive_start_crop=8", "data.train.progressive_multiple=4",
+              "data.train.progressive_ramp=[0.2,0.6]", "train.mixup_alpha=0.4", "train.cutmix_alpha=1.0",
+              "train.label_smoothing=0.1", "eval.tta=flip")
+    run_train(tmp_path, "whole", *RESUMABLE, *levers)
+    proc = start_train(tmp_path, "killed", *RESUMABLE, *levers)
+    wait_for_file(tmp_path / "killed" / step_path(tmp_path, 16).name, proc)  # mid-epoch 2, mid-ramp
+    kill_job(proc)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_train(tmp_path, "killed", *RESUMABLE, *levers)
+    assert "resumed from" in resumed.stderr
+    reference, state = final_state(tmp_path / "whole"), final_state(tmp_path / "killed")
+    assert_same_tensors(reference["model"], state["model"], "model")
+    assert_same_tensors(reference["optimizer"], state["optimizer"], "optimizer")
+    # The sizes grew 8 -> 12 -> 16 (each first step timed and logged), the evaluation is flipped.
+    log = (tmp_path / "whole" / "train.log").read_text()
+    assert all(f"first training step at {s}x{s} px" in log for s in (8, 12, 16)), log[-3000:]
+    records = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    assert any("perf/first_step_seconds_12px" in r for r in records)
+    (last,) = [r for r in records if "val/top1" in r]
+    assert "val/top1_noflip" in last and "averages each image with its mirror" in log

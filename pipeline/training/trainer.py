@@ -34,7 +34,7 @@ from pipeline.training.components import (build_components, build_training_step,
 from pipeline.training.ema import name_evaluations
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
-from pipeline.training.step import evaluate
+from pipeline.training.step import evaluate, evaluation_notes
 from pipeline.training.summary import (announce_continue, evaluate_checkpoint, final_summary, report_done_before,
                                       report_final, report_nonfinite)
 from pipeline.training.tta import reaches, record_crossings
@@ -195,6 +195,7 @@ class Trainer:
         record: dict[str, Any] = {"step": c.global_step, "epoch": round(c.global_step / self.parts.steps_per_epoch, 4),
                                   "train/loss": stats["loss"], "train/lr": self.parts.optimizer.param_groups[0]["lr"]}
         record.update(self.meter.read() or {})
+        record.update(self.training_step.pop_size_reports())  # progressive resizing: first step at a new size
         if self.dist.device.type == "cuda":
             record["perf/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
         self.records.log(record)
@@ -211,8 +212,8 @@ class Trainer:
         """val/* for the headline weights of eval.weights; val_ema/* and val_raw/* when both are evaluated."""
         self.parts.sync_buffers()
         models = self.parts.eval_models(self.cfg.eval.weights)
-        return name_evaluations({name: evaluate(model, self.parts.eval_loader, self.parts.precision)
-                                 for name, model in models.items()})
+        return name_evaluations({name: evaluate(model, self.parts.eval_loader, self.parts.precision,
+                                                self.cfg.eval.tta == "flip") for name, model in models.items()})
 
     def record_evaluation(self, metrics: dict[str, float]) -> None:
         c = self.counters
@@ -223,10 +224,10 @@ class Trainer:
                                    train_seconds=c.train_seconds, wall_seconds=self.clock.wall_seconds())
         record = {"step": c.global_step, "epoch": c.epoch, **metrics, **crossed}
         self.records.log(record)
-        raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
+        notes = evaluation_notes(metrics)  # the raw weights' top-1; the top-1 without flip (eval.tta=flip)
         log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
                  c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
+                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, notes)
 
     # ----------------------------------------------------------------------------- finish
 
