@@ -28,7 +28,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.constants import INTERPOLATIONS, REPO_ROOT
+from pipeline.constants import (AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS, INTERPOLATIONS, MAX_PROGRESSIVE_SIZES,
+                                REPO_ROOT)
 from pipeline.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_config_args", "save_config", "split_args"]
@@ -107,6 +108,31 @@ class TrainAugmentConfig(Section):
     interpolation: Interpolation = _f(
         "bilinear", "resize filter; 'random' picks nearest/bilinear/bicubic per image as the reference did"
     )
+    # The levers (pipeline/data/levers.py): in the DALI graph, training only, drawn from train.seed; off by default.
+    auto_augment: Literal[AUTO_AUGMENTS] = _f(  # type: ignore[valid-type]
+        "none", "automatic augmentation of the crop (nvidia.dali.auto_aug): trivial_augment (TrivialAugment Wide), "
+        "rand_augment (rand_augment_n, rand_augment_m), auto_augment (auto_augment_policy); none = off")
+    rand_augment_n: int = _f(2, "rand_augment: operations per image (RandAugment's N; timm's rand-m9-n2)", ge=1)
+    rand_augment_m: int = _f(9, "rand_augment: magnitude of every operation on the 0-10 scale (RandAugment's M)",
+                             ge=0, le=10)
+    auto_augment_policy: Literal[AUTO_AUGMENT_POLICIES] = _f(  # type: ignore[valid-type]
+        "image_net", "auto_augment: the AutoAugment policy (image_net, as DeepLearningExamples' DALI ResNet-50; "
+        "reduced_cifar10 was searched on CIFAR-10)")
+    erase_prob: float = _f(0.0, "random erasing (Zhong et al. 2017): probability that an image gets one rectangle "
+                           "filled with erase_value; 0 = off", ge=0.0, le=1.0)
+    erase_area: list[float] = _f([0.02, 1 / 3], "random erasing: [min, max] area of the rectangle, as a fraction of "
+                                 "the image's (timm's scale)", min_length=2, max_length=2)
+    erase_aspect: list[float] = _f([0.3, 3.3], "random erasing: [min, max] height / width of the rectangle, drawn "
+                                   "log-uniformly (timm's ratio)", min_length=2, max_length=2)
+    erase_value: list[int] = _f([124, 116, 104], "random erasing: R, G, B fill (0-255, before normalization; the "
+                                "ImageNet mean, which channel normalization maps to ~0)", min_length=3, max_length=3)
+    progressive_start_crop: int = _f(0, "progressive resizing: crop side at the start of the run (px), growing to "
+                                     "crop; min_side and max_side scale with it; 0 = off", ge=0)
+    progressive_ramp: list[float] = _f([0.7, 0.85], "progressive resizing: [start, end] of the growth as fractions "
+                                       "of the run's steps; crop after end (FFCV's ResNet-50: about 0.7-0.85)",
+                                       min_length=2, max_length=2)
+    progressive_multiple: int = _f(16, "progressive resizing: sizes during the growth are rounded to multiples of "
+                                   "this (px)", gt=0)
 
 
 class EvalAugmentConfig(Section):
@@ -228,7 +254,14 @@ class TrainConfig(Section):
         "at small batches) | max-autotune | max-autotune-no-cudagraphs; true/false mean default/off")
     seed: int = _f(0, "base seed: data order, weights, augmentation (rank r uses seed + r)", ge=0)
     deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0.0, lt=1.0)
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (applied to mixed targets too)", ge=0.0, lt=1.0)
+    mixup_alpha: float = _f(0.0, "mixup (Zhang et al. 2018) on the device: the batch's weight ~ Beta(alpha, alpha) "
+                            "per batch; 0 = off (timm: 0.8)", ge=0.0)
+    cutmix_alpha: float = _f(0.0, "CutMix (Yun et al. 2019) on the device: the kept area ~ Beta(alpha, alpha) per "
+                             "batch; 0 = off (timm: 1.0)", ge=0.0)
+    mix_prob: float = _f(1.0, "mixup/CutMix: probability that a batch is mixed at all", ge=0.0, le=1.0)
+    mix_switch_prob: float = _f(0.5, "mixup and CutMix both on: probability that a mixed batch uses CutMix",
+                                ge=0.0, le=1.0)
     ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
     ema_warmup: bool = _f(True, "EMA decay of update n is min(ema_decay, (1 + n) / (10 + n)), so the EMA follows "
                                 "the weights from the first epoch; false = ema_decay from the second update on")
@@ -263,6 +296,9 @@ class EvalConfig(Section):
         "The former eval.use_ema=true/false still means ema/raw"
     )
     only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
+    tta: Literal["none", "flip"] = _f(
+        "none", "test-time augmentation: flip = the mean of the logits of each image and its mirror, the headline "
+        "val/*, with the plain figures as val/*_noflip (not time to accuracy: that is train.tta_thresholds, tta/*)")
 
 
 class DistConfig(Section):
@@ -481,6 +517,7 @@ def _check_consistency(cfg: Config) -> None:
             f"data.train.min_side and data.train.max_side to {aug.crop} or more)"
         )
     _check_data_ranges(cfg.data)
+    _check_progressive(aug)
     if cfg.data.eval.crop > cfg.data.eval.size:
         raise ConfigError(f"data.eval.crop: {cfg.data.eval.crop} is larger than data.eval.size {cfg.data.eval.size} "
                           f"(e.g. data.eval.size={cfg.data.eval.crop})")
@@ -573,14 +610,40 @@ def _check_accepted_keys(keys: list[str]) -> None:
 
 def _check_data_ranges(data: DataConfig) -> None:
     """The list-valued data keys (their lengths are checked by the schema): ranges and statistics."""
-    for key, (low, high), bound in (("area", data.train.area, 1.0), ("aspect", data.train.aspect, None)):
+    ranges = (("area", data.train.area, 1.0), ("aspect", data.train.aspect, None),
+              ("erase_area", data.train.erase_area, 1.0), ("erase_aspect", data.train.erase_aspect, None))
+    for key, (low, high), bound in ranges:
         if not 0 < low <= high or (bound is not None and high > bound):
             limit = f"0 < min <= max <= {bound}" if bound is not None else "0 < min <= max"
             raise ConfigError(f"data.train.{key}: expected [min, max] with {limit} (got {[low, high]})")
+    if not all(0 <= v <= 255 for v in data.train.erase_value):
+        raise ConfigError(f"data.train.erase_value: R, G, B must each lie in 0-255 (got {data.train.erase_value})")
     if min(data.std) <= 0:
         raise ConfigError(f"data.std: every channel's standard deviation must be positive (got {data.std})")
     if data.eval_label_map and not data.eval_labels:
         raise ConfigError("data.eval_label_map: maps the IDs of a labels file, so it needs data.eval_labels")
+
+
+def _check_progressive(aug: TrainAugmentConfig) -> None:
+    """Progressive resizing: a start below the final crop, a ramp inside the run, a bounded number of sizes."""
+    start, (begin, end), multiple = aug.progressive_start_crop, aug.progressive_ramp, aug.progressive_multiple
+    if not start:
+        return
+    if start >= aug.crop:
+        raise ConfigError(f"data.train.progressive_start_crop: {start} must be smaller than data.train.crop "
+                          f"{aug.crop} (e.g. data.train.progressive_start_crop={aug.crop * 3 // 4}), or 0 for off")
+    if not 0.0 <= begin <= end < 1.0:
+        raise ConfigError(f"data.train.progressive_ramp: expected [start, end] with 0 <= start <= end < 1, fractions "
+                          f"of the run, the last part at the final size (got {[begin, end]}; e.g. [0.7,0.85])")
+    def count(step: int) -> int:  # as ProgressiveResize.sides: the start, the multiples between, the final crop
+        return 2 + len(range((start // step + 1) * step, aug.crop, step))
+
+    sizes = count(multiple)
+    if sizes > MAX_PROGRESSIVE_SIZES:
+        fits = next(m for m in range(multiple, aug.crop + 1) if count(m) <= MAX_PROGRESSIVE_SIZES)
+        raise ConfigError(f"data.train.progressive_multiple: {multiple} px gives {sizes} sizes from {start} to "
+                          f"{aug.crop}, more than {MAX_PROGRESSIVE_SIZES} (each compiles once under train.compile; "
+                          f"e.g. data.train.progressive_multiple={fits})")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

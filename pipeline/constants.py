@@ -14,3 +14,10 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # Set by pipeline/tools/launch.py (./launch.sh's torchrun agent) for the workers it starts: it prints
 # the ending and the continue command itself, and a worker asked to stop passes the request on to it.
 LAUNCHER_ENV = "PIPELINE_LAUNCHER"
+
+# The training-only augmentation levers (pipeline/data/levers.py): the choices the config offers.
+AUTO_AUGMENTS = ("none", "trivial_augment", "rand_augment", "auto_augment")
+AUTO_AUGMENT_POLICIES = ("image_net", "reduced_cifar10", "svhn", "reduced_image_net")
+# Progressive resizing's most distinct training sizes: each compiles once under train.compile, and
+# torch._dynamo keeps at most recompile_limit (8) graphs per function before falling back to eager.
+MAX_PROGRESSIVE_SIZES = 6

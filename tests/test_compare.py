@@ -184,6 +184,26 @@ def test_what_was_never_measured_shows_a_dash(tmp_path, capsys):
     assert second["end"] == "preempted"
 
 
+LEVERS = {"data.train.auto_augment": "trivial_augment", "data.train.erase_prob": 0.25,
+          "data.train.progressive_start_crop": 96, "train.mixup_alpha": 0.8, "train.cutmix_alpha": 1.0,
+          "eval.tta": "flip"}
+
+
+def test_the_augmentation_levers_are_columns_when_they_differ(tmp_path, capsys):
+    """Runs written with and without the levers (their config.yaml as the trainer saves it): each lever is a column."""
+    dirs = []
+    for name, overrides in (("plain", []), ("levers", [f"{k}={v}" for k, v in LEVERS.items()])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(load_config(None, [f"name={name}", *overrides]).to_yaml())
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 1, "time": 1.0, "val/top1": 0.5}) + "\n")
+        dirs.append(str(run))
+    assert compare.main(dirs) == 0
+    plain, levers = text_table(capsys.readouterr().out)
+    assert {key: levers[key] for key in LEVERS} == {key: str(value) for key, value in LEVERS.items()}
+    assert plain["data.train.auto_augment"] == "none" and plain["eval.tta"] == "none"
+
+
 def test_not_a_run_directory_exits_2_naming_the_path(tmp_path):
     (tmp_path / "no-metrics").mkdir()
     (tmp_path / "no-metrics" / "config.yaml").write_text("name: x\n")

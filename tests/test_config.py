@@ -67,6 +67,20 @@ def test_string_override_is_converted_to_the_field_type():
         (["model.num_classes=1"], "model.num_classes", "greater than 1 or Input should be 'auto'"),
         (["model.num_classes=many"], "model.num_classes", "should be 'auto'"),
         (["model.num_classes=auto", "data.source=synthetic"], "model.num_classes", "give a number"),
+        # the augmentation levers
+        (["data.train.auto_augment=autoaugment"], "data.train.auto_augment", "'trivial_augment'"),
+        (["data.train.rand_augment_m=11"], "data.train.rand_augment_m", "less than or equal to 10"),
+        (["data.train.auto_augment_policy=cifar10"], "data.train.auto_augment_policy", "'reduced_cifar10'"),
+        (["data.train.erase_prob=1.5"], "data.train.erase_prob", "less than or equal to 1"),
+        (["data.train.erase_area=[0.4,0.1]"], "data.train.erase_area", "0 < min <= max <= 1.0"),
+        (["data.train.erase_aspect=[0,3]"], "data.train.erase_aspect", "0 < min <= max"),
+        (["data.train.erase_value=[0,0,300]"], "data.train.erase_value", "0-255"),
+        (["data.train.progressive_start_crop=122"], "data.train.progressive_start_crop", "smaller than"),
+        (["data.train.progressive_start_crop=96", "data.train.progressive_ramp=[0.8,1.0]"],
+         "data.train.progressive_ramp", "0 <= start <= end < 1"),
+        (["train.mixup_alpha=-0.2"], "train.mixup_alpha", "greater than or equal to 0"),
+        (["train.mix_switch_prob=2"], "train.mix_switch_prob", "less than or equal to 1"),
+        (["eval.tta=hflip"], "eval.tta", "'none' or 'flip'"),
     ],
 )
 def test_bad_values_name_the_key(override, key, words):

@@ -111,6 +111,32 @@ def test_restored_gpu_loader_reproduces_the_next_batches(sources, kind):
         assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
 
 
+@pytest.mark.parametrize("kind", ["paths", "resident"])
+def test_the_levers_run_in_the_gpu_graph_and_resume_exactly(sources, kind):
+    """Automatic augmentation, erasing and progressive resizing as GPU operators (auto_aug's `select` on GPU
+    data, `fn.erase` with CPU per-sample arguments); a restored loader reproduces the next batches."""
+    levers = ("data.train.auto_augment=rand_augment", "data.train.erase_prob=0.5",
+              "data.train.progressive_start_crop=16", "data.train.progressive_multiple=8",
+              "data.train.progressive_ramp=[0.2,0.6]")
+    cfg = load_config(None, [*sources[kind], *SMALL, *levers, "data.device=gpu"]).data
+    train, _ = load_image_sets(cfg)
+
+    def make(state=None):
+        return build_loader(cfg, images=train, train=True, batch_size=4, rank=0, world_size=1, seed=0, device=GPU,
+                            dtype=torch.float32, state=state, total_epochs=2)
+
+    ld = make()
+    it = iter(ld)
+    first = next(it)
+    assert first[0].shape == (4, 3, 16, 16) and first[0].device == GPU and torch.isfinite(first[0]).all()
+    next(it)
+    state = ld.state_dict()
+    expected = [next(it) for _ in range(2)]
+    restored = iter(make(state))
+    for (x, y), (x_ref, y_ref) in zip((next(restored) for _ in range(2)), expected):
+        assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("compile_mode", ["off", "reduce-overhead"])
 def test_a_few_gpu_steps_train(tmp_path, compile_mode):

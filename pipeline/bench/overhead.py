@@ -21,7 +21,7 @@ in a named section (pipeline/sections.py), and reports per training step and per
 
 Components: loader (the wait for the next batch, including DALI's batch callbacks and the
 hand-off), standardize (the GPU trainer's per-image standardization, counted apart from the
-rest), model (forward and backward), optimizer, schedule, ema, statistics, meter and stop
+rest), mix (mixup/CutMix and the soft targets, when train.mixup_alpha or cutmix_alpha is on), model (forward and backward), optimizer, schedule, ema, statistics, meter and stop
 agreement. Then, apart from the per-step figures: one logging boundary (where the loss
 statistics and the throughput window are read: reads expected there), one evaluation batch
 (0 reads expected), and DALI's batch callbacks timed on their own (they run on the training
@@ -56,7 +56,7 @@ from pipeline.training.step import evaluate
 log = logging.getLogger(__name__)
 
 MODEL_SECTIONS = ("model", "optimizer")  # the model's own work; everything else is overhead
-STEP_SECTIONS = ("loader", "standardize", "model", "optimizer", "schedule", "ema", "statistics", "meter",
+STEP_SECTIONS = ("loader", "standardize", "mix", "model", "optimizer", "schedule", "ema", "statistics", "meter",
                  "stop agreement")
 OUTSIDE = "(outside any section)"
 
@@ -291,7 +291,7 @@ class LedgerRun:
         for n in (1, 2):
             self.ledger.reset()
             with self.ledger.counting(self.dist.device), self.ledger.section("evaluation"):
-                evaluate(self.parts.model, batches[:n], self.parts.precision)
+                evaluate(self.parts.model, batches[:n], self.parts.precision, self.cfg.eval.tta == "flip")
             counts.append(self._snapshot(1)["evaluation"])
         return {key: counts[1][key] - counts[0][key] for key in ("ops", "reads", "uploads")}
 

@@ -10,6 +10,9 @@
                            shards read whole in a per-epoch order through a shuffle buffer (pure numpy)
     readers.py             encoded bytes of the next batches, read ahead by threads (files; shards in order)
     crops.py               random-resized-crop windows drawn in numpy (torchvision's algorithm), their callback
+    levers.py              the training-only levers of both graphs together: auto_augment.py (TrivialAugment,
+                           RandAugment, AutoAugment with nvidia.dali.auto_aug, choices drawn in numpy),
+                           erasing.py (random erasing), progressive.py (the crop side over the run)
     dali_graph.py          the DALI graphs (read, decode, resize, crop + flip; decode the window, resize, flip)
     dali_loader.py         the DALI backend: batch callbacks, pipeline loop, hand-off to torch
     torchvision_loader.py  the torchvision DataLoader baseline with the identical augmentation

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.constants import INTERPOLATIONS
+from pipeline.data.levers import TrainLevers
+from pipeline.data.progressive import SideSchedule
 from pipeline.data.readers import BatchReader
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop
@@ -44,15 +46,19 @@ class CropSpec:
     flip_prob: float
     interpolation: str  # nearest | bilinear | bicubic | random
     roi_decode: bool  # decode only the window; else decode the whole image, then slice
+    levers: TrainLevers = TrainLevers()  # automatic augmentation, erasing, progressive resizing
 
     @classmethod
     def for_train(cls, aug: Any) -> "CropSpec":
-        return cls(aug.crop, tuple(aug.area), tuple(aug.aspect), aug.flip_prob, aug.interpolation, aug.roi_decode)
+        return cls(aug.crop, tuple(aug.area), tuple(aug.aspect), aug.flip_prob, aug.interpolation, aug.roi_decode,
+                   TrainLevers.from_config(aug))
 
     @property
     def argument_names(self) -> tuple[str, ...]:
-        """The per-sample arguments after (encoded images, labels), in output order."""
-        return ("anchor", "shape", "mirror") + (("interp",) if self.interpolation == "random" else ())
+        """The per-sample arguments after (encoded images, labels), in output order: the window's, then the
+        levers' (TrainLevers)."""
+        return (("anchor", "shape", "mirror") + (("interp",) if self.interpolation == "random" else ())
+                + self.levers.argument_names)
 
 
 def random_resized_crops(heights: np.ndarray, widths: np.ndarray, area: tuple[float, float],
@@ -88,13 +94,15 @@ class CropSource:
     """Batch callback of the random-resized-crop graph: encoded images, labels and per-sample windows.
 
     One callback gives everything, because the window needs the image's size, which comes with
-    its bytes. Batch `step` of an epoch depends only on (seed, epoch, step).
+    its bytes. Batch `step` of an epoch depends only on (seed, epoch, step) (and, with progressive
+    resizing, the run's planned steps: `sides`).
     """
 
     def __init__(self, labels: np.ndarray, plan: Any, spec: CropSpec, reader: BatchReader, seed: int,
-                 position: Callable[[Any], tuple[int, int]], history: int) -> None:
+                 position: Callable[[Any], tuple[int, int]], history: int, sides: SideSchedule | None = None) -> None:
         self.labels, self.plan, self.spec, self.reader = labels, plan, spec, reader
         self.seed, self.position = seed, position  # DALI's batch number -> (epoch, step): dali_loader.Position
+        self.sides = sides or SideSchedule(None, spec.out_side, len(plan))  # the crop side of each batch
         self.recent: deque[np.ndarray] = deque(maxlen=history)  # index batches, to name a bad file
 
     def __call__(self, info: Any) -> tuple[Any, ...]:
@@ -111,5 +119,8 @@ class CropSource:
         mirror = (rng.random(len(idx)) < spec.flip_prob).astype(np.int32)
         outputs = (batch.data, self.labels[idx], anchor, shape, mirror)
         if spec.interpolation == "random":
-            return (*outputs, rng.integers(0, len(INTERPOLATIONS), len(idx)).astype(np.int32))
+            outputs += (rng.integers(0, len(INTERPOLATIONS), len(idx)).astype(np.int32),)
+        if spec.levers.any:  # drawn after the rest: with every lever off, the draws are what they were
+            drawn = spec.levers.draw(rng, len(idx))
+            outputs += spec.levers.batch_arguments(drawn, len(idx), self.sides(epoch, step))
         return outputs

@@ -28,6 +28,13 @@ file decoded (`fn.decoders.image_slice`), then resized to the output side and fl
 Normalization is per image by default (below); `data.normalize: channel` uses per-channel
 statistics instead ((x / 255 - mean[c]) / std[c], `ChannelStats`), in either graph.
 
+The training-only levers (pipeline/data/levers.py: automatic augmentation, random erasing,
+progressive resizing; all off by default) run in both graphs, drawn in numpy like the rest and
+fed the same way: the automatic augmentation and the erasing between the crop (uint8 HWC) and the
+normalization, the crop side of progressive resizing as a per-sample argument of the crop (or the
+resize) and of the resize range. The graph is built with `enable_conditionals=True` only when the
+automatic augmentation is on (its `select` splits the batch by operation).
+
 Standardization, (x - mean) / sqrt(var + eps) per image over all pixels and channels, happens
 where the training happens. For a GPU trainer the graph hands uint8 to torch, which standardizes
 and casts on the GPU in one pass (`pipeline/data/dali_loader.py`): DALI cannot emit bfloat16,
@@ -45,6 +52,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from pipeline.constants import INTERPOLATIONS
+from pipeline.data.levers import TrainLevers
+from pipeline.data.progressive import scaled_sides
 
 STAGES = ("read", "decode", "resize", "full")  # cumulative graph prefixes, for benchmarking
 AUGMENT_ARGS = ("side", "crop_x", "crop_y", "mirror")  # per-sample arguments, in output order (+ "interp")
@@ -60,27 +69,42 @@ class AugmentSpec:
     random_crop: bool  # False: centred window (evaluation)
     flip_prob: float
     interpolation: str  # nearest | bilinear | bicubic | random
+    levers: TrainLevers = TrainLevers()  # training only: automatic augmentation, erasing, progressive resizing
 
     @classmethod
     def for_train(cls, aug: Any) -> "AugmentSpec":
-        return cls(aug.crop, aug.min_side, aug.max_side, True, aug.flip_prob, aug.interpolation)
+        return cls(aug.crop, aug.min_side, aug.max_side, True, aug.flip_prob, aug.interpolation,
+                   TrainLevers.from_config(aug))
 
     @classmethod
     def for_eval(cls, aug: Any) -> "AugmentSpec":
         return cls(aug.crop, aug.size, aug.size, False, 0.0, aug.interpolation)
 
     @property
-    def argument_names(self) -> tuple[str, ...]:
-        """The per-sample arguments the graph takes: AUGMENT_ARGS, plus "interp" for a random filter."""
+    def base_names(self) -> tuple[str, ...]:
+        """The resize-and-crop arguments: AUGMENT_ARGS, plus "interp" for a random filter."""
         return AUGMENT_ARGS + (("interp",) if self.interpolation == "random" else ())
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        """The per-sample arguments the graph takes: `base_names`, then the levers' (TrainLevers)."""
+        return self.base_names + self.levers.argument_names
+
+    def batch_arguments(self, rows: tuple[np.ndarray, ...], side: int) -> tuple[np.ndarray, ...]:
+        """One batch's arguments, in `argument_names` order, from its rows of `draw_augmentation` and its
+        crop side (progressive resizing: the drawn resize side scales with it)."""
+        base, drawn = rows[:len(self.base_names)], rows[len(self.base_names):]
+        if side != self.out_side:
+            base = (scaled_sides(base[0], side, self.out_side), *base[1:])
+        return (*base, *self.levers.batch_arguments(drawn, len(base[0]), side))
 
 
 def draw_augmentation(spec: AugmentSpec, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
-    """Per-sample arguments for `n` images, named by `spec.argument_names`, in that order.
+    """Per-sample draws for `n` images: `spec.base_names` in that order, then the levers' (TrainLevers.draw).
 
-    side: resized shorter side (float32 px); crop_x, crop_y: the window's position as a fraction
-    of the free space (0 = left/top, 1 = right/bottom); mirror: 1 = flip (int32); interp (random
-    filter only): an index into INTERPOLATIONS (int32).
+    side: resized shorter side (float32 px, for the final crop); crop_x, crop_y: the window's
+    position as a fraction of the free space (0 = left/top, 1 = right/bottom); mirror: 1 = flip
+    (int32); interp (random filter only): an index into INTERPOLATIONS (int32).
     """
     side = rng.integers(spec.min_side, spec.max_side, n, endpoint=True).astype(np.float32)
     if spec.random_crop:
@@ -88,9 +112,10 @@ def draw_augmentation(spec: AugmentSpec, rng: np.random.Generator, n: int) -> tu
     else:
         crop_x = crop_y = np.full(n, 0.5, np.float32)
     mirror = (rng.random(n) < spec.flip_prob).astype(np.int32)
+    base: tuple[np.ndarray, ...] = (side, crop_x, crop_y, mirror)
     if spec.interpolation == "random":
-        return side, crop_x, crop_y, mirror, rng.integers(0, len(INTERPOLATIONS), n).astype(np.int32)
-    return side, crop_x, crop_y, mirror
+        base += (rng.integers(0, len(INTERPOLATIONS), n).astype(np.int32),)
+    return base + spec.levers.draw(rng, n)
 
 
 @dataclass(frozen=True)
@@ -160,10 +185,17 @@ class GraphSettings:
     def decoder_arguments(self) -> dict[str, Any]:
         return self.decoder.arguments(self.gpu)
 
-    def finish(self, images: Any, labels: Any, **window: Any) -> tuple[Any, Any]:
-        """The graph's last step and its outputs: crop/mirror (`window`) and normalize, then the
-        copy to the trainer's GPU where the graph runs on the CPU for a GPU trainer."""
-        images = crop_mirror_normalize(images, self.output, self.std_eps, self.channel_stats, **window)
+    def finish(self, images: Any, labels: Any, augment: Callable[[Any], Any] | None = None,
+               **window: Any) -> tuple[Any, Any]:
+        """The graph's last step and its outputs: crop/mirror (`window`), `augment` (uint8 HWC in and
+        out: the training levers), normalize, then the copy to the trainer's GPU where the graph runs
+        on the CPU for a GPU trainer."""
+        if augment is None:  # one operator: crop, mirror, normalize
+            images = crop_mirror_normalize(images, self.output, self.std_eps, self.channel_stats, **window)
+        else:
+            images = augment(crop_mirror_normalize(images, "uint8", self.std_eps, None, **window))
+            if self.output != "uint8":
+                images = crop_mirror_normalize(images, self.output, self.std_eps, self.channel_stats)
         if self.gpu:
             return images, labels.gpu()
         if self.device_id is not None:  # a CPU graph feeding a GPU trainer: the copy happens in DALI
@@ -238,9 +270,9 @@ def build_pipeline(
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    stop_after = settings.stop_after
+    stop_after, levers = settings.stop_after, spec.levers
 
-    @pipeline_def
+    @pipeline_def(enable_conditionals=levers.conditionals)
     def graph():
         labels, *args = fn.external_source(source=arguments, num_outputs=1 + len(spec.argument_names),
                                            batch=True, batch_info=True)
@@ -264,7 +296,9 @@ def build_pipeline(
         images = fn.resize(images, resize_shorter=arg["side"], interp_type=_resize_filter(spec, arg))
         if stop_after == "resize":
             return images, labels
-        return settings.finish(images, labels, crop=(spec.out_side, spec.out_side), crop_pos_x=arg["crop_x"],
+        crop = arg["out"] if levers.progressive else (spec.out_side, spec.out_side)
+        augment = (lambda cropped: levers.apply(cropped, arg, crop)) if levers.post_crop else None
+        return settings.finish(images, labels, augment, crop=crop, crop_pos_x=arg["crop_x"],
                                crop_pos_y=arg["crop_y"], mirror=arg["mirror"])
 
     return settings.build(graph)
@@ -282,9 +316,9 @@ def build_crop_pipeline(source: Callable[[Any], tuple[Any, ...]], spec: Any, set
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    stop_after, names = settings.stop_after, spec.argument_names
+    stop_after, names, levers = settings.stop_after, spec.argument_names, spec.levers
 
-    @pipeline_def
+    @pipeline_def(enable_conditionals=levers.conditionals)
     def graph():
         data, labels, *args = fn.external_source(source=source, num_outputs=2 + len(names), batch=True,
                                                  batch_info=True)
@@ -300,10 +334,11 @@ def build_crop_pipeline(source: Callable[[Any], tuple[Any, ...]], spec: Any, set
             images = fn.slice(images, arg["anchor"], arg["shape"], **window)
         if stop_after == "decode":
             return images, labels
-        images = fn.resize(images, size=[spec.out_side, spec.out_side], interp_type=_resize_filter(spec, arg),
-                           antialias=True)
+        size = arg["out"] if levers.progressive else [spec.out_side, spec.out_side]
+        images = fn.resize(images, size=size, interp_type=_resize_filter(spec, arg), antialias=True)
         if stop_after == "resize":
             return images, labels
-        return settings.finish(images, labels, mirror=arg["mirror"])
+        augment = (lambda resized: levers.apply(resized, arg, size)) if levers.post_crop else None
+        return settings.finish(images, labels, augment, mirror=arg["mirror"])
 
     return settings.build(graph)

@@ -31,6 +31,7 @@ from pipeline.data.crops import CropSource, CropSpec
 from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, GraphSettings, build_crop_pipeline,
                                       build_pipeline, draw_augmentation)
 from pipeline.data.images import REMOVE_OR_SKIP, find_bad_images, undecodable_error
+from pipeline.data.progressive import SideSchedule
 from pipeline.data.readers import ReaderSamples, batch_reader
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet
@@ -122,25 +123,28 @@ class ArgumentSource:
     STREAM = 0x617567  # "aug": keeps these draws apart from the index plan's generator of (seed, epoch)
 
     def __init__(self, images: ImageSet, plan: Any, spec: AugmentSpec, seed: int, position: Position,
-                 history: int) -> None:
+                 history: int, sides: SideSchedule | None = None) -> None:
         self.labels, self.plan, self.spec = images.labels, plan, spec
         self.seed, self.position = seed, position
+        self.sides = sides or SideSchedule(None, spec.out_side, len(plan))  # the crop side of each batch
         self.recent: deque[np.ndarray] = deque(maxlen=history)
-        self.epoch, self.draws = -1, ()  # the epoch whose draws are held: (steps, batch) per argument
+        self.epoch, self.draws = -1, ()  # the epoch whose draws are held: (steps, batch, ...) per draw
 
     def epoch_draws(self, epoch: int) -> tuple[np.ndarray, ...]:
         if epoch != self.epoch:
             steps, batch = len(self.plan), self.plan.batch_size
             rng = np.random.default_rng([self.seed, epoch, self.STREAM])
             self.epoch = epoch
-            self.draws = tuple(d.reshape(steps, batch) for d in draw_augmentation(self.spec, rng, steps * batch))
+            self.draws = tuple(d.reshape(steps, batch, *d.shape[1:])
+                               for d in draw_augmentation(self.spec, rng, steps * batch))
         return self.draws
 
     def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
         epoch, step = self.position(info)
         idx = self.plan.indices(epoch, step)  # any plan: a permutation's slice, or a shard stream's batch
         self.recent.append(idx)
-        return (self.labels[idx], *(d[step, :len(idx)] for d in self.epoch_draws(epoch)))
+        rows = tuple(d[step, :len(idx)] for d in self.epoch_draws(epoch))
+        return (self.labels[idx], *self.spec.batch_arguments(rows, self.sides(epoch, step)))
 
 
 class SampleSource:
@@ -192,6 +196,10 @@ class DaliLoader:
 
     `spec` picks the graph: an AugmentSpec the reference one (build_pipeline), a CropSpec the
     random-resized-crop one (build_crop_pipeline, fed by one CropSource).
+
+    `total_steps`: the run's planned training steps, which progressive resizing
+    (data.train.progressive_start_crop) sizes each batch by; `set_total_steps` changes it before
+    the first batch. None: every batch at the final size.
     """
 
     def __init__(
@@ -213,12 +221,14 @@ class DaliLoader:
         start_epoch: int = 0,
         stop_after: str | None = None,
         compile_standardize: bool = False,
+        total_steps: int | None = None,
     ) -> None:
         self.images, self.plan, self.device, self.dtype, self.std_eps = images, plan, device, dtype, std_eps
         self.channel_stats, self.compiled = channel_stats, compile_standardize
         # Where the consumer is: the epoch being read and the batches of it handed out so far.
         self.epoch, self.step = (state["epoch"], state["step"]) if state else (start_epoch, 0)
         position = Position(plan, self.epoch, self.step)
+        self.sides = SideSchedule(spec.levers.progressive, spec.out_side, len(plan), total_steps)
         kind = sample_kind(images, dali_device)
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
@@ -231,12 +241,12 @@ class DaliLoader:
             stop_after=None if stop_after == "full" else stop_after)
         if isinstance(spec, CropSpec):  # random-resized crops: the window needs the bytes' header sizes
             reader = batch_reader(images, plan, with_sizes=True, ahead=history)
-            source = CropSource(images.labels, plan, spec, reader, seed, position, history)
+            source = CropSource(images.labels, plan, spec, reader, seed, position, history, self.sides)
             self.recent = source.recent
             self.callbacks: tuple[Any, ...] = (source,)  # what DALI calls per batch, on the training thread
             self.pipe = build_crop_pipeline(source, spec, settings)
         else:
-            arguments = ArgumentSource(images, plan, spec, seed, position, history=history)
+            arguments = ArgumentSource(images, plan, spec, seed, position, history=history, sides=self.sides)
             self.recent = arguments.recent
             if images.members is not None:  # tar shards: read in the plan's order by the shard reader
                 samples: Any = ReaderSamples(batch_reader(images, plan, with_sizes=False, ahead=history), position)
@@ -252,6 +262,12 @@ class DaliLoader:
 
     def __len__(self) -> int:
         return len(self.plan)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """The run's planned training steps (progressive resizing sizes batches by them). Call it before
+        the first batch (and with the same number on resume): batches DALI has prepared already keep
+        their size."""
+        self.sides.total_steps = total_steps
 
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the current epoch; then the pipeline is reset, ready for the next one."""

@@ -161,6 +161,7 @@ def build_loader(
     backend: str = "auto",
     stop_after: str | None = None,
     compile_standardize: bool = False,
+    total_epochs: int | None = None,
 ) -> Loader:
     """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
 
@@ -169,6 +170,9 @@ def build_loader(
     all ranks); augmentation draws from seed + rank. `backend`: auto (synthetic for
     data.source=synthetic, else dali), dali, torchvision or synthetic. `compile_standardize`: a GPU
     trainer's per-image standardization goes through torch.compile (for trainers that compile).
+    `total_epochs`: the run's length, which progressive resizing sizes the training batches by
+    (total steps = total_epochs x steps per epoch; `DaliLoader.set_total_steps` replaces it, e.g. with a
+    time budget's planned steps); None: the final size throughout.
     """
     if backend == "auto":
         backend = "synthetic" if data_cfg.source == "synthetic" else "dali"
@@ -192,6 +196,10 @@ def build_loader(
                       seed=seed, max_steps=max_steps)
     spec = augment_spec(data_cfg, train)
     if backend == "torchvision":
+        if spec.levers.any:
+            raise ConfigError("data.train.auto_augment, erase_prob, progressive_start_crop: the torchvision "
+                              "baseline loader does not implement the training levers (they run in the DALI graph); "
+                              "turn them off to compare loaders")
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
         return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
@@ -203,4 +211,5 @@ def build_loader(
         prefetch_queue_depth=data_cfg.prefetch_queue_depth, decoder=DecoderOptions.from_config(data_cfg),
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
         stop_after=stop_after, compile_standardize=compile_standardize,
+        total_steps=total_epochs * len(plan) if train and total_epochs is not None else None,
     )

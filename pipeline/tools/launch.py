@@ -143,7 +143,7 @@ def handle_sigterm_once() -> None:
     --max-restarts. The agent then signals every worker, and each of them passes that on too: the
     first SIGTERM raises torchrun's SignalException (the agent stops its workers and waits for their
     checkpoints), later ones are the same request and must not cut that wait short. torchrun is told
-    to leave SIGTERM to this handler (TORCHELASTIC_SIGNALS_TO_HANDLE; its other signals stay its own).
+    to leave SIGTERM to this handler (--signals-to-handle without it; its other signals stay its own).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
@@ -155,7 +155,9 @@ def handle_sigterm_once() -> None:
         received.append(signum)
         raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
 
-    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
+    # torchrun --signals-to-handle (its PET_ variable; torch >= 2.9), which it copies to the variable its
+    # process contexts read when they install their handlers.
+    os.environ["PET_SIGNALS_TO_HANDLE"] = os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
     signal.signal(signal.SIGTERM, on_sigterm)
 
 

@@ -2,7 +2,9 @@
 
     trainer.py      Trainer: resume, epochs (train -> evaluate -> checkpoint), how the run ends
     components.py   build_components: model, wrapped model, optimizer, schedule, precision, EMA, loaders
-    step.py         wrap_model, train_step, evaluate: the free functions the trainer and benchmarks share
+    step.py         wrap_model, train_step, evaluate (flip at evaluation too): the free functions the trainer
+                    and benchmarks share
+    mixing.py       mixup and CutMix per batch on the device, soft targets (train.mixup_alpha, cutmix_alpha)
     checkpoint.py   CheckpointManager, Counters, ResumePoint: atomic, strict, weights_only checkpoints
     ema.py, optim.py, schedule.py, precision.py   the weight EMA, SGD, learning-rate schedules, AMP
     meters.py       on-device loss statistics and throughput windows

@@ -114,6 +114,14 @@ def plan_from(resume: ResumePoint | None) -> BudgetPlan | None:
     return BudgetPlan(**saved) if saved else None
 
 
+def record_plan(plan: BudgetPlan | None, records: Any, first_session: bool) -> None:
+    """The plan, fixed once: in the summary and W&B every session, in metrics.jsonl once (at step 0)."""
+    if plan is not None:
+        records.summary(plan.record())
+        if first_session:
+            records.log({"step": 0, "epoch": 0, **plan.record()})
+
+
 def run_cost(steps: int, costs: Costs, steps_per_epoch: int, eval_every: int, checkpoint_every: int,
              checkpoint_every_steps: int) -> float:
     """Seconds from the end of the measurement to the end of a run of `steps` optimizer steps."""
@@ -223,7 +231,7 @@ def plan_budget(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, training
     log.info("train.time_budget %s: measuring %d training steps (after %d warm-up steps), an evaluation and a "
              "checkpoint", cfg.train.time_budget, timed, WARMUP_STEPS)
     costs = measure_costs(step=lambda: training_step(*next(batches), next(counter)),
-                          evaluate=lambda: _evaluate(parts, cfg.eval.weights), checkpoint=write_probe,
+                          evaluate=lambda: _evaluate(parts, cfg), checkpoint=write_probe,
                           sync=lambda: distributed.synchronize(dist.device), timed_steps=timed)
     snapshot.restore()
     plan: BudgetPlan | str | None = None
@@ -245,10 +253,10 @@ def _forever(loader: Any):
         yield from loader
 
 
-def _evaluate(parts: Any, weights: str) -> None:
+def _evaluate(parts: Any, cfg: Config) -> None:
     parts.sync_buffers()
-    for model in parts.eval_models(weights).values():
-        evaluate(model, parts.eval_loader, parts.precision)
+    for model in parts.eval_models(cfg.eval.weights).values():
+        evaluate(model, parts.eval_loader, parts.precision, cfg.eval.tta == "flip")
 
 
 def budget_run(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, data: Any) -> tuple[Config, BudgetPlan]:

@@ -24,12 +24,14 @@ from pipeline import distributed
 from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.data.loader import resolve_dali_device
+from pipeline.data.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.runs.fingerprint import data_fingerprint
 from pipeline.runs.resolved import environment_settings
 from pipeline.training.checkpoint import ResumePoint
 from pipeline.training.ema import WeightEMA, Weights, evaluated_models
+from pipeline.training.mixing import BatchMixer
 from pipeline.training.optim import build_optimizer, scaled_lr
 from pipeline.training.precision import Precision, build_precision
 from pipeline.training.schedule import build_scheduler
@@ -53,6 +55,8 @@ class Components:
     train_loader: Loader
     eval_loader: Loader | None
     local_batch: int  # images per step on this rank
+    num_classes: int
+    train_sides: tuple[int, ...]  # the training input sides of the run: one, or progressive resizing's sizes
 
     @property
     def steps_per_epoch(self) -> int:
@@ -81,9 +85,18 @@ class Components:
 
 
 def build_training_step(parts: Components, train_cfg: Any) -> TrainingStep:
-    """The step the trainer runs (and `bench train` measures): model, optimizer, schedule, EMA, statistics."""
+    """The step the trainer runs (and `bench train` measures): (mixup/CutMix,) model, optimizer, schedule, EMA,
+    statistics; with progressive resizing, the first step at each size timed."""
     return TrainingStep(parts.model, parts.wrapped, parts.optimizer, parts.scheduler, parts.precision, parts.ema,
-                        label_smoothing=train_cfg.label_smoothing, debug_nan_step=train_cfg.debug_nan_step)
+                        label_smoothing=train_cfg.label_smoothing, debug_nan_step=train_cfg.debug_nan_step,
+                        mixer=BatchMixer.from_config(train_cfg), num_classes=parts.num_classes,
+                        report_sizes=len(parts.train_sides) > 1)
+
+
+def train_sides(data_cfg: Any) -> tuple[int, ...]:
+    """The training input sides: data.train.crop, or every size of progressive resizing, smallest first."""
+    grow = ProgressiveResize.from_config(data_cfg.train)
+    return grow.sides() if grow is not None else (data_cfg.train.crop,)
 
 
 def configure_determinism(train_cfg: Any, rank: int) -> None:
@@ -140,8 +153,10 @@ def build_network(model_cfg: Any, data_cfg: Any, dist: DistInfo, sync_bn: bool) 
     if model_cfg.name not in list_models():
         raise ConfigError(f"model.name: unknown model {model_cfg.name!r}; choose one of {', '.join(list_models())}")
     model = build_model(model_cfg.name, num_classes=model_cfg.num_classes, dropout=model_cfg.dropout)
-    check_input_sizes(model, {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop},
-                      model_cfg.num_classes)
+    sizes = {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop}
+    if data_cfg.train.progressive_start_crop:  # the smallest training size (the network takes every larger one)
+        sizes["data.train.progressive_start_crop"] = data_cfg.train.progressive_start_crop
+    check_input_sizes(model, sizes, model_cfg.num_classes)
     if sync_bn and dist.distributed:
         if dist.device.type != "cuda":
             raise ConfigError("dist.sync_bn: torch's SyncBatchNorm runs only on GPUs; set dist.sync_bn=false on CPU")
@@ -192,9 +207,11 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
     common = dict(rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed, device=dist.device,
                   dtype=dtype, num_classes=cfg.model.num_classes, compile_standardize=cfg.train.compile != "off")
     train_loader = build_loader(cfg.data, images=train_set, train=True, batch_size=local_batch,
-                                max_steps=cfg.train.max_steps_per_epoch,
+                                max_steps=cfg.train.max_steps_per_epoch, total_epochs=cfg.train.epochs,
                                 state=resume.loader_state(dist) if resume else None,
                                 start_epoch=resume.epoch if resume else 0, **common)
+    if cfg.train.max_steps and hasattr(train_loader, "set_total_steps"):  # progressive resizing runs over them
+        train_loader.set_total_steps(min(cfg.train.epochs * len(train_loader), cfg.train.max_steps))
     eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
                    if with_eval else None)
     if dist.is_main and not quiet:
@@ -222,14 +239,16 @@ def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = N
     precision = build_precision(cfg.train.precision, dist.device)
     train_loader, eval_loader = build_loaders(cfg, dist, data, precision.dtype, resume, with_eval)
     model = build_network(cfg.model, cfg.data, dist, cfg.dist.sync_bn)
-    wrapped = wrap_model(model, dist, compile=cfg.train.compile)
+    sides = train_sides(cfg.data)
+    wrapped = wrap_model(model, dist, compile=cfg.train.compile, dynamic=False if len(sides) > 1 else None)
     torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs per rank
     optimizer = build_optimizer(cfg.optim, model, cfg.train.global_batch_size, dist.device)
     scheduler = build_scheduler(cfg.schedule, optimizer, cfg.train.epochs, len(train_loader), cfg.train.max_steps)
     ema = WeightEMA(model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
     return Components(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, precision=precision,
                       ema=ema, train_loader=train_loader, eval_loader=eval_loader,
-                      local_batch=cfg.train.global_batch_size // dist.world_size)
+                      local_batch=cfg.train.global_batch_size // dist.world_size, num_classes=cfg.model.num_classes,
+                      train_sides=sides)
 
 
 def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pipeline.runs.records import RunRecords
 from pipeline.training.checkpoint import Counters
 from pipeline.training.components import Components
 from pipeline.training.ema import name_evaluations
-from pipeline.training.step import evaluate
+from pipeline.training.step import evaluate, evaluation_notes
 from pipeline.training.tta import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
@@ -41,7 +41,8 @@ class EpochEvaluation:
         self.parts.sync_buffers()
         results = {}
         for name, model in self.parts.eval_models(self.cfg.eval.weights).items():
-            result = evaluate(model, self.parts.eval_loader, self.parts.precision, should_stop)
+            result = evaluate(model, self.parts.eval_loader, self.parts.precision, self.cfg.eval.tta == "flip",
+                              should_stop)
             if result is None:
                 return None
             results[name] = result
@@ -61,10 +62,10 @@ class EpochEvaluation:
         crossed = record_crossings(c.tta, self.cfg.train.tta_thresholds, metrics["val/top1"], epoch=c.epoch,
                                    train_seconds=c.train_seconds, wall_seconds=clock.wall_seconds())
         records.log({"step": c.global_step, "epoch": c.epoch, **metrics, **crossed})
-        raw = f", raw weights {100 * metrics['val_raw/top1']:.2f}%" if "val_raw/top1" in metrics else ""
+        notes = evaluation_notes(metrics)  # the raw weights' top-1; the top-1 without flip (eval.tta=flip)
         log.info("epoch %d/%d: val top-1 %.2f%%, top-5 %.2f%%, loss %.4f (best %.2f%% at epoch %d)%s",
                  c.epoch, self.cfg.train.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, raw)
+                 metrics["val/loss"], 100 * c.best_top1, c.best_epoch, notes)
 
     def announce_target(self, c: Counters) -> None:
         log.info("stopping at epoch %d of %d: top-1 %.2f%% reached train.target_accuracy %.2f%%", c.epoch,

@@ -28,7 +28,7 @@ from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
 from pipeline.runs.changes import note_changes
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
-from pipeline.training.budget import budget_run, plan_from
+from pipeline.training.budget import budget_run, plan_from, record_plan
 from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
@@ -97,10 +97,7 @@ class Trainer:
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
                                   environment=env,
                                   resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
-        if plan is not None:  # fixed once: metrics.jsonl (once), the summary, W&B and every checkpoint keep it
-            self.records.summary(plan.record())
-            if resume is None:
-                self.records.log({"step": 0, "epoch": 0, **plan.record()})
+        record_plan(plan, self.records, first_session=resume is None)
         # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
         self.checkpoints.observers += [self.clock, self.records]
 
@@ -204,8 +201,8 @@ class Trainer:
                     self.checkpoints.save_step(parts, c)
                 if self.stop_agreed.after_step():
                     return False
-                if c.global_step >= self.total_steps:  # train.max_steps (or a time budget's plan) ends the run
-                    break
+                if c.global_step >= self.total_steps and c.step_in_epoch < steps:  # train.max_steps (or a time
+                    break  # budget's plan) ends the run mid-epoch; at an epoch's end the loader closes it itself
         finally:
             self.clock.stop_training()
             self.progress.end_epoch()
@@ -220,6 +217,7 @@ class Trainer:
         record: dict[str, Any] = {"step": c.global_step, "epoch": round(c.global_step / self.parts.steps_per_epoch, 4),
                                   "train/loss": stats["loss"], "train/lr": self.parts.optimizer.param_groups[0]["lr"]}
         record.update(self.meter.read() or {})
+        record.update(self.training_step.pop_size_reports())  # progressive resizing: first step at a new size
         if self.dist.device.type == "cuda":
             record["perf/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
         self.records.log(record)
