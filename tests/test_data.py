@@ -366,14 +366,19 @@ def corrupt(path: Path, how: str) -> None:
         path.write_bytes(data[:200] + rng.integers(0, 256, len(data) - 200, dtype=np.uint8).tobytes())
     elif how == "text-named-jpg":
         path.write_text("this is not a JPEG")
+    elif how == "random-after-signature":  # a JPEG start marker, then random bytes: Pillow cannot identify it
+        path.write_bytes(b"\xff\xd8\xff" + np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes())
 
 
-@pytest.mark.parametrize("how", ["zero-byte", "truncated", "garbage", "text-named-jpg"])
+@pytest.mark.parametrize("how", ["zero-byte", "truncated", "garbage", "text-named-jpg", "random-after-signature"])
 def test_undecodable_image_is_named(tiny_tree, how):
     bad = tiny_tree / "train" / "bee" / "003.jpg"
     corrupt(bad, how)
-    with pytest.raises(BadImageError, match=rf"{bad}: "):
+    with pytest.raises(BadImageError, match=rf"{bad}: ") as info:
         iterate_all(folder_cfg(tiny_tree))
+    assert " at 0x" not in str(info.value), str(info.value)  # the user's terms, not Pillow's object reprs
+    if how == "random-after-signature":
+        assert f"{bad}: cannot decode (corrupt JPEG header)" in str(info.value)
 
 
 def test_check_images_error_lists_bad_files_up_front(tiny_tree):
