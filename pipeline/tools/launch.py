@@ -37,7 +37,8 @@ from typing import Mapping
 
 from pipeline.config import Config, load_config_args
 from pipeline.errors import ExitCode, LaunchError, UserError
-from pipeline.runs.continuation import LAUNCHER_ENV, RunState, latest_run_of, read_run_state, setup_differences
+from pipeline.runs.continuation import (LAUNCHER_ENV, SKIP_BAD_IMAGES, RunState, latest_run_of, read_run_state,
+                                        setup_differences, with_override)
 from pipeline.runs.rundir import default_run_name
 
 PREFIX = "launch.sh:"
@@ -60,7 +61,8 @@ def same_command(words: list[str], env: Mapping[str, str], run_name: str | None 
 def describe_end(state: RunState) -> str:
     """' was preempted at step 157 (1 of 50 epochs done)', ' crashed', ...: how its latest session ended."""
     what = {"preempted": "was preempted", "crashed": "crashed", "nonfinite": "stopped on a non-finite loss",
-            "finished": "finished", "target_reached": "reached its target accuracy"}
+            "bad_input": "stopped on bad input", "finished": "finished",
+            "target_reached": "reached its target accuracy"}
     return (f" {what.get(state.end, state.end)}{state.where()}" if state.end
             else " was stopped without a summary (killed, or its node went away)")
 
@@ -163,6 +165,10 @@ def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str
     command = where + same_command(words, env, run_name=named)
     if fresh and state.done:
         return 0, ""
+    if fresh and state.end == "bad_input":  # the fix first: the same command alone meets the same file again
+        skip = where + same_command(with_override(words, SKIP_BAD_IMAGES), env, run_name=named or state.name)
+        return int(ExitCode.BAD_INPUT), (f"run {state.name}{describe_end(state)}. Remove or replace the file named "
+                                         f"above, then continue it: {command}; or leave bad files out: {skip}")
     if fresh:
         code = {"preempted": ExitCode.PREEMPTED, "nonfinite": ExitCode.NONFINITE}.get(state.end, status or 1)
         tail = ("; resuming replays the same batches at the same learning rate (see the error above)"

@@ -22,7 +22,7 @@ import torch
 from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, EndReason
-from pipeline.runs.continuation import LAUNCHER_ENV, direct_command
+from pipeline.runs.continuation import LAUNCHER_ENV, SKIP_BAD_IMAGES, direct_command, with_override
 from pipeline.runs.rundir import default_run_name
 from pipeline.training.checkpoint import Counters
 from pipeline.training.meters import ThroughputMeter
@@ -107,7 +107,12 @@ def announce_continue(end: EndReason, c: Counters, dist: DistInfo, run_dir: Path
     if not dist.is_main or os.environ.get(LAUNCHER_ENV):
         return
     name, command = run_dir.name, direct_command(run_dir.name)
-    why = {EndReason.PREEMPTED: f"stopped at step {c.global_step} (checkpoint written)",
-           EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
-    atexit.register(print, f"run {name} {why}; to continue it from its latest checkpoint: {command}",
-                    file=sys.stderr, flush=True)
+    if end is EndReason.BAD_INPUT:  # the fix comes first: the same command would meet the same file
+        skip = direct_command(name, with_override(list(sys.argv), SKIP_BAD_IMAGES))
+        line = (f"run {name} stopped at step {c.global_step} on bad input (named above). Remove or replace the "
+                f"file, then continue it from its latest checkpoint: {command}; or leave bad files out: {skip}")
+    else:
+        why = {EndReason.PREEMPTED: f"stopped at step {c.global_step} (checkpoint written)",
+               EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
+        line = f"run {name} {why}; to continue it from its latest checkpoint: {command}"
+    atexit.register(print, line, file=sys.stderr, flush=True)
