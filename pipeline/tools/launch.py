@@ -18,7 +18,8 @@ lock is held) is refused rather than trained twice at once.
 with the workers told that this process reports the ending (LAUNCHER_ENV). A stop by a signal
 ends in torchrun's 25-line SignalException traceback and workers that exited 2, 4 or 75 in a
 ChildFailedError one; both have already said why (bad input, a non-finite loss, a preemption
-checkpoint), so they are summarised in one line. Other failures keep torchrun's failure report.
+checkpoint), so they are summarised in one line, and the agent's own `failed (exitcode: N)` log line
+is left out for those codes. Other failures keep torchrun's failure report.
 Then, from runs/<name>/summary.json as the workers left it, one line says how the run ended and,
 when it can continue, the exact command that continues it: the same command. Exit status: 0
 finished, 2 bad input, 4 non-finite loss, 75 preempted (checkpoint written), else the workers' or
@@ -27,6 +28,7 @@ torchrun's failure.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -136,12 +138,23 @@ def name_main(argv: list[str]) -> int:
 # -------------------------------------------------------------------------------- torchrun
 
 
+class ExplainedExitFilter(logging.Filter):
+    """Drops the elastic agent's `E... api.py:...] failed (exitcode: N) local_rank: ...` line when N is a code
+    the workers explain themselves (EXPLAINED): their one-line message and the launcher's summary say it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("failed (exitcode: ") and args[:1] and args[0] in EXPLAINED)
+
+
 def run_torchrun(args: list[str]) -> tuple[int, str | None]:
     """torchrun's main() on `args`: (exit status, a one-line summary when its own report was left out)."""
+    from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    logging.getLogger(api.__name__).addFilter(ExplainedExitFilter())
     try:
         torchrun_main(args)
     except SignalException as exc:  # the agent was signalled: it has stopped its workers, whatever they did
