@@ -66,6 +66,9 @@ def test_loader_backend_dali_means_dali_on_data_device_and_gets_its_stage_rows(t
     (["loader", "--backends=dali,tochvision"], "argument --backends: unknown 'tochvision'; choose from dali, "
                                                "dali-gpu, dali-cpu, torchvision, synthetic"),
     (["loader", "--models=squeezenet1_1"], "unrecognized arguments: --models"),  # another kind's option
+    ([], "error: say what to measure: one of loader, model, train, scaling, doctor, overhead, report (then an "
+         "optional CONFIG.yaml"),  # not "required: kind, [CONFIG.yaml]": the config is optional
+    (["configs/quickstart.yaml"], "error: say what to measure: one of loader, "),
 ])
 def test_bench_rejects_what_the_kind_cannot_use(argv, words, capsys):
     with pytest.raises(SystemExit) as info:
