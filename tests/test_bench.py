@@ -14,6 +14,7 @@ import torch
 
 from pipeline.bench.__main__ import main as bench_main
 from pipeline.bench.loader import backend_loader
+from pipeline.bench.report import compared_to_torchvision, draw_chart, format_table
 from pipeline.config import load_config
 from pipeline.data import load_image_sets
 from runs import REPO, run_env
@@ -93,6 +94,45 @@ def test_every_bench_kind_has_its_own_help(kind, capsys):
         assert "dali-cpu = DALI, CPU operators" in out and "--stages" in out and "--models" not in out
     if kind == "model":
         assert "--batch-sizes" in out and "--backends" not in out
+
+
+def loader_rows() -> list[dict]:
+    """Loader results as the issue measured them: real loaders in the thousands, synthetic input in the
+    tens of millions of images/s, DALI's read-only stage in between."""
+    def row(backend: str, median: float) -> dict:
+        stat = {"median": median, "min": 0.95 * median, "max": 1.05 * median, "repeats": [median] * 2}
+        ratio = {"vs_torchvision": median / 4_000} if compared_to_torchvision(backend) else {}
+        return {"backend": backend, "source": "imagefolder", "batch_size": 64, "workers_or_threads": 2,
+                "images_per_sec": stat, **ratio}
+    return [row("dali-cpu", 12_000), row("torchvision", 4_000), row("synthetic", 57_000_000),
+            row("dali-cpu:read", 300_000), row("dali-cpu:decode", 13_000), row("dali-cpu:full", 12_000)]
+
+
+def test_loader_chart_keeps_every_bar_readable_beside_synthetic_input():
+    """Each bar's drawn length, read back from the figure, is a visible share of the axis and grows with
+    its value: the real loaders are not flattened against a 57M img/s synthetic bar."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_chart("loader", loader_rows(), "loader")
+    try:
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        x_min, x_max = ax.get_xlim()
+        lengths = {}
+        for label, bar in zip(ax.get_yticklabels(), ax.patches):
+            ends = ax.transData.transform([(max(bar.get_x(), x_min), 0), (bar.get_x() + bar.get_width(), 0)])
+            lengths[label.get_text()] = (ends[1, 0] - ends[0, 0]) / ax.bbox.width
+        assert min(lengths.values()) > 0.05, lengths  # on a linear axis torchvision's bar is 0.007% of it
+        assert lengths["torchvision"] < lengths["dali-cpu"] < lengths["dali-cpu:read"] < lengths["synthetic"]
+        assert {"4,000", "12,000", "57,000,000"} <= {t.get_text() for t in ax.texts}  # each bar says its median
+    finally:
+        plt.close(fig)
+
+
+def test_loader_table_keeps_its_columns_aligned_beside_synthetic_input():
+    lines = format_table("loader", loader_rows()).splitlines()
+    assert len({len(line.rsplit("  ", 1)[0]) for line in lines}) == 1, "\n".join(lines)
+    assert "57,000,000" in lines[3]
 
 
 def test_model_benchmark_matrix(tmp_path):
