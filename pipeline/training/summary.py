@@ -57,8 +57,11 @@ def report_final(c: Counters, train_cfg: Any, dist: DistInfo, total: float, run_
              "logging.perf_warmup_steps)")
     log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s",
              100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch, speed)
-    log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
-             describe_tta(c.tta, train_cfg.tta_thresholds), c.train_seconds)
+    if train_cfg.tta_thresholds:  # levels of a recipe's own: none by default, where they would mean nothing
+        log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
+                 describe_tta(c.tta, train_cfg.tta_thresholds), c.train_seconds)
+    else:
+        log.info("%.1f s of training (evaluation and checkpoints excluded)", c.train_seconds)
     log.info("run directory: %s", run_dir)
 
 
