@@ -6,6 +6,7 @@ These tests check correctness (fields, shapes, work done), never timings.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -166,8 +167,13 @@ def test_train_benchmark_runs_the_trainers_step_with_the_configs_ema(tmp_path):
     assert row["step_work"] == {"steps": steps, "schedule_steps": steps, "ema_updates": steps}
 
 
-def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path):
+def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path, capsys):
     result = run_bench(tmp_path, "doctor", "data.source=sample")
+    # Minutes on a real config: every phase says when it starts and ends, none is silent.
+    log = capsys.readouterr().err
+    for number in range(1, 5):
+        assert f"doctor {number}/4: " in log and re.search(rf"doctor {number}/4: .* done in \d+ s", log), log[-3000:]
+    assert "training steps fed by synthetic input: " in log and "training steps fed by real input: " in log
     *rates, host, verdict = result["results"]
     assert [r["what"] for r in rates] == ["loader alone", "model alone (synthetic input)", "end to end",
                                           "model alone at 4x batch"]
@@ -191,6 +197,24 @@ def test_doctor_verdicts(rates, device, expected, knob):
     cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
     verdict = diagnose(*rates, cfg, torch.device(device), world_size=1)
     assert verdict["verdict"] == expected and knob in verdict["knob"], verdict
+
+
+@pytest.mark.parametrize("rates", [(500, 1000, 480, 1100), (5000, 1000, 700, 1100), (5000, 1000, 990, 3000),
+                                   (5000, 1000, 990, 1100)], ids=["input", "contention", "launch", "compute"])
+def test_doctor_advises_only_knobs_that_act_on_the_device_it_ran_on(rates):
+    """On a CPU: no CUDA graphs, torch.compile autotuning, bf16 or GPU decoding (none was measured to help)."""
+    from pipeline.bench.doctor import diagnose
+
+    cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
+    knob = diagnose(*rates, cfg, torch.device("cpu"), world_size=1)["knob"]
+    assert not any(word in knob for word in ("train.compile", "bf16", "data.device=gpu", "CUDA")), knob
+    if rates == (5000, 1000, 990, 1100):
+        assert "train on a GPU" in knob
+        # On a GPU, what the config does not do yet: precision auto is bf16 there already.
+        on_gpu = diagnose(*rates, cfg, torch.device("cuda"), world_size=1)["knob"]
+        assert "train.compile=max-autotune" in on_gpu and "bf16" not in on_gpu
+        fp32 = load_config(None, ["train.precision=fp32"])
+        assert "train.precision=bf16" in diagnose(*rates, fp32, torch.device("cuda"), world_size=1)["knob"]
 
 
 def test_doctor_calls_a_busy_host_launch_bound_on_a_gpu_only():
