@@ -131,7 +131,8 @@ def test_resume_keeps_time_to_accuracy_and_continues_the_ema(tmp_path):
     before = load_ckpt(tmp_path / "split" / "last.pt")["counters"]
     assert before["tta"]["5.0"]["epoch"] == 1 and "99.9" not in before["tta"]
     proc = run_train(tmp_path, "split", THRESHOLDS, *EMA)  # resume=auto: epoch 2
-    assert "resumed from" in proc.stderr
+    assert f"resumed from {tmp_path / 'split' / 'last.pt'} (end of epoch 1): epoch 2 starts from its beginning" in (
+        proc.stderr)
 
     after = load_ckpt(tmp_path / "split" / "last.pt")
     counters = after["counters"]
