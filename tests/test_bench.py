@@ -253,6 +253,22 @@ def test_bench_console_table_and_bad_config():
     assert proc.returncode == 2 and "config error: optim.lr" in proc.stderr
 
 
+@pytest.mark.parametrize("script, variable, what", [
+    ("bench/cpu_check.sh", "CIFAR_JPEG", "the CIFAR-10 JPEG tarball"),
+    ("bench/photo_check.sh", "FLOWERS", "the photographs' tarball"),
+])
+def test_check_scripts_say_in_one_line_which_data_a_clone_lacks(tmp_path, script, variable, what):
+    """Not tar's 'tar (child): ... Cannot open' lines: what is missing, where, and how to get it; exit 2."""
+    absent = tmp_path / "absent.tar.gz"
+    proc = subprocess.run(["bash", script, str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=run_env({variable: str(absent), "DATA": str(tmp_path / "data")}))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stdout == ""
+    assert proc.stderr.startswith(f"{script.split('/')[1]}: {what} not found at {absent} (a clone of the repository "
+                                  "does not have it): ")
+    assert ("scripts/make_cifar_jpeg.py" if variable == "CIFAR_JPEG" else "set FLOWERS to a tar of") in proc.stderr
+
+
 def test_torchvision_baseline_does_the_same_work_as_dali():
     cfg = load_config(None, ["data.source=sample", "data.num_threads=1"])  # the reference 122 px recipe
     images = load_image_sets(cfg.data)[0]

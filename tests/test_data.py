@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import REPO, SHARED_CIFAR_JPEG, encode_image, smooth_image, write_
 from pipeline.config import load_config
 from pipeline.data import BadImageError, DataError, ImageSet, build_loader, load_image_sets
 from pipeline.data.dali_loader import standardize as standardize_batch
-from pipeline.data.sources import SAMPLE_ARCHIVE
+from pipeline.data.sources import SAMPLE_ARCHIVE, load_cifar10
 
 CPU = torch.device("cpu")
 
@@ -288,6 +289,24 @@ def test_cifar10_archive_is_read_in_the_official_layout(tmp_path):
     assert train.arrays.shape == (30, 32, 32, 3) and train.arrays.dtype == np.uint8
     assert np.array_equal(train.arrays[:6], images) and np.array_equal(train.labels[:6], labels)
     assert train.classes[0] == "airplane" and train.classes[9] == "truck"
+
+
+def test_the_cifar_jpeg_writer_makes_the_tree_the_checks_read(tmp_path):
+    """scripts/make_cifar_jpeg.py: what a clone runs for bench/cpu_check.sh's data (here from a tiny archive)."""
+    import runpy
+
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    writer = runpy.run_path(str(REPO / "scripts" / "make_cifar_jpeg.py"))
+    assert writer["main"]([str(tmp_path), str(tmp_path / "jpeg.tar.gz")]) == 0
+    with tarfile.open(tmp_path / "jpeg.tar.gz") as tar:
+        names = tar.getnames()
+    assert len(names) == 40 and all(re.fullmatch(r"cifar10/(train|test)/[a-z]+/\d{4}\.jpg", n) for n in names)
+    train, test = load_image_sets(data_cfg("data.source=imagefolder", f"data.root={tmp_path / 'jpeg.tar.gz'}",
+                                           "data.eval_split=test"))
+    assert (len(train), len(test)) == (30, 10)
+    arrays = load_cifar10(tmp_path)  # every image under its class, as the archive labels it
+    for jpeg, source in zip((train, test), arrays):
+        assert Counter(jpeg.classes[i] for i in jpeg.labels) == Counter(source.classes[i] for i in source.labels)
 
 
 def test_cifar10_missing_archive_says_how_to_get_it(tmp_path):
