@@ -149,6 +149,21 @@ def test_an_input_error_the_workers_find_is_the_error_line_and_the_launchers_sum
         "launch.sh: nothing was trained: the workers stopped at start-up (the error is above)"]
 
 
+def test_torchruns_failure_line_is_left_out_only_for_codes_the_workers_explain():
+    import logging
+
+    from pipeline.tools.launch import ExplainedExitFilter
+
+    def record(code: int) -> logging.LogRecord:  # as torch/distributed/elastic/multiprocessing/api.py logs it
+        return logging.LogRecord("torch.distributed.elastic.multiprocessing.api", logging.ERROR, "api.py", 1002,
+                                 "failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", (code, 0, 1, "py"),
+                                 None)
+
+    keep = ExplainedExitFilter().filter
+    assert not keep(record(2)) and not keep(record(4)) and not keep(record(75))
+    assert keep(record(1)) and keep(record(-11))  # a crash keeps torchrun's report
+
+
 @pytest.mark.slow
 def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_path):
     runs = tmp_path / "runs"

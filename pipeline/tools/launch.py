@@ -144,7 +144,8 @@ class ExplainedExitFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (str(record.msg).startswith("failed (exitcode: ") and args[:1] and args[0] in EXPLAINED)
+        explained = bool(args) and args[0] in EXPLAINED
+        return not (explained and str(record.msg).startswith("failed (exitcode: "))
 
 
 def run_torchrun(args: list[str]) -> tuple[int, str | None]:
