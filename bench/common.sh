@@ -1,5 +1,7 @@
-# Shared by bench/device_check.sh and bench/cpu_check.sh (sourced from the repository root):
-# the Python to use, `step` (run, log, time, keep going), and `prepare_data`.
+# Shared by bench/device_check.sh, bench/cpu_check.sh and bench/photo_check.sh (sourced from the
+# repository root): the Python to use, `step` (run, log, time, keep going), `prepare_data` and
+# `prepare_photos`. Both read data a clone does not have; without it they say so in one line (what is
+# missing, where it was looked for, how to get it) and return 2, before anything else runs.
 #
 # Expects: $out (the results folder). Sets: $python, $status (1 once a step failed).
 python="${PYTHON:-python3}"
@@ -14,10 +16,18 @@ step() {  # step NAME COMMAND...: run, keep going on failure, log to $out/NAME.l
     echo "=== $name: $((SECONDS - t0)) s" >&2
 }
 
+missing_data() {  # missing_data WHAT PATH HOW: the one line that says which data is missing and how to get it
+    echo "$(basename "$0"): $1 not found at $2 (a clone of the repository does not have it): $3" >&2
+    return 2
+}
+
 prepare_data() {  # prepare_data DATA TARBALL: the JPEG tree in DATA/cifar10, the arrays in DATA/cifar-py
     local data="$1" tarball="$2"
     if [[ ! -d "$data/cifar10/train" ]]; then
-        mkdir -p "$data" && tar -xzf "$tarball" -C "$data" || { echo "no CIFAR-10 JPEG tarball at $tarball" >&2; return 1; }
+        [[ -f "$tarball" ]] || missing_data "the CIFAR-10 JPEG tarball" "$tarball" "write one from the official \
+CIFAR-10 archive (downloaded, 163 MB) with '$python scripts/make_cifar_jpeg.py $data/cifar-py $data/cifar10-jpeg.tar.gz', \
+then set CIFAR_JPEG=$data/cifar10-jpeg.tar.gz" || return 2
+        mkdir -p "$data" && tar -xzf "$tarball" -C "$data" || { echo "cannot extract $tarball" >&2; return 1; }
     fi
     [[ -f "$data/cifar-py/cifar-10-python.tar.gz" ]] || "$python" scripts/make_cifar_archive.py "$tarball" "$data/cifar-py"
     # Read every file once: the first backend measured must not pay for a cold page cache alone
@@ -31,7 +41,10 @@ prepare_photos() {  # prepare_photos DATA TARBALL: the photographs x8 in DATA/fl
     # photograph make 3,200 (the decode work per image is the same; the page cache holds one copy).
     local data="$1" tarball="$2"
     if [[ ! -d "$data/flowers/train" ]]; then
-        mkdir -p "$data" && tar -xf "$tarball" -C "$data" || { echo "no photograph tarball at $tarball" >&2; return 1; }
+        [[ -f "$tarball" ]] || missing_data "the photographs' tarball" "$tarball" "set FLOWERS to a tar of \
+flowers/train/<class>/*.jpg and flowers/val/<class>/*.jpg (BENCHMARKS.md used 600 photographs of TensorFlow's \
+flower_photos, 80 training and 40 validation per class)" || return 2
+        mkdir -p "$data" && tar -xf "$tarball" -C "$data" || { echo "cannot extract $tarball" >&2; return 1; }
     fi
     if [[ ! -d "$data/flowers-x8/train" ]]; then
         (cd "$data/flowers" && for f in train/*/*.jpg; do

@@ -5,9 +5,10 @@
 #
 #   bash bench/cpu_check.sh [OUT_DIR]     # default bench-results/cpu-check; then: bench report OUT_DIR
 #
-# Data as in bench/device_check.sh: the CIFAR-10 JPEG tree extracted from
-# ../shared/data/cifar10-jpeg.tar.gz into $DATA (default /tmp/data) and the in-memory archive
-# written from it by scripts/make_cifar_archive.py. Every step runs even if one fails.
+# Data as in bench/device_check.sh: the CIFAR-10 JPEG tree extracted from $CIFAR_JPEG (default
+# ../shared/data/cifar10-jpeg.tar.gz, which a clone lacks: scripts/make_cifar_jpeg.py writes one)
+# into $DATA (default /tmp/data) and the in-memory archive written from it by
+# scripts/make_cifar_archive.py. Every step runs even if one fails.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-bench-results/cpu-check}"
@@ -21,7 +22,7 @@ bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results un
     local name="$1" kind="$2"; shift 2
     step "$name" "$python" -m pipeline.bench "$kind" "$@" wandb.mode=disabled --out="$out/$name"
 }
-prepare_data "$data" "${CIFAR_JPEG:-../shared/data/cifar10-jpeg.tar.gz}" || exit 1
+prepare_data "$data" "${CIFAR_JPEG:-../shared/data/cifar10-jpeg.tar.gz}" || exit $?
 
 git rev-parse --short=12 HEAD > "$out/git-revision.txt"
 # The input pipeline alone: DALI CPU vs torchvision (2 threads / 2 workers), per-stage table.

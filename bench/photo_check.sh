@@ -25,7 +25,7 @@ bench() {  # bench NAME KIND ARGS...: one pipeline.bench run with its results un
     step "$name" "$python" -m pipeline.bench "$kind" "$@" wandb.mode=disabled "data.num_threads=$threads" \
         --out="$out/$name"
 }
-prepare_photos "$data" "${FLOWERS:-../shared/data/flowers-photos.tar}" || exit 1
+prepare_photos "$data" "${FLOWERS:-../shared/data/flowers-photos.tar}" || exit $?
 rrc=(data.train.kind=random_resized_crop data.train.crop=224 data.eval.size=256 data.eval.crop=224)
 folder=(data.source=imagefolder "data.root=$data/flowers-x8")
 shards=(data.source=webdataset "data.root=$data/flowers-x8-shards")

@@ -265,8 +265,9 @@ class TrainConfig(Section):
     ema_decay: float = _f(0.0, "weight EMA decay per step; 0 = no EMA", ge=0.0, lt=1.0)
     ema_warmup: bool = _f(True, "EMA decay of update n is min(ema_decay, (1 + n) / (10 + n)), so the EMA follows "
                                 "the weights from the first epoch; false = ema_decay from the second update on")
-    tta_thresholds: list[float] = _f([0.90, 0.92, 0.926], "time to accuracy: headline top-1 levels (fractions, "
-                                     "at most one decimal in percent) whose first crossing is recorded")
+    tta_thresholds: list[float] = _f([], "time to accuracy: headline top-1 levels (fractions, at most one decimal "
+                                     "in percent) whose first crossing is recorded; empty = none (the CIFAR-10 "
+                                     "and ImageNet recipes set their published levels)")
     target_accuracy: float = _f(0.0, "stop (exit 0) after the first evaluation whose headline top-1 reaches this "
                                 "fraction; 0 = off", ge=0.0, le=1.0)
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)

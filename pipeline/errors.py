@@ -27,17 +27,33 @@ class EndReason(str, Enum):
     TARGET_REACHED = "target_reached"  # stopped early: the accuracy target was reached
     PREEMPTED = "preempted"  # SIGTERM/SIGINT, checkpoint written
     NONFINITE = "nonfinite"  # the loss stayed NaN/inf
-    CRASHED = "crashed"  # an exception escaped the training loop
+    BAD_INPUT = "bad_input"  # a UserError escaped the loop (a corrupt image met mid-run): fix it, then resume
+    CRASHED = "crashed"  # any other exception escaped the training loop
 
     @property
     def exit_code(self) -> ExitCode:
-        """The process's exit status; a crash is ERROR unless bad input caused it (see `crash_exit_code`)."""
+        """The process's exit status."""
         return _EXIT_CODES[self]
+
+    @property
+    def done(self) -> bool:
+        """The run is over (every epoch, or its target): nothing to continue."""
+        return self in (EndReason.FINISHED, EndReason.TARGET_REACHED)
+
+    @property
+    def raised(self) -> bool:
+        """An exception ended the run: other ranks may be gone, so no collective may follow."""
+        return self in (EndReason.BAD_INPUT, EndReason.CRASHED)
 
 
 _EXIT_CODES = {EndReason.FINISHED: ExitCode.OK, EndReason.TARGET_REACHED: ExitCode.OK,
                EndReason.PREEMPTED: ExitCode.PREEMPTED, EndReason.NONFINITE: ExitCode.NONFINITE,
-               EndReason.CRASHED: ExitCode.ERROR}
+               EndReason.BAD_INPUT: ExitCode.BAD_INPUT, EndReason.CRASHED: ExitCode.ERROR}
+
+
+def crash_ending(exc: BaseException) -> EndReason:
+    """How an exception escaping the loop ends a run: bad input found mid-run (exit 2), else a crash (1)."""
+    return EndReason.BAD_INPUT if isinstance(exc, UserError) else EndReason.CRASHED
 
 
 def crash_exit_code(exc: BaseException) -> ExitCode:
@@ -45,7 +61,7 @@ def crash_exit_code(exc: BaseException) -> ExitCode:
     stop signal that ended start-up, else 1."""
     if isinstance(exc, Interrupted):
         return ExitCode.PREEMPTED
-    return ExitCode.BAD_INPUT if isinstance(exc, UserError) else ExitCode.ERROR
+    return crash_ending(exc).exit_code
 
 
 class Interrupted(BaseException):

@@ -6,6 +6,7 @@ These tests check correctness (fields, shapes, work done), never timings.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import torch
 
 from pipeline.bench.__main__ import main as bench_main
 from pipeline.bench.loader import backend_loader
+from pipeline.bench.report import compared_to_torchvision, draw_chart, format_table
 from pipeline.config import load_config
 from pipeline.data import load_image_sets
 from runs import REPO, run_env
@@ -66,6 +68,9 @@ def test_loader_backend_dali_means_dali_on_data_device_and_gets_its_stage_rows(t
     (["loader", "--backends=dali,tochvision"], "argument --backends: unknown 'tochvision'; choose from dali, "
                                                "dali-gpu, dali-cpu, torchvision, synthetic"),
     (["loader", "--models=squeezenet1_1"], "unrecognized arguments: --models"),  # another kind's option
+    ([], "error: say what to measure: one of loader, model, train, scaling, doctor, overhead, report (then an "
+         "optional CONFIG.yaml"),  # not "required: kind, [CONFIG.yaml]": the config is optional
+    (["configs/quickstart.yaml"], "error: say what to measure: one of loader, "),
 ])
 def test_bench_rejects_what_the_kind_cannot_use(argv, words, capsys):
     with pytest.raises(SystemExit) as info:
@@ -90,6 +95,45 @@ def test_every_bench_kind_has_its_own_help(kind, capsys):
         assert "dali-cpu = DALI, CPU operators" in out and "--stages" in out and "--models" not in out
     if kind == "model":
         assert "--batch-sizes" in out and "--backends" not in out
+
+
+def loader_rows() -> list[dict]:
+    """Loader results as the issue measured them: real loaders in the thousands, synthetic input in the
+    tens of millions of images/s, DALI's read-only stage in between."""
+    def row(backend: str, median: float) -> dict:
+        stat = {"median": median, "min": 0.95 * median, "max": 1.05 * median, "repeats": [median] * 2}
+        ratio = {"vs_torchvision": median / 4_000} if compared_to_torchvision(backend) else {}
+        return {"backend": backend, "source": "imagefolder", "batch_size": 64, "workers_or_threads": 2,
+                "images_per_sec": stat, **ratio}
+    return [row("dali-cpu", 12_000), row("torchvision", 4_000), row("synthetic", 57_000_000),
+            row("dali-cpu:read", 300_000), row("dali-cpu:decode", 13_000), row("dali-cpu:full", 12_000)]
+
+
+def test_loader_chart_keeps_every_bar_readable_beside_synthetic_input():
+    """Each bar's drawn length, read back from the figure, is a visible share of the axis and grows with
+    its value: the real loaders are not flattened against a 57M img/s synthetic bar."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_chart("loader", loader_rows(), "loader")
+    try:
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        x_min, x_max = ax.get_xlim()
+        lengths = {}
+        for label, bar in zip(ax.get_yticklabels(), ax.patches):
+            ends = ax.transData.transform([(max(bar.get_x(), x_min), 0), (bar.get_x() + bar.get_width(), 0)])
+            lengths[label.get_text()] = (ends[1, 0] - ends[0, 0]) / ax.bbox.width
+        assert min(lengths.values()) > 0.05, lengths  # on a linear axis torchvision's bar is 0.007% of it
+        assert lengths["torchvision"] < lengths["dali-cpu"] < lengths["dali-cpu:read"] < lengths["synthetic"]
+        assert {"4,000", "12,000", "57,000,000"} <= {t.get_text() for t in ax.texts}  # each bar says its median
+    finally:
+        plt.close(fig)
+
+
+def test_loader_table_keeps_its_columns_aligned_beside_synthetic_input():
+    lines = format_table("loader", loader_rows()).splitlines()
+    assert len({len(line.rsplit("  ", 1)[0]) for line in lines}) == 1, "\n".join(lines)
+    assert "57,000,000" in lines[3]
 
 
 def test_model_benchmark_matrix(tmp_path):
@@ -123,8 +167,13 @@ def test_train_benchmark_runs_the_trainers_step_with_the_configs_ema(tmp_path):
     assert row["step_work"] == {"steps": steps, "schedule_steps": steps, "ema_updates": steps}
 
 
-def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path):
+def test_doctor_measures_four_rates_and_names_a_verdict(tmp_path, capsys):
     result = run_bench(tmp_path, "doctor", "data.source=sample")
+    # Minutes on a real config: every phase says when it starts and ends, none is silent.
+    log = capsys.readouterr().err
+    for number in range(1, 5):
+        assert f"doctor {number}/4: " in log and re.search(rf"doctor {number}/4: .* done in \d+ s", log), log[-3000:]
+    assert "training steps fed by synthetic input: " in log and "training steps fed by real input: " in log
     *rates, host, verdict = result["results"]
     assert [r["what"] for r in rates] == ["loader alone", "model alone (synthetic input)", "end to end",
                                           "model alone at 4x batch"]
@@ -148,6 +197,24 @@ def test_doctor_verdicts(rates, device, expected, knob):
     cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
     verdict = diagnose(*rates, cfg, torch.device(device), world_size=1)
     assert verdict["verdict"] == expected and knob in verdict["knob"], verdict
+
+
+@pytest.mark.parametrize("rates", [(500, 1000, 480, 1100), (5000, 1000, 700, 1100), (5000, 1000, 990, 3000),
+                                   (5000, 1000, 990, 1100)], ids=["input", "contention", "launch", "compute"])
+def test_doctor_advises_only_knobs_that_act_on_the_device_it_ran_on(rates):
+    """On a CPU: no CUDA graphs, torch.compile autotuning, bf16 or GPU decoding (none was measured to help)."""
+    from pipeline.bench.doctor import diagnose
+
+    cfg = load_config(None, ["data.device=cpu", "data.num_threads=2"])
+    knob = diagnose(*rates, cfg, torch.device("cpu"), world_size=1)["knob"]
+    assert not any(word in knob for word in ("train.compile", "bf16", "data.device=gpu", "CUDA")), knob
+    if rates == (5000, 1000, 990, 1100):
+        assert "train on a GPU" in knob
+        # On a GPU, what the config does not do yet: precision auto is bf16 there already.
+        on_gpu = diagnose(*rates, cfg, torch.device("cuda"), world_size=1)["knob"]
+        assert "train.compile=max-autotune" in on_gpu and "bf16" not in on_gpu
+        fp32 = load_config(None, ["train.precision=fp32"])
+        assert "train.precision=bf16" in diagnose(*rates, fp32, torch.device("cuda"), world_size=1)["knob"]
 
 
 def test_doctor_calls_a_busy_host_launch_bound_on_a_gpu_only():
@@ -184,6 +251,22 @@ def test_bench_console_table_and_bad_config():
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "loader", "optim.lr=-1"], cwd=REPO,
                           capture_output=True, text=True, env=run_env())
     assert proc.returncode == 2 and "config error: optim.lr" in proc.stderr
+
+
+@pytest.mark.parametrize("script, variable, what", [
+    ("bench/cpu_check.sh", "CIFAR_JPEG", "the CIFAR-10 JPEG tarball"),
+    ("bench/photo_check.sh", "FLOWERS", "the photographs' tarball"),
+])
+def test_check_scripts_say_in_one_line_which_data_a_clone_lacks(tmp_path, script, variable, what):
+    """Not tar's 'tar (child): ... Cannot open' lines: what is missing, where, and how to get it; exit 2."""
+    absent = tmp_path / "absent.tar.gz"
+    proc = subprocess.run(["bash", script, str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=run_env({variable: str(absent), "DATA": str(tmp_path / "data")}))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stdout == ""
+    assert proc.stderr.startswith(f"{script.split('/')[1]}: {what} not found at {absent} (a clone of the repository "
+                                  "does not have it): ")
+    assert ("scripts/make_cifar_jpeg.py" if variable == "CIFAR_JPEG" else "set FLOWERS to a tar of") in proc.stderr
 
 
 def test_torchvision_baseline_does_the_same_work_as_dali():

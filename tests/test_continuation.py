@@ -50,7 +50,7 @@ def test_a_new_setup_gets_a_new_timestamped_name(tmp_path):
     assert is_default_run_name(name, "quickstart") and not (tmp_path / name).exists()
 
 
-@pytest.mark.parametrize("end", ["preempted", "crashed", "nonfinite", None])  # None: killed, no summary.json
+@pytest.mark.parametrize("end", ["preempted", "crashed", "nonfinite", "bad_input", None])  # None: killed
 def test_the_same_command_continues_an_unfinished_run(tmp_path, end, capsys):
     make_run(tmp_path, "quickstart-20260101-000000", "finished")
     make_run(tmp_path, "quickstart-20260102-000000", end)
@@ -161,6 +161,18 @@ def test_the_ending_line_and_status_come_from_summary_json(tmp_path):
         2, "nothing was trained: the workers stopped at start-up (the error is above)")
     done = read_run_state(make_run(tmp_path, "quickstart-20260102-000000", "finished"))
     assert ending(done, 0, ARGS, {}, started=0.0) == (0, "")
+
+
+def test_a_run_stopped_on_bad_input_ends_with_the_fix_not_the_same_command(tmp_path):
+    state = read_run_state(make_run(tmp_path, "quickstart-20260101-000000", "bad_input"))
+    status, line = ending(state, 2, ARGS, {}, started=0.0)
+    assert status == 2
+    assert line == ("run quickstart-20260101-000000 stopped on bad input at step 42 (1 of 3 epochs done). Remove or "
+                    "replace the file named above, then continue it: ./launch.sh configs/quickstart.yaml "
+                    "train.epochs=3; or leave bad files out: RUN_NAME=quickstart-20260101-000000 ./launch.sh "
+                    "configs/quickstart.yaml train.epochs=3 data.check_images=skip")
+    # The setup with data.check_images=skip differs, so only the run's name continues it: RUN_NAME does.
+    assert choose(tmp_path, "data.check_images=skip", RUN_NAME=state.name) == state.name
 
 
 def test_direct_command_for_one_process_and_for_torchrun():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import REPO, SHARED_CIFAR_JPEG, encode_image, smooth_image, write_
 from pipeline.config import load_config
 from pipeline.data import BadImageError, DataError, ImageSet, build_loader, load_image_sets
 from pipeline.data.dali_loader import standardize as standardize_batch
-from pipeline.data.sources import SAMPLE_ARCHIVE
+from pipeline.data.sources import SAMPLE_ARCHIVE, load_cifar10
 
 CPU = torch.device("cpu")
 
@@ -290,6 +291,24 @@ def test_cifar10_archive_is_read_in_the_official_layout(tmp_path):
     assert train.classes[0] == "airplane" and train.classes[9] == "truck"
 
 
+def test_the_cifar_jpeg_writer_makes_the_tree_the_checks_read(tmp_path):
+    """scripts/make_cifar_jpeg.py: what a clone runs for bench/cpu_check.sh's data (here from a tiny archive)."""
+    import runpy
+
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    writer = runpy.run_path(str(REPO / "scripts" / "make_cifar_jpeg.py"))
+    assert writer["main"]([str(tmp_path), str(tmp_path / "jpeg.tar.gz")]) == 0
+    with tarfile.open(tmp_path / "jpeg.tar.gz") as tar:
+        names = tar.getnames()
+    assert len(names) == 40 and all(re.fullmatch(r"cifar10/(train|test)/[a-z]+/\d{4}\.jpg", n) for n in names)
+    train, test = load_image_sets(data_cfg("data.source=imagefolder", f"data.root={tmp_path / 'jpeg.tar.gz'}",
+                                           "data.eval_split=test"))
+    assert (len(train), len(test)) == (30, 10)
+    arrays = load_cifar10(tmp_path)  # every image under its class, as the archive labels it
+    for jpeg, source in zip((train, test), arrays):
+        assert Counter(jpeg.classes[i] for i in jpeg.labels) == Counter(source.classes[i] for i in source.labels)
+
+
 def test_cifar10_missing_archive_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="cifar-10-python.tar.gz not found.*data.download=true"):
         load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}"))
@@ -366,14 +385,19 @@ def corrupt(path: Path, how: str) -> None:
         path.write_bytes(data[:200] + rng.integers(0, 256, len(data) - 200, dtype=np.uint8).tobytes())
     elif how == "text-named-jpg":
         path.write_text("this is not a JPEG")
+    elif how == "random-after-signature":  # a JPEG start marker, then random bytes: Pillow cannot identify it
+        path.write_bytes(b"\xff\xd8\xff" + np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes())
 
 
-@pytest.mark.parametrize("how", ["zero-byte", "truncated", "garbage", "text-named-jpg"])
+@pytest.mark.parametrize("how", ["zero-byte", "truncated", "garbage", "text-named-jpg", "random-after-signature"])
 def test_undecodable_image_is_named(tiny_tree, how):
     bad = tiny_tree / "train" / "bee" / "003.jpg"
     corrupt(bad, how)
-    with pytest.raises(BadImageError, match=rf"{bad}: "):
+    with pytest.raises(BadImageError, match=rf"{bad}: ") as info:
         iterate_all(folder_cfg(tiny_tree))
+    assert " at 0x" not in str(info.value), str(info.value)  # the user's terms, not Pillow's object reprs
+    if how == "random-after-signature":
+        assert f"{bad}: cannot decode (corrupt JPEG header)" in str(info.value)
 
 
 def test_check_images_error_lists_bad_files_up_front(tiny_tree):

@@ -234,6 +234,27 @@ def test_table_check_finds_a_stray_separator_and_an_unescaped_pipe():
         "line 3: 3 cells, the header has 2 (an unescaped | ?)"]
 
 
+def test_readme_figures_come_from_their_one_source():
+    """README.md's results table is written from docs/figures.yaml (scripts/figures.py); every entry
+    says how, on what and when it was measured; docs/training.md quotes the quickstart's figures as
+    the same entry gives them, not a figure of its own."""
+    import runpy
+
+    figures = runpy.run_path(str(REPO / "scripts" / "figures.py"))
+    assert figures["main"](["--check"]) == 0, "README.md's results table differs from docs/figures.yaml"
+    entries = figures["load"]()
+    for entry in entries.values():
+        measured = not entry["figure"].startswith("not measured")
+        assert entry["command"] and (not measured or entry["machine"]), entry["id"]
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(entry["date"])) or not measured, entry["id"]
+    quickstart = entries["quickstart"]
+    row = next(line for line in (REPO / "docs" / "training.md").read_text().splitlines()
+               if line.startswith("| `configs/quickstart.yaml`"))
+    quoted = re.findall(r"\d[\d,.]*%|\d+ min \d+ s", row)
+    assert quoted and all(q in quickstart["figure"] for q in quoted), (quoted, quickstart["figure"])
+    assert set(re.findall(r"\d{4}-\d{2}-\d{2}", row)) <= {str(quickstart["date"])}
+
+
 def test_configuration_reference_page_is_up_to_date():
     page = REPO / "docs" / "configuration.md"
     assert page.is_file() and page.read_text() == configuration_page(), (

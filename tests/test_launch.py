@@ -135,6 +135,36 @@ def test_launch_sh_help_prints_usage_and_exits_0():
 
 
 @pytest.mark.slow
+def test_an_input_error_the_workers_find_is_the_error_line_and_the_launchers_summary_alone(tmp_path):
+    """A bad key stops in launch.sh's `name` step; a missing data root is found by the workers at start-up.
+    Its output is the worker's one line and the launcher's summary: no `E... api.py:...] failed
+    (exitcode: 2)` line from torchrun's agent in between."""
+    proc = subprocess.run(["./launch.sh", *TINY, f"logging.runs_dir={tmp_path}", "data.source=imagefolder",
+                           "data.root=/nonexistent/data"], cwd=REPO, env=launch_env(NPROC="1"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert proc.stdout.strip().splitlines() == [
+        "error: data.root: /nonexistent/data does not exist",
+        "launch.sh: workers exited (rank 0: 2)",
+        "launch.sh: nothing was trained: the workers stopped at start-up (the error is above)"]
+
+
+def test_torchruns_failure_line_is_left_out_only_for_codes_the_workers_explain():
+    import logging
+
+    from pipeline.tools.launch import ExplainedExitFilter
+
+    def record(code: int) -> logging.LogRecord:  # as torch/distributed/elastic/multiprocessing/api.py logs it
+        return logging.LogRecord("torch.distributed.elastic.multiprocessing.api", logging.ERROR, "api.py", 1002,
+                                 "failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", (code, 0, 1, "py"),
+                                 None)
+
+    keep = ExplainedExitFilter().filter
+    assert not keep(record(2)) and not keep(record(4)) and not keep(record(75))
+    assert keep(record(1)) and keep(record(-11))  # a crash keeps torchrun's report
+
+
+@pytest.mark.slow
 def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_path):
     runs = tmp_path / "runs"
     args = [*TINY, "train.deterministic=true", "train.epochs=2", "train.max_steps_per_epoch=12",

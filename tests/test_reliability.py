@@ -3,7 +3,9 @@ corrupt checkpoints, non-finite loss, start-up checks, secrets."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,7 +96,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, nproc):
     assert proc.returncode == -signal.SIGKILL
     resumed = run_train(tmp_path, "killed", *RESUMABLE, nproc=nproc)
     resumed_line = next(line for line in resumed.stderr.splitlines() if "resumed from" in line)
-    assert "step-000000" in resumed_line and "epoch 1, step " in resumed_line, resumed_line  # mid-epoch 2
+    # In the user's terms: step-00000016.pt (or a later one written before the kill) is 4 of epoch 2's 12 steps.
+    where = re.search(r"/step-(\d{8})\.pt: epoch 2 continues after its step (\d+) of 12 \(global step (\d+)\)$",
+                      resumed_line)
+    assert where and int(where[1]) == int(where[3]) == 12 + int(where[2]) >= 16, resumed_line
     state = final_state(tmp_path / "killed")
     reference = uninterrupted[nproc]
     assert_same_tensors(reference["model"], state["model"], "model")
@@ -349,6 +355,32 @@ def test_corrupt_image_in_a_folder_names_the_file(tmp_path):
     # Small same-size images are decoded once at start-up (data.cache=auto), so the bad file is found
     # before the run directory opens: nothing is left behind, and the same command runs once it is fixed.
     assert not (tmp_path / "badimg").exists()
+
+
+@pytest.mark.slow
+def test_a_bad_image_met_mid_run_is_bad_input_named_and_its_fix_given(tmp_path):
+    """data.cache=off: nothing decodes the files before DALI, so a bad one is met mid-run (here at step 5
+    of 6 in the first epoch, an order fixed by the seed). Exit 2, the file named in the user's terms,
+    end/reason bad_input, the checkpoints kept, and a last line whose advice is the fix (remove the file,
+    or data.check_images=skip), not a crash report."""
+    from conftest import write_imagefolder
+
+    tree = write_imagefolder(tmp_path / "tree", {"train": {"a": 100, "b": 100}, "val": {"a": 4, "b": 4}})
+    bad = tree / "train" / "b" / "x.jpg"  # a JPEG start marker, then random bytes (the issue's file)
+    bad.write_bytes(b"\xff\xd8\xff" + np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes())
+    proc = run_train(tmp_path, "midrun", "data.source=imagefolder", f"data.root={tree}", "model.num_classes=2",
+                     "data.cache=off", "checkpoint.every_steps=2", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: 1 undecodable image(s): {bad}: cannot decode (corrupt JPEG header)" in proc.stderr
+    assert " at 0x" not in proc.stderr and "crashed" not in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads((tmp_path / "midrun" / "summary.json").read_text())
+    assert summary["end/reason"] == "bad_input" and summary["end/exit_code"] == 2
+    step = summary["end/global_step"]
+    assert step >= 2 and (tmp_path / "midrun" / ckpt_io.step_path(Path(), step - step % 2).name).is_file()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run midrun stopped at step {step} on bad input (named above). Remove or replace "
+                           "the file, then continue it from its latest checkpoint: "), last
+    assert last.endswith(" data.check_images=skip logging.run_name=midrun"), last
 
 
 # -------------------------------------------------------------------------------- secrets

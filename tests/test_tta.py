@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from pipeline.training.checkpoint import Counters
 from pipeline.config import ConfigError, load_config
 from pipeline.runs.clock import RunClock
 from pipeline.runs.metrics import read_metrics
-from runs import assert_same_tensors, load_ckpt, run_train
+from runs import REPO, assert_same_tensors, load_ckpt, run_train
 
 
 class FakeTime:
@@ -88,13 +89,33 @@ def test_clock_excludes_checkpoints_and_continues_after_a_resume(fake_time):
 
 def test_tta_and_target_config_checks():
     cfg = load_config()
-    assert cfg.train.tta_thresholds == [0.90, 0.92, 0.926] and cfg.train.target_accuracy == 0
+    assert cfg.train.tta_thresholds == [] and cfg.train.target_accuracy == 0  # levels belong to a recipe
+    assert load_config(REPO / "configs" / "squeezenet_cifar10.yaml").train.tta_thresholds == [0.90, 0.92, 0.926]
     with pytest.raises(ConfigError, match=r"^train\.tta_thresholds: 0\.9265 must be a fraction"):
         load_config(None, ["train.tta_thresholds=[0.9, 0.9265]"])
     with pytest.raises(ConfigError, match=r"^train\.tta_thresholds: 1\.5 must be"):
         load_config(None, ["train.tta_thresholds=[1.5]"])
     with pytest.raises(ConfigError, match=r"^train\.target_accuracy: .*less than or equal to 1"):
         load_config(None, ["train.target_accuracy=92.6"])
+
+
+def test_the_time_to_accuracy_line_is_printed_only_when_there_are_levels(caplog):
+    """A 15-epoch sample run or a 5-class photo set has no CIFAR-10 levels to report as 'not reached'."""
+    from pipeline.distributed import DistInfo
+    from pipeline.training.summary import report_final
+
+    counters = Counters(epoch=15, best_top1=0.57, best_epoch=15, train_seconds=120.0,
+                        final={"val/top1": 0.569, "val/top5": 0.95, "val/loss": 1.2, "epoch": 15})
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    for cfg, line in [(load_config(REPO / "configs" / "quickstart.yaml"), "120.0 s of training (evaluation and checkpoints "
+                                                                "excluded)"),
+                      (load_config(REPO / "configs" / "squeezenet_cifar10.yaml"), "time to accuracy: 90.0% not reached; "
+                                                                       "92.0% not reached; 92.6% not reached; 120.0 s")]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline"):
+            report_final(counters, cfg.train, dist, 600.0, Path("runs/x"))
+        assert line in caplog.text
+        assert ("not reached" in caplog.text) == bool(cfg.train.tta_thresholds)
 
 
 # ------------------------------------------------------------------------------ real runs
@@ -110,7 +131,8 @@ def test_resume_keeps_time_to_accuracy_and_continues_the_ema(tmp_path):
     before = load_ckpt(tmp_path / "split" / "last.pt")["counters"]
     assert before["tta"]["5.0"]["epoch"] == 1 and "99.9" not in before["tta"]
     proc = run_train(tmp_path, "split", THRESHOLDS, *EMA, "checkpoint.accept_changes=[train.epochs]")  # epoch 2
-    assert "resumed from" in proc.stderr
+    assert f"resumed from {tmp_path / 'split' / 'last.pt'} (end of epoch 1): epoch 2 starts from its beginning" in (
+        proc.stderr)
 
     after = load_ckpt(tmp_path / "split" / "last.pt")
     counters = after["counters"]

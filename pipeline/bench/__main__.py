@@ -104,7 +104,11 @@ def build_parser(kind: str | None) -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[str]]:
     # The kind decides which options exist, so find it first (options may come before it).
     kind = next((word for word in argv if word in KINDS), None)
-    args = build_parser(kind).parse_intermixed_args(argv)  # options may come before or after the overrides
+    parser = build_parser(kind)
+    if kind is None and not {"-h", "--help"} & set(argv):  # argparse would call the optional CONFIG "required"
+        parser.error(f"say what to measure: one of {', '.join(KINDS)} (then an optional CONFIG.yaml and "
+                     "overrides; `python -m pipeline.bench KIND --help` lists its options)")
+    args = parser.parse_intermixed_args(argv)  # options may come before or after the overrides
     for name in ("steps", "warmup", "repeats"):  # `report` has none; the other kinds read them
         args.__dict__.setdefault(name, None)
     for _, options in KINDS.values():  # a kind's code may read its neighbours' options: absent = default

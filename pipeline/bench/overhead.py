@@ -231,7 +231,7 @@ class LedgerRun:
             with section("meter"):
                 self.meter.step_done()
             with section("stop agreement"):
-                self.stop(self.global_step)
+                self.stop.after_step()
             self.global_step += 1
             if per_step is not None:
                 per_step()

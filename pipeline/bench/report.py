@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,16 @@ def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
 
     lines = []
     if kind == "loader":
-        lines.append(f"{'backend':<16} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>30}  vs torchvision")
-        for r in rows:
+        rates = [rate(r["images_per_sec"]) for r in rows]
+        width = max([30, *map(len, rates)])  # synthetic input's tens of millions widen the column, not one row
+        lines.append(f"{'backend':<16} {'source':<12} {'batch':>5} {'threads':>7}  {'images/s (min-max)':>{width}}  "
+                     "vs torchvision")
+        for r, cell in zip(rows, rates):
             # Results written before synthetic and stage rows lost their ratio still carry one: not shown.
             compared = "vs_torchvision" in r and compared_to_torchvision(r["backend"])
             ratio = f"{r['vs_torchvision']:.2f}x" if compared else "-"
             lines.append(f"{r['backend']:<16} {r['source']:<12} {r['batch_size']:>5} {r['workers_or_threads']:>7}  "
-                         f"{rate(r['images_per_sec']):>30}  {ratio}")
+                         f"{cell:>{width}}  {ratio}")
     elif kind == "model":
         lines.append(f"{'model':<18} {'prec':<5} {'format':<14} {'compile':<7} {'batch':>5} {'size':>4}  {'images/s (min-max)':>30}")
         for r in rows:
@@ -109,42 +113,71 @@ def doctor_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None:
+# A chart whose largest bar is more than this many times its smallest is drawn on a log axis: the
+# synthetic loader (tens of millions of img/s, no work) beside real loaders (thousands) would otherwise
+# leave every real bar a few pixels wide.
+LOG_SPREAD = 20
+
+
+def chart_values(kind: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(bar labels, their {"median", "min", "max"} statistics) of a kind's chart."""
+    if kind == "loader":
+        return [r["backend"] for r in rows], [r["images_per_sec"] for r in rows]
+    if kind == "model":
+        return ([f"{r['model']} {r['precision']} {r['memory_format']} c={r['compile']} b{r['batch_size']}" for r in rows],
+                [r["images_per_sec"] for r in rows])
+    if kind == "doctor":
+        measured = [r for r in rows if "images_per_sec" in r]
+        return [r["what"] for r in measured], [r["images_per_sec"] for r in measured]
+    if kind == "overhead":
+        timed = [r for r in rows if r.get("host_us") and "ops_per_step" in r]
+        return [r["component"] for r in timed], [r["host_us"] for r in timed]
+    labels, stats = [], []
+    for r in rows:
+        for feed in ("real", "torchvision", "synthetic"):
+            if f"{feed}_images_per_sec" in r:
+                labels.append(f"{feed} x{r['processes']}")
+                stats.append(r[f"{feed}_images_per_sec"])
+    return labels, stats
+
+
+def draw_chart(kind: str, rows: list[dict[str, Any]], title: str) -> Any:
+    """The chart's matplotlib Figure: one bar per row (median, min-max whiskers), each labelled with its
+    median; a log axis when the bars span more than LOG_SPREAD times, so that every bar stays readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if kind == "loader":
-        labels = [r["backend"] for r in rows]
-        stats = [r["images_per_sec"] for r in rows]
-    elif kind == "model":
-        labels = [f"{r['model']} {r['precision']} {r['memory_format']} c={r['compile']} b{r['batch_size']}" for r in rows]
-        stats = [r["images_per_sec"] for r in rows]
-    elif kind == "doctor":
-        labels = [r["what"] for r in rows if "images_per_sec" in r]
-        stats = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
-    elif kind == "overhead":
-        labels = [r["component"] for r in rows if r.get("host_us") and "ops_per_step" in r]
-        stats = [r["host_us"] for r in rows if r.get("host_us") and "ops_per_step" in r]
-    else:
-        labels, stats = [], []
-        for r in rows:
-            for feed in ("real", "torchvision", "synthetic"):
-                if f"{feed}_images_per_sec" in r:
-                    labels.append(f"{feed} x{r['processes']}")
-                    stats.append(r[f"{feed}_images_per_sec"])
+    labels, stats = chart_values(kind, rows)
     medians = [s["median"] for s in stats]
     errors = [[m - s["min"] for m, s in zip(medians, stats)], [s["max"] - m for m, s in zip(medians, stats)]]
+    positive = [s["min"] for s in stats if s["min"] > 0]
+    log = len(positive) > 1 and max(medians) / min(positive) > LOG_SPREAD
+    # On a log axis bars start at a power of ten below the smallest value, not at 0 (which has no place on it).
+    base = 10 ** math.floor(math.log10(min(positive))) if log else 0.0
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
-    ax.barh(range(len(labels)), medians, xerr=errors, capsize=3, color="#4c72b0")
+    if log:
+        ax.set_xscale("log")
+    bars = ax.barh(range(len(labels)), [m - base for m in medians], left=base, xerr=errors, capsize=3,
+                   color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{m:,.0f}" if m >= 10 else f"{m:.2g}" for m in medians], padding=4, fontsize=7)
+    top = max((s["max"] for s in stats), default=1.0)
+    ax.set_xlim(base if log else 0, top * (4 if log else 1.18))  # room for the labels
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlabel("host microseconds per step (median, min-max)" if kind == "overhead"
-                  else "images / second (median, min-max)")
+    unit = "host microseconds per step" if kind == "overhead" else "images / second"
+    ax.set_xlabel(f"{unit} (median, min-max{'; log scale' if log else ''})")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw_chart(kind, rows, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

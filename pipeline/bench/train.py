@@ -80,6 +80,7 @@ def training_rates(cfg: Config, args: argparse.Namespace, dist: DistInfo,
 
         local = measure(run, warmup=args.warmup, steps=args.steps, repeats=args.repeats, device=dist.device)
         rates[name] = distributed.all_reduce_sum(torch.tensor(local["repeats"], dtype=torch.float64)).tolist()
+        log.info("  training steps fed by %s input: %s img/s per process", name, f"{local['median']:,.0f}")
         del batches, loader
         gc.collect()
     # What the step did, for the record: the schedule and the EMA advanced once per step, as in training.

@@ -8,6 +8,7 @@ is traced back to the file with Pillow, and `data.check_images` can decode every
 from __future__ import annotations
 
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
@@ -57,8 +58,22 @@ def decode_problem(data: np.ndarray | bytes) -> str | None:
         with Image.open(io.BytesIO(bytes(data))) as img:
             img.load()  # decodes every pixel: catches truncation and corrupt entropy data
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
-        return f"cannot decode ({exc})"
+        return f"cannot decode ({pillow_reason(exc, data)})"
     return None
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def pillow_reason(exc: Exception, data: np.ndarray | bytes) -> str:
+    """Pillow's complaint in the user's terms: no object reprs (`<_io.BytesIO object at 0x...>`).
+
+    Pillow cannot identify a file whose signature is right but whose header is not: say that."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return f"corrupt {sniff_format(data) or 'image'} header"
+    return _OBJECT_REPR.sub("", str(exc)) or type(exc).__name__
 
 
 def find_bad_images(indices: Iterable[int], read: Callable[[int], np.ndarray | bytes],
@@ -162,5 +177,5 @@ def _pillow_size(data: bytes, name: str) -> tuple[int, int, int]:
             width, height = img.size
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
-        raise BadImageError(f"{name}: cannot read the image size ({exc})") from None
+        raise BadImageError(f"{name}: cannot read the image size ({pillow_reason(exc, data)})") from None
     return height, width, orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1

@@ -5,9 +5,10 @@
     command = direct_command(run_name)               # `python train_dist.py ... logging.run_name=NAME`
 
 A run directory's config.yaml says what it trains and summary.json how its latest session ended
-(pipeline/runs/records.py): `finished` and `target_reached` are done; `preempted`, `nonfinite` and
-`crashed` can continue from the newest checkpoint; no summary.json means a session that was killed
-(or is running: runs/<name>/.lock says which, pipeline/runs/rundir.py RunLock).
+(pipeline/runs/records.py): `finished` and `target_reached` are done; `preempted`, `nonfinite`,
+`bad_input` (once the file is fixed, or with data.check_images=skip: `SKIP_BAD_IMAGES`) and `crashed`
+can continue from the newest checkpoint; no summary.json means a session that was killed (or is
+running: runs/<name>/.lock says which, pipeline/runs/rundir.py RunLock).
 
 `./launch.sh CONFIG [key=value ...]` without a run name continues the newest run that launch.sh
 named for the same config and overrides (pipeline/tools/launch.py): "the same command continues".
@@ -33,6 +34,8 @@ from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
 DONE = ("finished", "target_reached")
+# What a run that stopped on a bad image adds to its command to continue without the bad files.
+SKIP_BAD_IMAGES = "data.check_images=skip"
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,15 @@ def latest_run_of(cfg: Config, matching: Callable[[RunState], bool] = lambda sta
     return None
 
 
+def with_override(args: list[str], override: str) -> list[str]:
+    """`args` with `override` (`key=value`) as the last override (any earlier value of the key dropped)."""
+    key = override.split("=", 1)[0] + "="
+    return [a for a in args if not a.startswith(key)] + [override]
+
+
 def with_run_name(args: list[str], run_name: str) -> list[str]:
     """`args` with logging.run_name=NAME as the last override (any earlier one dropped)."""
-    return [a for a in args if not a.startswith("logging.run_name=")] + [f"logging.run_name={run_name}"]
+    return with_override(args, f"logging.run_name={run_name}")
 
 
 def _python() -> str:

@@ -18,7 +18,8 @@ lock is held) is refused rather than trained twice at once.
 with the workers told that this process reports the ending (LAUNCHER_ENV). A stop by a signal
 ends in torchrun's 25-line SignalException traceback and workers that exited 2, 4 or 75 in a
 ChildFailedError one; both have already said why (bad input, a non-finite loss, a preemption
-checkpoint), so they are summarised in one line. Other failures keep torchrun's failure report.
+checkpoint), so they are summarised in one line, and the agent's own `failed (exitcode: N)` log line
+is left out for those codes. Other failures keep torchrun's failure report.
 Then, from runs/<name>/summary.json as the workers left it, one line says how the run ended and,
 when it can continue, the exact command that continues it: the same command. Exit status: 0
 finished, 2 bad input, 4 non-finite loss, 75 preempted (checkpoint written), else the workers' or
@@ -27,6 +28,7 @@ torchrun's failure.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -38,7 +40,8 @@ from typing import Mapping
 from pipeline.config import Config, load_config_args
 from pipeline.errors import ExitCode, LaunchError, UserError
 from pipeline.constants import LAUNCHER_ENV
-from pipeline.runs.continuation import RunState, latest_run_of, read_run_state, setup_differences
+from pipeline.runs.continuation import (SKIP_BAD_IMAGES, RunState, latest_run_of, read_run_state, setup_differences,
+                                        with_override)
 from pipeline.runs.rundir import default_run_name
 
 PREFIX = "launch.sh:"
@@ -61,7 +64,8 @@ def same_command(words: list[str], env: Mapping[str, str], run_name: str | None 
 def describe_end(state: RunState) -> str:
     """' was preempted at step 157 (1 of 50 epochs done)', ' crashed', ...: how its latest session ended."""
     what = {"preempted": "was preempted", "crashed": "crashed", "nonfinite": "stopped on a non-finite loss",
-            "finished": "finished", "target_reached": "reached its target accuracy"}
+            "bad_input": "stopped on bad input", "finished": "finished",
+            "target_reached": "reached its target accuracy"}
     return (f" {what.get(state.end, state.end)}{state.where()}" if state.end
             else " was stopped without a summary (killed, or its node went away)")
 
@@ -161,13 +165,25 @@ def handle_sigterm_once() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+class ExplainedExitFilter(logging.Filter):
+    """Drops the elastic agent's `E... api.py:...] failed (exitcode: N) local_rank: ...` line when N is a code
+    the workers explain themselves (EXPLAINED): their one-line message and the launcher's summary say it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        explained = bool(args) and args[0] in EXPLAINED
+        return not (explained and str(record.msg).startswith("failed (exitcode: "))
+
+
 def run_torchrun(args: list[str]) -> tuple[int, str | None]:
     """torchrun's main() on `args`: (exit status, a one-line summary when its own report was left out)."""
+    from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
     handle_sigterm_once()
+    logging.getLogger(api.__name__).addFilter(ExplainedExitFilter())
     try:
         torchrun_main(args)
     except SignalException as exc:  # the agent was signalled: it has stopped its workers, whatever they did
@@ -191,6 +207,10 @@ def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str
     command = where + same_command(words, env, run_name=named)
     if fresh and state.done:
         return 0, ""
+    if fresh and state.end == "bad_input":  # the fix first: the same command alone meets the same file again
+        skip = where + same_command(with_override(words, SKIP_BAD_IMAGES), env, run_name=named or state.name)
+        return int(ExitCode.BAD_INPUT), (f"run {state.name}{describe_end(state)}. Remove or replace the file named "
+                                         f"above, then continue it: {command}; or leave bad files out: {skip}")
     if fresh:
         code = {"preempted": ExitCode.PREEMPTED, "nonfinite": ExitCode.NONFINITE}.get(state.end, status or 1)
         tail = ("; resuming replays the same batches at the same learning rate (see the error above)"

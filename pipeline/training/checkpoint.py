@@ -371,9 +371,15 @@ class CheckpointManager:
         rank_state = resume.rank_state(self.dist)
         if rank_state is not None:
             set_rng_state(rank_state["rng"], self.dist.device)
-        if self.dist.is_main:
-            log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", resume.path,
-                     counters.epoch, counters.step_in_epoch, counters.global_step)
+        if self.dist.is_main:  # in the user's terms: 1-based epochs, and what runs next
+            c = counters
+            if c.step_in_epoch:
+                where = (f": epoch {c.epoch + 1} continues after its step {c.step_in_epoch} of "
+                         f"{len(parts.train_loader)} (global step {c.global_step})")
+            else:
+                where = f" (end of epoch {c.epoch}): " + (f"epoch {c.epoch + 1} starts from its beginning"
+                                                          if c.epoch < self.epochs else "every epoch is done")
+            log.info("resumed from %s%s", resume.path, where)
         return counters
 
     def holds(self, counters: Counters) -> bool:

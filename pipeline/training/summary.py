@@ -23,7 +23,7 @@ from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, EndReason
 from pipeline.constants import LAUNCHER_ENV
-from pipeline.runs.continuation import direct_command
+from pipeline.runs.continuation import SKIP_BAD_IMAGES, direct_command, with_override
 from pipeline.runs.rundir import default_run_name
 from pipeline.training.checkpoint import Counters
 from pipeline.training.meters import ThroughputMeter
@@ -58,8 +58,11 @@ def report_final(c: Counters, train_cfg: Any, dist: DistInfo, total: float, run_
              "logging.perf_warmup_steps)")
     log.info("done: final top-1 %.2f%% (epoch %d), best top-1 %.2f%% (epoch %d); %s",
              100 * c.final["val/top1"], c.final["epoch"], 100 * c.best_top1, c.best_epoch, speed)
-    log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
-             describe_tta(c.tta, train_cfg.tta_thresholds), c.train_seconds)
+    if train_cfg.tta_thresholds:  # levels of a recipe's own: none by default, where they would mean nothing
+        log.info("time to accuracy: %s; %.1f s of training in all (evaluation and checkpoints excluded)",
+                 describe_tta(c.tta, train_cfg.tta_thresholds), c.train_seconds)
+    else:
+        log.info("%.1f s of training (evaluation and checkpoints excluded)", c.train_seconds)
     log.info("run directory: %s", run_dir)
 
 
@@ -108,7 +111,12 @@ def announce_continue(end: EndReason, c: Counters, dist: DistInfo, run_dir: Path
     if not dist.is_main or os.environ.get(LAUNCHER_ENV):
         return
     name, command = run_dir.name, direct_command(run_dir.name)
-    why = {EndReason.PREEMPTED: f"stopped at step {c.global_step} (checkpoint written)",
-           EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
-    atexit.register(print, f"run {name} {why}; to continue it from its latest checkpoint: {command}",
-                    file=sys.stderr, flush=True)
+    if end is EndReason.BAD_INPUT:  # the fix comes first: the same command would meet the same file
+        skip = direct_command(name, with_override(list(sys.argv), SKIP_BAD_IMAGES))
+        line = (f"run {name} stopped at step {c.global_step} on bad input (named above). Remove or replace the "
+                f"file, then continue it from its latest checkpoint: {command}; or leave bad files out: {skip}")
+    else:
+        why = {EndReason.PREEMPTED: f"stopped at step {c.global_step} (checkpoint written)",
+               EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]
+        line = f"run {name} {why}; to continue it from its latest checkpoint: {command}"
+    atexit.register(print, line, file=sys.stderr, flush=True)

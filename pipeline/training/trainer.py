@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
-from pipeline.errors import EndReason, ExitCode, crash_exit_code
+from pipeline.errors import EndReason, ExitCode, crash_ending, crash_exit_code
 from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
@@ -116,7 +116,7 @@ class Trainer:
             report_nonfinite(exc, self.run_dir, self.cfg.optim.lr)
             end, code = EndReason.NONFINITE, ExitCode.NONFINITE
         except BaseException as exc:
-            code = crash_exit_code(exc)  # W&B and summary.json say "crashed"; the traceback goes on up
+            code = (end := crash_ending(exc)).exit_code  # bad_input (2) or crashed (1); the exception goes on up
             raise
         finally:
             try:
@@ -233,9 +233,9 @@ class Trainer:
     def finish(self, end: EndReason, code: ExitCode) -> None:
         """The summary, why the run ended and its exit code (W&B and summary.json), whatever the ending."""
         try:
-            summary = final_summary(self.counters, self.meter, self.dist, all_ranks=end is not EndReason.CRASHED)
+            summary = final_summary(self.counters, self.meter, self.dist, all_ranks=not end.raised)
             self.records.summary(summary)
-            if end in (EndReason.PREEMPTED, EndReason.NONFINITE, EndReason.CRASHED):
+            if not end.done:
                 announce_continue(end, self.counters, self.dist, self.run_dir)
             elif not self.done_before:
                 report_final(self.counters, self.cfg.train, self.dist, summary.get("perf/mean_images_per_sec", 0.0),
