@@ -49,7 +49,8 @@ def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
         cfg.check_world_size(dist.world_size)
         return int(body(cfg, dist))
     except UserError as exc:
-        print_user_error(exc)
+        if not getattr(exc, "reported", False):  # a rank of several reports its own first (training/failures.py)
+            print_user_error(exc)
         return int(ExitCode.BAD_INPUT)
     except Interrupted as exc:  # a stop signal during start-up: nothing new to checkpoint
         print(f"{exc.message}; nothing new to checkpoint (exit status {int(ExitCode.PREEMPTED)}): the same "

@@ -188,3 +188,44 @@ def test_a_sigterm_to_the_agent_or_a_worker_stops_the_job_whatever_max_restarts(
         last = out.strip().splitlines()[-1]
         assert " was preempted at step " in last and last.endswith(shlex.join(["./launch.sh", *args])), last
         print(f"SIGTERM to {target}: exit 75 after {time.monotonic() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------------- one rank's error
+
+
+@pytest.mark.slow
+def test_a_bad_image_met_by_one_rank_stops_both_with_that_error_first_and_exit_2(tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    from conftest import write_imagefolder
+    from pipeline.config import load_config
+    from pipeline.data import load_image_sets
+    from pipeline.data.sampler import ShardedBatches
+    from runs import REPO
+    from test_launch import launch_env
+
+    tree = write_imagefolder(tmp_path / "tree", {"train": {"a": 64, "b": 64}, "val": {"a": 4, "b": 4}})
+    args = [*TINY, "data.source=imagefolder", f"data.root={tree}", "model.num_classes=2", "data.cache=off",
+            "train.epochs=1", "checkpoint.every_steps=1", f"logging.runs_dir={tmp_path / 'runs'}", "logging.run_name=r"]
+    # The file rank 1 reads at step 3 of epoch 0 (rank 0 never reads it in this epoch) becomes random bytes.
+    train, _ = load_image_sets(load_config(None, args).data)
+    plan = ShardedBatches(len(train), 16, rank=1, world_size=2, seed=0, shuffle=True, drop_last=True)
+    bad = Path(train.files[int(plan.epoch_order(0)[slice(*plan.bounds(3))][0])])
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+
+    t0 = time.monotonic()
+    proc = subprocess.run(["./launch.sh", *args], cwd=REPO, env=launch_env(NPROC="2", MAX_RESTARTS="1"),
+                          capture_output=True, text=True, timeout=180)
+    seconds = time.monotonic() - t0
+    out = proc.stderr
+    assert proc.returncode == 2, out[-4000:]
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert errors and errors[0].startswith("error (rank 1): ") and str(bad) in errors[0], out[-4000:]
+    assert "Traceback" not in out and "timed out" not in out.lower() and "Connection closed" not in out, out[-4000:]
+    assert out.count("run directory:") == 1  # not restarted
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["end/reason"] == "bad_input" and summary["end/global_step"] >= 2
+    assert "data.check_images=skip" in out.strip().splitlines()[-1]  # the fix, last
+    print(f"both ranks stopped; the job ended {seconds:.1f} s after it started")

@@ -36,6 +36,7 @@ from pipeline.errors import RunDirError
 log = logging.getLogger(__name__)
 
 RUN_NAME_STAMP = "%Y%m%d-%H%M%S"
+FAILURE_PREFIX = ".failed-rank"  # runs/<name>/.failed-rank<k>.json: rank k met bad input (training/failures.py)
 LOCK_FILE = ".lock"
 
 
@@ -190,10 +191,13 @@ def save_run_config(cfg: Config, run: RunDir, is_main: bool, resumed: bool) -> N
 
     A continued run keeps the config.yaml it started with; what changed since is appended to
     config-changes.jsonl (pipeline/runs/changes.py). A run that starts over in an existing directory
-    (no checkpoint yet, or checkpoint.resume=never) starts its record over too.
+    (no checkpoint yet, or checkpoint.resume=never) starts its record over too. Failure records of an
+    earlier session's ranks go.
     """
     if not is_main:
         return
+    for stale in run.path.glob(f"{FAILURE_PREFIX}*.json"):  # an earlier session's ranks' (training/failures.py)
+        stale.unlink(missing_ok=True)
     path = run.path / "config.yaml"
     if resumed and path.is_file():
         return

@@ -23,17 +23,12 @@ from typing import Any
 
 from pipeline.distributed import DistInfo
 from pipeline.entry import print_user_error, tell_the_agent
-from pipeline.errors import UserError
+from pipeline.errors import EndReason, UserError, crash_ending
+from pipeline.runs.rundir import FAILURE_PREFIX as PREFIX
 
 log = logging.getLogger("pipeline")
 
-PREFIX = ".failed-rank"
 WAIT_S = 3.0  # how long a rank whose collective broke looks for the failing rank's record (shared file systems)
-
-
-def clear_failures(run_dir: Path) -> None:
-    for path in run_dir.glob(f"{PREFIX}*.json"):
-        path.unlink(missing_ok=True)
 
 
 def report_failure(exc: BaseException, run_dir: Path, dist: DistInfo) -> None:
@@ -62,9 +57,22 @@ def peer_failure(exc: BaseException, run_dir: Path, dist: DistInfo) -> dict[str,
             except (OSError, ValueError):
                 continue
             if record.get("rank") != dist.rank:
-                log.error("stopping: rank %d met bad input (its error is above): %s", record["rank"],
-                          record["message"].split(";")[0])
+                log.error("stopping: rank %d met bad input (its error is above)", record["rank"])
                 return record
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.1)
+
+
+def failure_ending(exc: BaseException, run_dir: Path, dist: DistInfo) -> tuple[EndReason, bool]:
+    """How an exception that escaped the training loop ends the run, and whether it goes on up.
+
+    A user error: this rank reports it first (and stops the job); it goes on up (exit 2). A collective
+    that broke because another rank failed: that rank's ending, and it stops here (no traceback).
+    Anything else: a crash, with its traceback.
+    """
+    report_failure(exc, run_dir, dist)
+    peer = peer_failure(exc, run_dir, dist)
+    if peer is not None:
+        return (EndReason.BAD_INPUT if peer.get("user_error") else EndReason.CRASHED), False
+    return crash_ending(exc), True

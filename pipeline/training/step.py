@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -71,7 +72,9 @@ def wrap_model(model: nn.Module, dist: DistInfo, *, compile: str = "off", dynami
         wrapped = torch.compile(wrapped, mode=None if compile == "default" else compile, dynamic=dynamic)
     if dist.distributed:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-        wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True, broadcast_buffers=False)
+        with warnings.catch_warnings():  # torch 2.14 renamed the option; 2.11 (the GPU hosts) lacks the new name
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True, broadcast_buffers=False)
     return wrapped
 
 

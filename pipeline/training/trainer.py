@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
-from pipeline.errors import EndReason, ExitCode, crash_ending, crash_exit_code
+from pipeline.errors import EndReason, ExitCode, crash_exit_code
 from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
@@ -33,6 +33,7 @@ from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
 from pipeline.training.evaluation import EpochEvaluation
+from pipeline.training.failures import failure_ending
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
 from pipeline.training.summary import (announce_continue, evaluate_checkpoint, final_summary, report_done_before,
@@ -116,8 +117,10 @@ class Trainer:
             report_nonfinite(exc, self.run_dir, self.cfg.optim.lr)
             end, code = EndReason.NONFINITE, ExitCode.NONFINITE
         except BaseException as exc:
-            code = (end := crash_ending(exc)).exit_code  # bad_input (2) or crashed (1); the exception goes on up
-            raise
+            end, goes_up = failure_ending(exc, self.run_dir, self.dist)  # a peer's failure ends here, quietly
+            code = end.exit_code  # bad_input (2) or crashed (1)
+            if goes_up:
+                raise
         finally:
             try:
                 self.finish(end, code)
