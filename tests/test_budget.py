@@ -101,3 +101,16 @@ def test_a_budgeted_run_keeps_its_plan_across_kill_and_resume_and_trains_what_th
            for name in ("budget", "given")}
     assert lrs["budget"] == lrs["given"] and lrs["budget"][-1] < 0.01  # the cosine ends at the last step
     assert Path(tmp_path / "budget" / ".budget-probe.pt").exists() is False
+
+
+def test_progressive_resizing_is_planned_at_its_mean_step_with_its_compilations_ahead():
+    from pipeline.data.progressive import ProgressiveResize
+
+    grow = ProgressiveResize(start_side=96, end_side=122, ramp=(0.5, 0.8), multiple=16)  # 96, 112, 122
+    costs = Costs(spent=20.0, step=0.1, evaluation=2.0, checkpoint=0.5, step_start=0.06, compile=15.0)
+    plan = make_plan(600.0, costs, 50, 10, 1, 1, grow=grow)
+    assert 0.06 < plan.mean_step_s < 0.1 and plan.compile_s == 15.0  # one size (112) compiles during the run
+    assert costs.step_at(112, 96, 122) == pytest.approx(0.06 + 0.04 * (112**2 - 96**2) / (122**2 - 96**2))
+    flat = make_plan(600.0, Costs(spent=20.0, step=0.1, evaluation=2.0, checkpoint=0.5), 50, 10, 1, 1)
+    assert plan.total_steps > flat.total_steps  # the cheaper early steps buy more of them
+    assert run_cost(plan.total_steps, costs, 50, 1, 1, 0, plan.mean_step_s, 15.0) <= 600.0 * (1 - SAFETY) - 20.0

@@ -42,6 +42,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import Config, duration_seconds
+from pipeline.data.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.runs.clock import process_age
@@ -64,10 +65,28 @@ class Costs:
     """What the run measured of itself (seconds)."""
 
     spent: float  # process age when the measurement ended: start-up and measurement, already gone
-    step: float  # one training step (median over the timed steps)
+    step: float  # one training step at the final input size (the mean over the timed block)
     evaluation: float
     checkpoint: float
     finish: float = FINISH_S
+    step_start: float | None = None  # progressive resizing: one step at the start size
+    compile: float = 0.0  # progressive resizing: compiling one more input size (first step - steady step)
+
+    def step_at(self, side: int, start: int, final: int) -> float:
+        """A step at `side` px: linear in the pixel count between the two measured sizes."""
+        if self.step_start is None or final == start:
+            return self.step
+        weight = (side * side - start * start) / (final * final - start * start)
+        return self.step_start + weight * (self.step - self.step_start)
+
+
+def mean_step(costs: Costs, grow: ProgressiveResize | None) -> float:
+    """The mean step over a run: progressive resizing's side depends on the fraction of the run only,
+    so the mean is the same for any length (averaged over 10,000 points of the run)."""
+    if grow is None:
+        return costs.step
+    sides = [grow.side_at((i + 0.5) / 10_000) for i in range(10_000)]
+    return sum(costs.step_at(s, grow.start_side, grow.end_side) for s in sides) / len(sides)
 
 
 @dataclass(frozen=True)
@@ -78,10 +97,12 @@ class BudgetPlan:
     steps_per_epoch: int
     nominal_epochs: int  # train.epochs: the run the schedule's epoch positions describe
     predicted_s: float  # when the run should end (s after the process started)
-    step_s: float
+    step_s: float  # a step at the final size
     evaluation_s: float
     checkpoint_s: float
     spent_s: float
+    mean_step_s: float = 0.0  # the mean step over the run (progressive resizing: smaller early steps)
+    compile_s: float = 0.0  # compilations still ahead (progressive resizing's sizes between start and final)
 
     @property
     def scale(self) -> float:
@@ -101,9 +122,12 @@ class BudgetPlan:
         return {f"plan/{k}": v for k, v in asdict(self).items()}
 
     def describe(self) -> str:
+        progressive = (f" ({self.mean_step_s * 1000:.1f} ms on average over the run's sizes, {self.compile_s:.0f} s "
+                       f"of compilation ahead)" if self.mean_step_s and self.mean_step_s != self.step_s else "")
         return (f"train.time_budget {self.budget_s:.0f} s: {self.total_steps} steps ({self.epochs} epochs of "
                 f"{self.steps_per_epoch}, the schedule scaled x{self.scale:.3g} from train.epochs "
-                f"{self.nominal_epochs}); measured {self.step_s * 1000:.1f} ms a step, {self.evaluation_s:.1f} s "
+                f"{self.nominal_epochs}); measured {self.step_s * 1000:.1f} ms a step{progressive}, "
+                f"{self.evaluation_s:.1f} s "
                 f"an evaluation, {self.checkpoint_s:.2f} s a checkpoint, {self.spent_s:.1f} s spent before "
                 f"training; predicted end at {self.predicted_s:.0f} s")
 
@@ -123,60 +147,88 @@ def record_plan(plan: BudgetPlan | None, records: Any, first_session: bool) -> N
 
 
 def run_cost(steps: int, costs: Costs, steps_per_epoch: int, eval_every: int, checkpoint_every: int,
-             checkpoint_every_steps: int) -> float:
-    """Seconds from the end of the measurement to the end of a run of `steps` optimizer steps."""
+             checkpoint_every_steps: int, step_s: float | None = None, ahead_s: float = 0.0) -> float:
+    """Seconds from the end of the measurement to the end of a run of `steps` optimizer steps
+    (`step_s`: the mean step, default costs.step; `ahead_s`: fixed costs still ahead, compilations)."""
     epochs = math.ceil(steps / steps_per_epoch)
     evaluations = (epochs // eval_every if eval_every > 0 else 0) + (0 if eval_every and epochs % eval_every == 0
                                                                       else 1)
     checkpoints = epochs // checkpoint_every + (0 if epochs % checkpoint_every == 0 else 1)
     if checkpoint_every_steps:
         checkpoints += steps // checkpoint_every_steps
-    return steps * costs.step + evaluations * costs.evaluation + checkpoints * costs.checkpoint + costs.finish
+    step_s = costs.step if step_s is None else step_s
+    return steps * step_s + evaluations * costs.evaluation + checkpoints * costs.checkpoint + costs.finish + ahead_s
 
 
 def make_plan(budget_s: float, costs: Costs, steps_per_epoch: int, nominal_epochs: int, eval_every: int,
-              checkpoint_every: int, checkpoint_every_steps: int = 0) -> BudgetPlan:
-    """The most steps whose run ends inside the budget (less SAFETY); ConfigError if not even one fits."""
+              checkpoint_every: int, checkpoint_every_steps: int = 0,
+              grow: ProgressiveResize | None = None) -> BudgetPlan:
+    """The most steps whose run ends inside the budget (less SAFETY); ConfigError if not even one fits.
+    `grow`: progressive resizing, whose smaller early steps cost less and whose sizes between the two
+    measured ones each compile once during the run."""
     available = budget_s * (1 - SAFETY) - costs.spent
+    step_s = mean_step(costs, grow)
+    ahead_s = costs.compile * max(len(grow.sides()) - 2, 0) if grow is not None else 0.0
 
     def cost(steps: int) -> float:
-        return run_cost(steps, costs, steps_per_epoch, eval_every, checkpoint_every, checkpoint_every_steps)
+        return run_cost(steps, costs, steps_per_epoch, eval_every, checkpoint_every, checkpoint_every_steps,
+                        step_s, ahead_s)
 
     if cost(1) > available:
         raise ConfigError(f"train.time_budget: {budget_s:.0f} s leaves no time to train: {costs.spent:.1f} s went to "
                           f"start-up and measuring, and one step with its evaluation and checkpoint needs "
                           f"{cost(1):.1f} s more (e.g. train.time_budget={math.ceil((costs.spent + cost(1)) * 2)}s)")
-    low, high = 1, max(2, int(available / costs.step) + 1)  # cost is increasing in steps: bisect the last fit
+    low, high = 1, max(2, int(available / step_s) + 1)  # cost is increasing in steps: bisect the last fit
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if cost(mid) <= available else (low, mid)
     return BudgetPlan(budget_s=budget_s, total_steps=low, epochs=math.ceil(low / steps_per_epoch),
                       steps_per_epoch=steps_per_epoch, nominal_epochs=nominal_epochs,
                       predicted_s=round(costs.spent + cost(low), 3), step_s=costs.step, evaluation_s=costs.evaluation,
-                      checkpoint_s=costs.checkpoint, spent_s=costs.spent)
+                      checkpoint_s=costs.checkpoint, spent_s=costs.spent, mean_step_s=step_s, compile_s=ahead_s)
 
 
-def measure_costs(step: Callable[[], None], evaluate: Callable[[], None], checkpoint: Callable[[], None],
-                  sync: Callable[[], None], timed_steps: int = TIMED_STEPS, clock: Callable[[], float] = time.perf_counter,
-                  age: Callable[[], float] = process_age) -> Costs:
-    """Time `timed_steps` calls of `step` as one block (after WARMUP_STEPS untimed ones), one `evaluate`
-    and one `checkpoint`. A block, not the median of single steps: over a whole epoch it includes what
-    an epoch boundary costs (the loader's reset, its prefetch refilling), as the run will pay it."""
-    for _ in range(WARMUP_STEPS):
+def time_block(step: Callable[[], None], sync: Callable[[], None], timed_steps: int,
+               clock: Callable[[], float]) -> tuple[float, float]:
+    """(the first warm-up step, the mean of a timed block after WARMUP_STEPS warm-up steps), seconds."""
+    t0 = clock()
+    step()
+    sync()
+    first = clock() - t0
+    for _ in range(WARMUP_STEPS - 1):
         step()
     sync()
     t0 = clock()
     for _ in range(timed_steps):
         step()
     sync()
-    stepping = (clock() - t0) / timed_steps
+    return first, (clock() - t0) / timed_steps
+
+
+def measure_costs(step: Callable[[], None], evaluate: Callable[[], None], checkpoint: Callable[[], None],
+                  sync: Callable[[], None], timed_steps: int = TIMED_STEPS,
+                  clock: Callable[[], float] = time.perf_counter, age: Callable[[], float] = process_age,
+                  resize: Callable[[str], None] | None = None) -> Costs:
+    """Time `timed_steps` calls of `step` as one block (after WARMUP_STEPS untimed ones), one `evaluate`
+    and one `checkpoint`. A block, not the median of single steps: over a whole epoch it includes what
+    an epoch boundary costs (the loader's reset, its prefetch refilling), as the run will pay it.
+    `resize` (progressive resizing): called with "start", then "final", before a block at each size."""
+    step_start, compile_s = None, 0.0
+    if resize is not None:
+        resize("start")
+        first_start, step_start = time_block(step, sync, timed_steps, clock)
+        resize("final")
+    first, stepping = time_block(step, sync, timed_steps, clock)
+    if resize is not None:
+        compile_s = max(first - stepping, first_start - step_start, 0.0)
     t0 = clock()
     evaluate()
     evaluation = clock() - t0
     t0 = clock()
     checkpoint()
     written = clock() - t0
-    return Costs(spent=age(), step=stepping, evaluation=evaluation, checkpoint=written)
+    return Costs(spent=age(), step=stepping, evaluation=evaluation, checkpoint=written, step_start=step_start,
+                 compile=compile_s)
 
 
 class Snapshot:
@@ -228,17 +280,24 @@ def plan_budget(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, training
         distributed.barrier()
 
     timed = min(max(TIMED_STEPS, parts.steps_per_epoch), MAX_TIMED_STEPS)
-    log.info("train.time_budget %s: measuring %d training steps (after %d warm-up steps), an evaluation and a "
-             "checkpoint", cfg.train.time_budget, timed, WARMUP_STEPS)
+    grow = ProgressiveResize.from_config(cfg.data.train)
+    log.info("train.time_budget %s: measuring %d training steps (after %d warm-up steps)%s, an evaluation and a "
+             "checkpoint", cfg.train.time_budget, timed, WARMUP_STEPS,
+             f" at {grow.start_side} and at {grow.end_side} px" if grow else "")
+
+    def resize(which: str) -> None:  # the loader's side follows step / total: ~0 gives the start, >= 1 the final
+        parts.train_loader.set_total_steps(10**15 if which == "start" else 1)
+
     costs = measure_costs(step=lambda: training_step(*next(batches), next(counter)),
                           evaluate=lambda: _evaluate(parts, cfg), checkpoint=write_probe,
-                          sync=lambda: distributed.synchronize(dist.device), timed_steps=timed)
+                          sync=lambda: distributed.synchronize(dist.device), timed_steps=timed,
+                          resize=resize if grow is not None else None)
     snapshot.restore()
     plan: BudgetPlan | str | None = None
     if dist.is_main:
         try:
             plan = make_plan(budget_s, costs, parts.steps_per_epoch, cfg.train.epochs, cfg.eval.every,
-                             cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps)
+                             cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps, grow)
         except ConfigError as exc:
             plan = str(exc)
     plan = distributed.broadcast_object(plan)
