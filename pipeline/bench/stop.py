@@ -3,8 +3,9 @@
     python -m pipeline.bench.stop configs/quickstart.yaml checkpoint.every_steps=5 --repeats 3
     python -m pipeline.bench.stop configs/quickstart.yaml --nproc 2 --points step,evaluation
 
-Each repeat starts `train_dist.py` (under torchrun with --nproc > 1) in a fresh run directory, waits
-for its point, sends SIGTERM (to the process, or to torchrun's agent) and times the exit:
+Each repeat starts `train_dist.py` (with --nproc > 1, `./launch.sh` with NPROC) in a fresh run
+directory, waits for its point, sends SIGTERM (to the process, or to launch.sh: torchrun's agent) and
+times the exit:
 - start-up:    train.log says "run directory:" (components, loaders, compile and W&B still ahead)
 - step:        the first training record is in metrics.jsonl (the loop is running)
 - evaluation:  train.log says "evaluating" (epoch 1's evaluation has started)
@@ -47,9 +48,9 @@ def reached(point: str, run_dir: Path) -> bool:
     return metrics.exists() and "train/loss" in metrics.read_text()
 
 
-def one_stop(point: str, command: list[str], run_dir: Path, timeout: float) -> dict:
+def one_stop(point: str, command: list[str], run_dir: Path, timeout: float, env: dict[str, str]) -> dict:
     proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
     deadline = time.monotonic() + timeout
     while not reached(point, run_dir):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -80,16 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in points if p not in POINTS]
     if unknown:
         parser.error(f"--points: unknown {unknown[0]!r}; choose from {', '.join(POINTS)}")
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
-                if args.nproc > 1 else [sys.executable])
+    # Several processes: ./launch.sh (torchrun's agent in its own process; the SIGTERM goes to it), as a user runs them.
+    launcher = ["./launch.sh"] if args.nproc > 1 else [sys.executable, str(REPO_ROOT / "train_dist.py")]
+    env = {"NPROC": str(args.nproc), "VENV": sys.prefix} if args.nproc > 1 else {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="stop-bench-") as runs:
         for point in points:
             for repeat in range(args.repeats):
                 name = f"{point}-{repeat}"
-                command = [*launcher, str(REPO_ROOT / "train_dist.py"), *args.rest, f"logging.runs_dir={runs}",
-                           f"logging.run_name={name}", "logging.progress=lines"]
-                row = one_stop(point, command, Path(runs) / name, args.timeout)
+                command = [*launcher, *args.rest, f"logging.runs_dir={runs}", f"logging.run_name={name}",
+                           "logging.progress=lines"]
+                row = one_stop(point, command, Path(runs) / name, args.timeout, env)
                 row["step_s"] = step_seconds(Path(runs) / name)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -216,6 +216,10 @@ def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str
         tail = ("; resuming replays the same batches at the same learning rate (see the error above)"
                 if state.end == "nonfinite" else "")
         return int(code), f"run {state.name}{describe_end(state)}. To continue it{tail}: {command}"
+    if status in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # a stop request, before the workers could summarise
+        return int(ExitCode.PREEMPTED), (f"run {state.name} was stopped before it wrote a summary (a signal during "
+                                         f"start-up, or a worker that did not stop in time). To continue it from its "
+                                         f"latest checkpoint: {command}")
     if not state.path.is_dir():
         return status, "nothing was trained: the workers stopped at start-up (the error is above)"
     if any(state.path.glob("*.pt")):

@@ -77,7 +77,7 @@ class Trainer:
         self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
         if cfg.train.time_budget != "off" and plan is None and not cfg.eval.only:
-            self.cfg, plan = cfg, plan = budget_run(cfg, self.parts, dist, self.run_dir, data)
+            self.cfg, plan = cfg, plan = budget_run(cfg, self.parts, dist, self.run_dir, data, resume)
         self.checkpoints.plan, self.checkpoints.epochs = plan, cfg.train.epochs
         self.clock = RunClock(self.counters, dist.device, started)
         self.evaluation = EpochEvaluation(cfg, self.parts)
