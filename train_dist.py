@@ -32,7 +32,13 @@ def stop_now(signum: int, frame: object) -> None:
 def train(cfg, dist) -> int:
     from pipeline.training.trainer import Trainer  # torch loads after the config check
 
-    return Trainer(cfg, dist).fit()
+    try:
+        return Trainer(cfg, dist).fit()
+    finally:
+        # The run has ended (or is ending on an error it has reported): a late stop request, such as
+        # the agent stopping the other workers, changes nothing and must not interrupt the exit.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def resolve(argv: list[str]) -> int:
