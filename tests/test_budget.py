@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
@@ -88,6 +89,8 @@ def test_a_budgeted_run_keeps_its_plan_across_kill_and_resume_and_trains_what_th
     records = read_metrics(tmp_path / "budget" / "metrics.jsonl")
     assert records[0]["step"] == 0 and records[0]["plan/total_steps"] == plan["total_steps"]
     assert json.loads((tmp_path / "budget" / "summary.json").read_text())["plan/total_steps"] == plan["total_steps"]
+    asked = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())  # what was asked, not the plan
+    assert asked["train"]["epochs"] == 4 and asked["train"]["time_budget"] == "30s" and asked["train"]["max_steps"] == 0
 
     # A run without a budget, given the planned values, trains the same bits: the measurement left no trace.
     scale = plan["total_steps"] / (4 * plan["steps_per_epoch"])

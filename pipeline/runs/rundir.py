@@ -2,15 +2,16 @@
 
     run = open_run_dir(cfg, dist.is_main)   # every rank; rank 0 creates it and locks it, all check they share it
     ...                                     # the rest of start-up
-    save_run_config(cfg, run, dist.is_main) # config.yaml once start-up succeeded
+    save_run_config(cfg.to_dict(), run, dist.is_main, resumed)   # config.yaml once start-up succeeded
     discard_failed_start(run)               # instead, when start-up failed: a directory made for it goes
 
 A directory that start-up made and that start-up failed in (bad input found after the directory was
 opened: a model that cannot take the crop, a class count that does not match the data) is removed
 again, so a failed command leaves nothing behind. A directory that existed before (an earlier
 session's checkpoints) is never removed, and its config.yaml, written when the run started, is
-kept when the run continues (changes go to config-changes.jsonl). Rank 0 holds an exclusive lock on runs/<name>/.lock while it runs, so a second training
-process cannot write into the same run at the same time.
+kept when the run continues (changes go to config-changes.jsonl). Rank 0 holds an exclusive lock
+on runs/<name>/.lock while it runs, so a second training process cannot write into the same run at
+the same time.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Config, save_config
-from pipeline.runs.changes import CHANGES_FILE
+import yaml
+
+from pipeline.config import Config
 from pipeline.errors import RunDirError
+from pipeline.runs.changes import CHANGES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +189,9 @@ def open_run_dir(cfg: Config, is_main: bool) -> RunDir:
     return run
 
 
-def save_run_config(cfg: Config, run: RunDir, is_main: bool, resumed: bool) -> None:
-    """config.yaml, written once start-up succeeded, when the run starts (not when it continues).
+def save_run_config(config: dict, run: RunDir, is_main: bool, resumed: bool) -> None:
+    """config.yaml (`config`: the run's config as plain data, as asked for: a time budget's plan goes to
+    the summary and the checkpoints), written once start-up succeeded, when the run starts.
 
     A continued run keeps the config.yaml it started with; what changed since is appended to
     config-changes.jsonl (pipeline/runs/changes.py). A run that starts over in an existing directory
@@ -201,7 +205,7 @@ def save_run_config(cfg: Config, run: RunDir, is_main: bool, resumed: bool) -> N
     path = run.path / "config.yaml"
     if resumed and path.is_file():
         return
-    save_config(cfg, path)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # as Config.to_yaml writes it
     (run.path / CHANGES_FILE).unlink(missing_ok=True)
 
 

@@ -92,7 +92,7 @@ class Trainer:
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
         self.progress = Progress(cfg.logging.progress, enabled=dist.is_main)
         self.stop.defer()  # from here a signal waits for a checkpoint (W&B starts below: not to be cut short)
-        save_run_config(cfg, self.run, dist.is_main, resumed=resume is not None)
+        save_run_config(self.checkpoints.config, self.run, dist.is_main, resumed=resume is not None)  # as asked
         if resume is not None and dist.is_main:  # config.yaml keeps the original; what changed is appended
             note_changes(self.run_dir, resume.changes, self.counters.global_step, self.counters.epoch)
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
