@@ -588,20 +588,21 @@ def _check_time_budget(train: TrainConfig) -> None:
         raise ConfigError("train.max_steps: train.time_budget plans the number of steps; give one of the two")
 
 
-def _leaf_keys(section: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in section.model_fields.items():
-        ann = field.annotation
+def _leaf_fields(section: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, field info) of every leaf key of `section`, nested sections flattened, in schema order."""
+    leaves = []
+    for name, info in section.model_fields.items():
+        ann = info.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += _leaf_keys(ann, f"{prefix}{name}.")
+            leaves += _leaf_fields(ann, f"{prefix}{name}.")
         else:
-            keys.append(prefix + name)
-    return keys
+            leaves.append((prefix + name, info))
+    return leaves
 
 
 def _check_accepted_keys(keys: list[str]) -> None:
     """checkpoint.accept_changes names config keys (or `all`): a typo would accept nothing."""
-    known = _leaf_keys(Config)
+    known = [key for key, _ in _leaf_fields(Config)]
     for key in keys:
         if key != "all" and key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -814,14 +815,7 @@ def _reference_row(key: str, info: Any) -> str:
 
 def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
     """One table row per leaf key of `model`, nested sections flattened to dotted keys."""
-    rows = []
-    for name, info in model.model_fields.items():
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += _reference_rows(ann, f"{prefix}{name}.")
-        else:
-            rows.append(_reference_row(f"{prefix}{name}", info))
-    return rows
+    return [_reference_row(key, info) for key, info in _leaf_fields(model, prefix)]
 
 
 TABLE_HEADER = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
