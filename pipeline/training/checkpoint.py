@@ -37,7 +37,7 @@ from torch import nn
 from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError
-from pipeline.runs.changes import Change, config_changes, refuse_unaccepted
+from pipeline.runs.changes import Change, config_changes, flatten, refuse_unaccepted
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
 from pipeline.training.tta import tta_summary
@@ -108,18 +108,9 @@ def load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] = MUST_MATCH) -> list[str]:
     """`["model.name: 'a' in the checkpoint, 'b' now", ...]` for keys under `keys` that differ."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     diffs = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or key.startswith(k + ".") for k in keys) and old.get(key) != new.get(key):
