@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from pipeline.data.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.runs.clock import process_age
-from pipeline.training.checkpoint import ResumePoint, atomic_save
+from pipeline.training.checkpoint import ResumePoint, atomic_save, rng_state, set_rng_state
 from pipeline.training.components import build_training_step, rebuild_train_loader
 from pipeline.training.schedule import build_scheduler
 from pipeline.training.step import evaluate
@@ -241,8 +240,7 @@ class Snapshot:
             "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(), "scaler": parts.precision.scaler.state_dict(),
             "ema": parts.ema.state_dict() if parts.ema is not None else None})
-        self.rng = (torch.get_rng_state(), random.getstate(),
-                    torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        self.rng = rng_state(device)
 
     def restore(self) -> None:
         parts, state = self.parts, self.state
@@ -255,10 +253,7 @@ class Snapshot:
             parts.ema.load_state_dict(state["ema"])
         for param in parts.model.parameters():
             param.grad = None
-        torch.set_rng_state(self.rng[0])
-        random.setstate(self.rng[1])
-        if self.rng[2] is not None:
-            torch.cuda.set_rng_state(self.rng[2], self.device)
+        set_rng_state(self.rng, self.device)
 
 
 def plan_budget(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, training_step: Callable) -> BudgetPlan:
