@@ -34,7 +34,7 @@ from pipeline.training.ema import WeightEMA, Weights, evaluated_models
 from pipeline.training.mixing import BatchMixer
 from pipeline.training.optim import build_optimizer, scaled_lr
 from pipeline.training.precision import Precision, build_precision
-from pipeline.training.schedule import build_scheduler
+from pipeline.training.schedule import build_scheduler, total_steps
 from pipeline.training.step import TrainingStep, wrap_model
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: to
                                 state=resume.loader_state(dist) if resume else None,
                                 start_epoch=resume.epoch if resume else 0, **common)
     if cfg.train.max_steps and hasattr(train_loader, "set_total_steps"):  # progressive resizing runs over them
-        train_loader.set_total_steps(min(cfg.train.epochs * len(train_loader), cfg.train.max_steps))
+        train_loader.set_total_steps(total_steps(cfg.train.epochs, len(train_loader), cfg.train.max_steps))
     eval_loader = (build_loader(cfg.data, images=val_set, train=False, batch_size=cfg.eval.batch_size, **common)
                    if with_eval else None)
     if dist.is_main and not quiet:

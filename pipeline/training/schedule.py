@@ -59,11 +59,16 @@ def lr_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int) -> fl
     return shape_factor(cfg, step, total_steps, steps_per_epoch, warmup_steps)
 
 
+def total_steps(epochs: int, steps_per_epoch: int, max_steps: int = 0) -> int:
+    """The run's optimizer steps: epochs x steps_per_epoch, or train.max_steps when set and fewer."""
+    return min(epochs * steps_per_epoch, max_steps) if max_steps else epochs * steps_per_epoch
+
+
 def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int,
                     max_steps: int = 0):
-    """A LambdaLR stepped once per iteration over epochs x steps_per_epoch steps (or `max_steps`, when
-    set, fewer); its state_dict is just the step counter."""
-    total = min(epochs * steps_per_epoch, max_steps) if max_steps else epochs * steps_per_epoch
+    """A LambdaLR stepped once per iteration over the run's `total_steps`; its state_dict is just the step
+    counter."""
+    total = total_steps(epochs, steps_per_epoch, max_steps)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, total, steps_per_epoch)
     )

@@ -36,6 +36,7 @@ from pipeline.training.evaluation import EpochEvaluation
 from pipeline.training.failures import failure_ending
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
+from pipeline.training.schedule import total_steps
 from pipeline.training.summary import (announce_continue, evaluate_checkpoint, final_summary, report_done_before,
                                       report_final, report_nonfinite)
 
@@ -86,7 +87,7 @@ class Trainer:
         self.stopped_at_target = self.evaluation.target_reached(self.counters.final)
         # A run whose earlier session finished: this one trains nothing, and says so (fit).
         self.done_before = resume is not None and (self.counters.epoch >= cfg.train.epochs or self.stopped_at_target)
-        self.total_steps = min(cfg.train.epochs * self.parts.steps_per_epoch, cfg.train.max_steps or 2**62)
+        self.total_steps = total_steps(cfg.train.epochs, self.parts.steps_per_epoch, cfg.train.max_steps)
         self.stop_agreed = StopAgreement(self.stop, dist.world_size)
         self.training_step = build_training_step(self.parts, cfg.train)
         self.meter = ThroughputMeter(self.parts.local_batch, cfg.logging.perf_warmup_steps, dist.device)
