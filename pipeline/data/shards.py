@@ -37,12 +37,14 @@ import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from pipeline.data.sources import ImageSet, load_imagefolder
 from pipeline.data.webdataset import CLASS_MAP, LABEL_EXTENSION, Member, format_index, index_path
 from pipeline.errors import UserError
+from pipeline.files import atomic_open, atomic_write_bytes, is_temporary
 
 TAR_BLOCK = 512
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-/]")  # keys: no dots (they end a key), no spaces (the index splits on them)
@@ -96,44 +98,33 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _write_atomically(path: Path, data: bytes | None = None,
-                      tar_samples: list[Sample] | None = None) -> list[list[Member]]:
-    """Write bytes, or a tar of `tar_samples`, to `path` through a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_tar(fh: BinaryIO, tar_samples: list[Sample]) -> list[list[Member]]:
+    """Write a tar of `tar_samples` into `fh`; returns each sample's members with their data offsets."""
     index: list[list[Member]] = []
-    try:
-        with open(tmp, "wb") as fh:
-            if tar_samples is None:
-                fh.write(data)
-            else:
-                with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                    for sample in tar_samples:
-                        image = sample.source if isinstance(sample.source, bytes) else Path(sample.source).read_bytes()
-                        members = []
-                        for ext, payload in ((sample.ext, image), (LABEL_EXTENSION, str(sample.label).encode())):
-                            name = f"{sample.key}.{ext}"
-                            members.append(Member(name, tar.offset + TAR_BLOCK, len(payload)))  # one USTAR header block
-                            tar.addfile(_member(name, len(payload)), io.BytesIO(payload))
-                        index.append(members)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in tar_samples:
+            image = sample.source if isinstance(sample.source, bytes) else Path(sample.source).read_bytes()
+            members = []
+            for ext, payload in ((sample.ext, image), (LABEL_EXTENSION, str(sample.label).encode())):
+                name = f"{sample.key}.{ext}"
+                members.append(Member(name, tar.offset + TAR_BLOCK, len(payload)))  # one USTAR header block
+                tar.addfile(_member(name, len(payload)), io.BytesIO(payload))
+            index.append(members)
     return index
 
 
 def write_shard(path: Path, samples: list[Sample]) -> tuple[str, list[int]]:
     """One shard and then its index file; returns (shard name, labels in member order)."""
     index_path(path).unlink(missing_ok=True)  # never pair a new shard with an old index
-    index = _write_atomically(path, tar_samples=samples)
-    _write_atomically(index_path(path), format_index(index).encode())
+    with atomic_open(path) as fh:
+        index = _write_tar(fh, samples)
+    atomic_write_bytes(index_path(path), format_index(index).encode())
     return path.name, [s.label for s in samples]
 
 
 def clean_output(out: Path) -> None:
     """Remove a killed writer's temporary files and the class map (it is written again last)."""
-    for tmp in out.glob(".*.tmp-*"):
+    for tmp in filter(is_temporary, out.iterdir()):
         tmp.unlink()
     (out / CLASS_MAP).unlink(missing_ok=True)
 
@@ -163,7 +154,7 @@ def write_shards(src: Path, out: Path, *, shard_size: int, workers: int, seed: i
             bar.update(futures[future])
     class_map = {"classes": train.classes, "labels": dict(sorted(labels.items())),
                  "splits": {train_split: len(train), eval_name: len(val)}, "seed": seed}
-    _write_atomically(out / CLASS_MAP, json.dumps(class_map).encode())
+    atomic_write_bytes(out / CLASS_MAP, json.dumps(class_map).encode())
     return class_map
 
 

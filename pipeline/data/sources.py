@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pipeline.constants import SAMPLE_ARCHIVE
 from pipeline.data.images import IMAGE_EXTENSIONS, check_encoded
 from pipeline.data.webdataset import MemberNames, ShardMembers, list_webdataset
 from pipeline.errors import BadImageError, ConfigError, DataError
+from pipeline.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -353,29 +353,22 @@ def _download_verified(url: str, path: Path, md5: str) -> None:
     """Stream `url` into a temporary file beside `path`, check its MD5, rename it into place."""
     by_hand = f"download it by hand to {path}"
     log.info("downloading %s to %s", url, path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; the data set is for everyone sharing the directory
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                    while chunk := response.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except urllib.error.HTTPError as exc:
-                raise DataError(f"cannot download {url} (HTTP {exc.code} {exc.reason}); {by_hand}") from None
-            except urllib.error.URLError as exc:
-                raise DataError(f"cannot download {url} ({exc.reason}); {by_hand}") from None
-            except OSError as exc:  # connection reset, timeout, disk full
-                raise DataError(f"cannot download {url} to {tmp} ({exc.strerror or exc}); {by_hand}") from None
+    digest = hashlib.md5()
+    with atomic_open(path) as out:  # a failure below leaves no file: `path` is absent or complete and verified
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except urllib.error.HTTPError as exc:
+            raise DataError(f"cannot download {url} (HTTP {exc.code} {exc.reason}); {by_hand}") from None
+        except urllib.error.URLError as exc:
+            raise DataError(f"cannot download {url} ({exc.reason}); {by_hand}") from None
+        except OSError as exc:  # connection reset, timeout, disk full
+            raise DataError(f"cannot download {url} to {path.parent} ({exc.strerror or exc}); {by_hand}") from None
         if digest.hexdigest() != md5:
             raise DataError(f"{url}: the download has MD5 {digest.hexdigest()}, expected {md5} "
                             f"(nothing was kept); {by_hand}")
-        os.replace(tmp, path)  # atomic: other processes see no file or the whole verified one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------------------ CIFAR-10

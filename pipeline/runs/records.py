@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import Config
 from pipeline.errors import EndReason
+from pipeline.files import atomic_write_text
 from pipeline.runs.changes import recorded_config
 from pipeline.runs.clock import RunClock, RunPosition
 from pipeline.runs.metrics import MetricsLog
@@ -42,9 +42,7 @@ SESSION_KEYS = ("end/", "time/")  # describe how a session ended: never carried 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:
     """Write `values` to `path` through a temporary file and a rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(values, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

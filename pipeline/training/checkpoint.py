@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -37,6 +35,7 @@ from torch import nn
 from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError
+from pipeline.files import atomic_copy, atomic_open
 from pipeline.runs.changes import Change, config_changes, flatten, refuse_unaccepted
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
@@ -57,37 +56,12 @@ STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
 MUST_MATCH = ("model", "train.global_batch_size", "data.source", "optim.decay_norm_and_bias")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder:
-    readers see either the old file or the complete new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
     """Write `obj` to `path` so that readers see either the old file or the complete new one."""
-    def save(tmp: Path) -> None:
-        # Into a Python file: a full disk then reads "OSError: [Errno 27] File too large" in the traceback;
-        # torch's own writer, given the path, says only "basic_ios::clear: iostream error".
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-
-    _atomic_write(path, save)
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    # Into a Python file: a full disk then reads "OSError: [Errno 27] File too large" in the traceback;
+    # torch's own writer, given the path, says only "basic_ios::clear: iostream error".
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -210,11 +184,6 @@ def parameter_digest(model: nn.Module) -> str:
     h = hashlib.sha256("\n".join(state).encode())
     h.update(torch.cat(flat).cpu().numpy().tobytes())
     return h.hexdigest()
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy a written checkpoint file so that readers see either the old `dst` or the complete copy."""
-    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

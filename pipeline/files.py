@@ -1,0 +1,78 @@
+"""Atomic file writes: readers see either the old file or the complete new one, never half of one.
+
+    with atomic_open(run_dir / "last.pt") as fh:      # any binary writer
+        torch.save(payload, fh)
+    atomic_write_text(run_dir / "summary.json", text)
+    atomic_copy(run_dir / "last.pt", run_dir / "best.pt")
+
+Every file a user relies on (checkpoints, shards and their indexes, run records, downloads) goes
+through `atomic_open`: the data is written to `.<name>.tmp-<pid>` beside the target, flushed and
+fsync'ed, renamed over the target, and the folder is fsync'ed so the rename itself survives a power
+loss. On any error the temporary file is removed and the target is untouched. The temporary name
+is the one other code looks for (a killed writer's leftovers: `is_temporary`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+TEMP_MARK = ".tmp-"
+
+
+def temporary_name(path: Path) -> Path:
+    """Where `atomic_open` writes `path` before renaming it (one per process: writers never share one)."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def is_temporary(path: Path) -> bool:
+    """True for an `atomic_open` temporary file (a writer killed before its rename leaves one)."""
+    return path.name.startswith(".") and TEMP_MARK in path.name
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: int | None = 0o644) -> Iterator[BinaryIO]:
+    """A binary file handle whose contents replace `path` when the block ends without an error.
+
+    `mode`: the new file's permissions (None keeps the process umask's default)."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` so that readers of `dst` see either the old `dst` or the complete copy."""
+    with open(src, "rb") as source, atomic_open(dst) as fh:
+        shutil.copyfileobj(source, fh, 1 << 20)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make renames and removals in folder `path` durable."""
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
