@@ -17,21 +17,27 @@ receives, per split, `<split>-000000.tar`, `<split>-000000.idx`, ... and one `cl
   lower-case suffix) and `<key>.cls` (the class index as text); key = `<class>/<file stem>`
   (flat validation folders: the stem). Members carry no time stamps or owners: the same input
   gives byte-identical shards.
-- Parallel: one shard per task on `--workers` processes, with a progress bar.
-- Atomic: a shard is written under a hidden temporary name, fsync'ed and renamed into place; its
-  index file is written the same way after it, and the class map last of all. A killed writer
-  leaves complete shards (possibly without their index, which the reader then rebuilds from the
-  tar headers) and no class map; a rerun cleans up the temporary files and writes everything again.
+- Parallel: one shard per task on `--workers` processes, with a progress bar. A worker is killed
+  by the kernel when the writer dies (Linux `PR_SET_PDEATHSIG`): a killed writer leaves none.
+- Replaces, and records completion: a write first marks OUT_DIR `INCOMPLETE`, removes the
+  previous write's record (`classes.json`) and the shards and index files of the splits it
+  writes (a rerun with another `--shard-size` leaves no old shard behind), writes every shard,
+  then `classes.json` last and removes the mark. Each file goes through pipeline/files.py (a
+  temporary name, fsync, rename, folder fsync). The reader refuses a folder with the mark and no
+  record ("incomplete: the writer did not finish"), and shards the record does not list; running
+  the same command again finishes the job. Files the writer does not name are left alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import io
 import json
 import os
 import re
+import signal
 import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,12 +48,13 @@ from typing import BinaryIO
 import numpy as np
 
 from pipeline.data.sources import ImageSet, load_imagefolder
-from pipeline.data.webdataset import CLASS_MAP, LABEL_EXTENSION, Member, format_index, index_path
+from pipeline.data.webdataset import CLASS_MAP, INCOMPLETE, LABEL_EXTENSION, Member, format_index, index_path
 from pipeline.errors import UserError
-from pipeline.files import atomic_open, atomic_write_bytes, is_temporary
+from pipeline.files import atomic_open, atomic_write_bytes, atomic_write_text, fsync_dir, is_temporary
 
 TAR_BLOCK = 512
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-/]")  # keys: no dots (they end a key), no spaces (the index splits on them)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -122,40 +129,80 @@ def write_shard(path: Path, samples: list[Sample]) -> tuple[str, list[int]]:
     return path.name, [s.label for s in samples]
 
 
-def clean_output(out: Path) -> None:
-    """Remove a killed writer's temporary files and the class map (it is written again last)."""
-    for tmp in filter(is_temporary, out.iterdir()):
-        tmp.unlink()
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: the kernel kills this worker when the writer dies (a SIGKILL'd writer cannot stop
+    its pool itself, and an orphaned worker blocks on its pipe forever holding its shard in memory)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the writer died before the request took effect
+        os._exit(1)
+
+
+def own_files(out: Path, splits: set[str]) -> list[Path]:
+    """The files of `out` a write of `splits` replaces: their shards and index files, and temporary files."""
+    pattern = re.compile(rf"({'|'.join(map(re.escape, sorted(splits)))})-\d+\.(tar|idx)")
+    return sorted(p for p in out.iterdir() if is_temporary(p) or pattern.fullmatch(p.name))
+
+
+def previous_splits(out: Path) -> set[str]:
+    """The splits the folder's completion record names (a rewrite removes their shards too), if it is readable."""
+    try:
+        return set(json.loads((out / CLASS_MAP).read_text()).get("splits", {}))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def start_write(out: Path, splits: set[str]) -> None:
+    """Mark `out` incomplete, then remove the previous record and every file this write replaces.
+
+    In this order a reader meets either the previous record with its shards untouched, or the mark
+    without a record (refused as incomplete), never a record beside shards it does not describe."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / INCOMPLETE, "python -m pipeline.data.shards is writing this folder, or was stopped "
+                                        "before it finished: run it again.\n")
+    splits = splits | previous_splits(out)
     (out / CLASS_MAP).unlink(missing_ok=True)
+    for path in own_files(out, splits):
+        path.unlink()
+    fsync_dir(out)
+
+
+def finish_write(out: Path, record: dict) -> None:
+    """The completion record last (atomic), then the mark goes."""
+    atomic_write_bytes(out / CLASS_MAP, json.dumps(record).encode())
+    (out / INCOMPLETE).unlink()
+    fsync_dir(out)
 
 
 def write_shards(src: Path, out: Path, *, shard_size: int, workers: int, seed: int, train_split: str = "train",
                  eval_split: str = "auto", eval_labels: str = "", eval_label_map: str = "",
                  progress: bool = True) -> dict:
-    """Pack both splits of `src`; returns the class map written to out/classes.json."""
+    """Pack both splits of `src`, replacing what a previous write left in `out`; returns the completion
+    record written to out/classes.json."""
     from tqdm import tqdm
 
     train, val = load_imagefolder(src, train_split, eval_split, eval_labels, eval_label_map)
     # The split's folder name: above the file in a flat folder, above its class folder otherwise.
     eval_name = eval_split if eval_split != "auto" else source_path(val, 0).parents[0 if eval_labels else 1].name
-    out.mkdir(parents=True, exist_ok=True)
-    clean_output(out)
+    start_write(out, {train_split, eval_name})
     jobs = []
     for s, (split, images, flat) in enumerate(((train_split, train, False), (eval_name, val, bool(eval_labels)))):
         for number, samples in enumerate(plan_shards(images, flat, shard_size, seed + s)):
             jobs.append((out / f"{split}-{number:06d}.tar", samples))
     labels: dict[str, list[int]] = {}
     with tqdm(total=len(train) + len(val), unit="img", desc=f"shards -> {out}", disable=not progress) as bar, \
-            ProcessPoolExecutor(max_workers=workers) as pool:
+            ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(write_shard, path, samples): len(samples) for path, samples in jobs}
         for future in as_completed(futures):
             name, shard_labels = future.result()
             labels[name] = shard_labels
             bar.update(futures[future])
-    class_map = {"classes": train.classes, "labels": dict(sorted(labels.items())),
-                 "splits": {train_split: len(train), eval_name: len(val)}, "seed": seed}
-    atomic_write_bytes(out / CLASS_MAP, json.dumps(class_map).encode())
-    return class_map
+    record = {"classes": train.classes, "labels": dict(sorted(labels.items())),
+              "splits": {train_split: len(train), eval_name: len(val)}, "seed": seed, "shard_size": shard_size}
+    finish_write(out, record)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.shard_size <= 0 or args.workers <= 0:
         parser.error("--shard-size and --workers must be positive")
     try:
-        class_map = write_shards(args.src, args.out, shard_size=args.shard_size, workers=args.workers, seed=args.seed,
-                                 train_split=args.train_split, eval_split=args.eval_split,
-                                 eval_labels=args.eval_labels, eval_label_map=args.eval_label_map)
+        record = write_shards(args.src, args.out, shard_size=args.shard_size, workers=args.workers, seed=args.seed,
+                              train_split=args.train_split, eval_split=args.eval_split,
+                              eval_labels=args.eval_labels, eval_label_map=args.eval_label_map)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    splits = ", ".join(f"{name}: {n} images" for name, n in class_map["splits"].items())
-    print(f"{args.out}: {len(class_map['labels'])} shards ({splits}), {len(class_map['classes'])} classes")
+    splits = ", ".join(f"{name}: {n} images" for name, n in record["splits"].items())
+    print(f"{args.out}: {len(record['labels'])} shards ({splits}), {len(record['classes'])} classes")
     return 0
 
 
