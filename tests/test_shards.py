@@ -175,7 +175,52 @@ def test_a_rewrite_with_another_shard_size_replaces_the_shards(photos, tmp_path)
     train, val = load_image_sets(shard_cfg(out))
     assert (len(train), len(val)) == (25, 11) and train.members.shard_sizes == [10, 10, 5]
     record = json.loads((out / CLASS_MAP).read_text())
-    assert record["shard_size"] == 10
+    assert record["shard_size"] == 10 and record["max_side"] == 0 and record["resized"] == {"train": 0, "val": 0}
+
+
+def test_max_side_resizes_large_images_once_as_the_decoder_sees_them_and_records_it(tmp_path):
+    """Every kind of image ImageNet holds (test_crops.py), one class each, written with --max-side 40: the
+    ones longer than 40 px are stored as JPEGs that DALI decodes to what Pillow's Lanczos makes of the
+    displayed image (EXIF orientation applied once, CMYK / grayscale / alpha as the decoder treats them);
+    the others keep their bytes; the completion record says what was done."""
+    from PIL import Image
+
+    from test_crops import ODD, pillow_rgb
+
+    src = tmp_path / "odd"
+    for split in ("train", "val"):
+        for kind, (data, _) in ODD.items():
+            (src / split / kind).mkdir(parents=True)
+            (src / split / kind / "0.jpg").write_bytes(data)
+    out = tmp_path / "shards"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.data.shards", str(src), str(out), "--shard-size=4",
+                           "--max-side=40", "--workers=2"], cwd=REPO, env=run_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    large = [kind for kind, (_, hw) in ODD.items() if max(hw) > 40]
+    assert len(large) == len(ODD) - 1  # all but the 12 x 20 one
+    assert proc.stdout.strip().endswith(f"{len(ODD)} classes; {2 * len(large)} resized to 40 px (JPEG quality 90)")
+    record = json.loads((out / CLASS_MAP).read_text())
+    assert (record["max_side"], record["quality"]) == (40, 90)
+    assert record["resized"] == {"train": len(large), "val": len(large)}
+    train, _ = load_image_sets(shard_cfg(out))
+    members = {train.members.keys[i].split("/")[0]: i for i in range(len(train))}
+    decoded = build_loader(shard_cfg(out), images=train, train=False, batch_size=1, rank=0, world_size=1, seed=0,
+                           device=CPU, dtype=torch.float32, stop_after="decode")
+    kinds = [train.members.keys[int(i)].split("/")[0] for i in range(len(train))]  # evaluation reads in order
+    for kind, (image, _labels) in zip(kinds, decoded):
+        original, (height, width) = ODD[kind]
+        stored = train.read_encoded(members[kind]).tobytes()
+        if kind not in large:
+            assert stored == original and train.members.keys[members[kind]].endswith(".jpg"), kind
+            continue
+        assert stored[:3] == b"\xff\xd8\xff", f"{kind}: stored as a JPEG"
+        scale = 40 / max(height, width)
+        size = (round(width * scale), round(height * scale))
+        expected = np.asarray(Image.fromarray(pillow_rgb(original)).resize(size, Image.Resampling.LANCZOS))
+        got = np.array(image[0])
+        assert got.shape == expected.shape, f"{kind}: decoded {got.shape}, expected {expected.shape}"
+        diff = np.abs(got.astype(int) - expected).mean()
+        assert diff < 4.0, f"{kind}: mean difference {diff:.2f} from Lanczos of the displayed image"
 
 
 def test_writer_command_line_errors_are_one_line(tmp_path):
