@@ -324,6 +324,14 @@ def test_a_malformed_index_is_one_line_and_exit_2(shards, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad / 'train-000002.idx'}:2: offset and size")
 
 
+def test_a_shard_member_over_the_size_limit_is_refused_before_it_is_read(shards, tmp_path):
+    """Listing reads member sizes from the index (or the tar headers): nothing of the member is read."""
+    cfg = shard_cfg(shards, "data.max_member_mb=0.001")  # 1,048 bytes: the photos are a few kB
+    with pytest.raises(DataError, match=r"train-000000.tar:\S+\.jpg: a member of [\d,]+ bytes, over "
+                                        r"data.max_member_mb \(1,048 bytes\); not read"):
+        load_image_sets(cfg)
+
+
 # ----------------------------------------------------------------- reading shards through DALI
 
 

@@ -30,7 +30,8 @@ A folder our writer made is read only as it recorded it (`check_record`): `class
 completion record, written last, and lists every shard with its labels. A folder holding the
 writer's `INCOMPLETE` mark and no record was left by a writer that did not finish, and is refused;
 so are shards the record does not list (left by another write), listed shards that are missing,
-and shards whose sample count differs from the record's.
+and shards whose sample count differs from the record's. Members larger than `max_member_bytes`
+(data.max_member_mb) are refused at listing, from their sizes, before anything reads them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pipeline.constants import MAX_MEMBER_MB
 from pipeline.data.images import IMAGE_EXTENSIONS
 from pipeline.errors import DataError
 
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 CLASS_MAP = "classes.json"  # beside the shards: class names and each shard's labels; the writer's completion record
 INCOMPLETE = "INCOMPLETE"  # beside the shards while the writer runs, removed once classes.json is written
+MAX_MEMBER_BYTES = MAX_MEMBER_MB * 2**20  # data.max_member_mb's default
 INDEX_VERSION = "v1.2"  # DALI's index format: "<ext> <offset> <size> <name>" per member
 LABEL_EXTENSION = "cls"
 EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
@@ -317,8 +320,21 @@ def _read_label(members: ShardMembers, shard: int, member: Member) -> int:
         raise DataError(f"{members.shards[shard]}:{member.name}: not a class index ({exc})") from None
 
 
-def list_split(shards: list[Path], class_map: dict) -> tuple[ShardMembers, np.ndarray]:
-    """Every sample of these shards: the image members and the labels (from the class map or the .cls members)."""
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def member_too_large(where: str, size: int, max_bytes: int) -> DataError:
+    """The error for an archive or shard member over data.max_member_mb (`where`: archive:member)."""
+    return DataError(f"{where}: a member of {_size(size)}, over data.max_member_mb ({_size(max_bytes)}); not read "
+                     "(remove it, or raise data.max_member_mb)")
+
+
+def list_split(shards: list[Path], class_map: dict,
+               max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ShardMembers, np.ndarray]:
+    """Every sample of these shards: the image members and the labels (from the class map or the .cls members).
+
+    A member larger than `max_member_bytes` is refused here, from its listed size, before anything reads it."""
     shard_of, offsets, sizes, keys, labels = [], [], [], [], []
     label_members: list[tuple[int, int, Member]] = []  # (sample, shard, .cls member) still to read
     known = class_map.get("labels", {})
@@ -334,6 +350,9 @@ def list_split(shards: list[Path], class_map: dict) -> tuple[ShardMembers, np.nd
             if image is None:
                 key = split_member_name(components[0].name)[0]
                 raise DataError(f"{shard}:{key}: sample has no image member (found {', '.join(sorted(by_ext))})")
+            big = next((m for m in components if m.size > max_member_bytes), None)
+            if big is not None:
+                raise member_too_large(f"{shard}:{big.name}", big.size, max_member_bytes)
             shard_of.append(s)
             offsets.append(image.offset)
             sizes.append(image.size)
@@ -437,12 +456,13 @@ def check_record(base: Path, class_map: dict, splits: Sequence[SplitShards]) -> 
                             f"{base / missing[0]}: restore them, or write the shards again")
 
 
-def list_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ShardSplit, ShardSplit, list[str]]:
+def list_webdataset(root: str | Path, train_split: str, eval_split: str,
+                    max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ShardSplit, ShardSplit, list[str]]:
     """The training and validation samples of the shards `data.root` and the split keys name, and the class names."""
     base, train_shards, eval_shards = select_splits(root, train_split, eval_split)
     class_map = read_class_map(base)
     check_record(base, class_map, (train_shards, eval_shards))
-    train, val = (ShardSplit(*list_split(split.shards, class_map))
+    train, val = (ShardSplit(*list_split(split.shards, class_map, max_member_bytes))
                   for split in (train_shards, eval_shards))
     classes = [str(c) for c in class_map.get("classes", [])]
     if not classes:
