@@ -539,6 +539,7 @@ def test_an_image_over_max_pixels_in_a_tar_shard_is_named_by_shard_and_key(tiny_
                 pass
 
 
+@pytest.mark.slow
 def test_a_run_meeting_a_huge_image_stops_naming_it_without_decoding_it(tiny_tree, huge_png, tmp_path):
     """The real entry point, check_images=off (the default), files decoded every step: exit 2 with the file
     named, and the process never held the 1.2 GB the decoded image would take."""
