@@ -342,8 +342,8 @@ def list_split(shards: list[Path], class_map: dict,
         samples = list_shard(shard)
         stored = known.get(shard.name)
         if stored is not None and len(stored) != len(samples):
-            raise DataError(f"{shard}: holds {len(samples)} samples, {shard.parent / CLASS_MAP} lists {len(stored)}: "
-                            "the shard changed after the writer finished; write the shards again")
+            raise DataError(f"{shard}: holds {len(samples)} samples, {CLASS_MAP} beside the shards lists "
+                            f"{len(stored)}: the shard changed after the writer finished; write the shards again")
         for i, components in enumerate(samples):
             by_ext = {split_member_name(m.name)[1].lower(): m for m in components}
             image = next((m for e, m in by_ext.items() if e in _IMAGE_EXTENSIONS), None)
