@@ -28,8 +28,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.constants import (AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS, INTERPOLATIONS, MAX_PROGRESSIVE_SIZES,
-                                REPO_ROOT)
+from pipeline.constants import (AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS, INTERPOLATIONS, MAX_IMAGE_PIXELS, MAX_MEMBER_MB,
+                                MAX_PROGRESSIVE_SIZES, REPO_ROOT)
 from pipeline.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_config_args", "save_config", "split_args"]
@@ -196,6 +196,11 @@ class DataConfig(Section):
         "up-front decode of every file: off = no scan (a bad file still fails with its path named); "
         "error = scan and fail listing bad files; skip = scan and leave bad files out, with a count",
     )
+    max_pixels: int = _f(MAX_IMAGE_PIXELS, "largest image accepted, width x height read from its header before "
+                         "anything decodes it, under every check_images policy (pixels; Pillow's limit: 9,459 x "
+                         "9,459, 268 MB decoded); 0 = no limit", ge=0)
+    max_member_mb: float = _f(MAX_MEMBER_MB, "largest file read from an archive (imagefolder .tar/.tar.gz, the "
+                              "sample) or a tar shard, checked from its header before it is read (MiB)", gt=0.0)
     synthetic_images: int = _f(50_000, "synthetic: training images per epoch (random, already at crop size)", gt=0)
     train: TrainAugmentConfig = Field(default_factory=TrainAugmentConfig, description="training augmentation")
     eval: EvalAugmentConfig = Field(default_factory=EvalAugmentConfig, description="evaluation preprocessing")
@@ -451,6 +456,8 @@ SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "shuffle_buffer": ("webdataset",),
     "download": ("cifar10",),
     "check_images": ("sample", "imagefolder", "webdataset"),  # cifar10 arrives decoded: nothing to scan
+    "max_pixels": ("sample", "imagefolder", "webdataset"),
+    "max_member_mb": ("sample", "imagefolder", "webdataset"),
     "cache": ("sample", "imagefolder"),  # cifar10 arrives decoded; shards are read in stream order
     "cache_max_gb": ("sample", "imagefolder"),
     "synthetic_images": ("synthetic",),

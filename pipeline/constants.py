@@ -21,3 +21,9 @@ AUTO_AUGMENT_POLICIES = ("image_net", "reduced_cifar10", "svhn", "reduced_image_
 # Progressive resizing's most distinct training sizes: each compiles once under train.compile, and
 # torch._dynamo keeps at most recompile_limit (8) graphs per function before falling back to eager.
 MAX_PROGRESSIVE_SIZES = 6
+
+# Limits on what one input file may cost before anything decodes or reads it (data.max_pixels,
+# data.max_member_mb): Pillow's default decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS: a
+# 9,459 x 9,459 image, 268 MB decoded as RGB), and a member size no encoded image under it needs.
+MAX_IMAGE_PIXELS = 89_478_485
+MAX_MEMBER_MB = 256

@@ -439,6 +439,146 @@ def test_missing_file_after_listing_is_named(tiny_tree):
         list(loader(cfg, train, batch=3))
 
 
+# ------------------------------------------------------------- images and members too large to read
+
+HUGE = "20000x20000 pixels (400.0 MP) is over data.max_pixels (89,478,485; raise it to use such images)"
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A 20000 x 20000 PNG of 48 kB (1 bit per pixel, all black, compressed): decoded as RGB, 1.2 GB."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG", optimize=True)
+    assert len(buf.getvalue()) < 100_000
+    return buf.getvalue()
+
+
+def run_measured(cmd: list[str], timeout: float = 300) -> tuple[int, str, int]:
+    """(exit status, stderr, peak resident memory in MiB) of a child process, from its own rusage (wait4)."""
+    import os
+    import tempfile
+    import threading
+
+    from runs import run_env
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=subprocess.DEVNULL, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode(errors="replace"), usage.ru_maxrss // 1024
+
+
+@pytest.mark.parametrize("policy", ["off", "error", "skip"])
+@pytest.mark.parametrize("kind", ["reference", "random_resized_crop"])
+def test_an_image_over_max_pixels_is_refused_undecoded_under_every_check_images_policy(tiny_tree, huge_png, policy,
+                                                                                        kind):
+    """off (the default): the loader stops naming it, before DALI decodes it (from files: data.cache=off);
+    error: the up-front scan fails naming it; skip: it is left out, named in the skip list."""
+    from PIL import Image
+
+    huge = tiny_tree / "train" / "cat" / "huge.png"
+    huge.write_bytes(huge_png)
+    cfg = folder_cfg(tiny_tree, f"data.check_images={policy}", "data.cache=off", f"data.train.kind={kind}")
+    if policy == "error":
+        with pytest.raises(BadImageError, match=rf"1 undecodable image\(s\): {huge}: {re.escape(HUGE)}"):
+            load_image_sets(cfg)
+        return
+    train, _ = load_image_sets(cfg)
+    if policy == "skip":  # also one over our limit but under twice Pillow's, which Pillow alone would decode
+        big = tiny_tree / "train" / "bee" / "big.png"
+        Image.new("1", (10000, 10000)).save(big, optimize=True)
+        train, _ = load_image_sets(cfg)
+        assert sorted(train.skipped) == sorted([str(huge), str(big)]) and len(train) == 21
+        assert sum(len(y) for _, y in loader(cfg, train, batch=3)) == 21
+        return
+    with pytest.raises(BadImageError, match=rf"{huge}: {re.escape(HUGE)}"):
+        for _epoch in range(2):  # the remainder dropped from one epoch is in the next one
+            for _ in loader(cfg, train, batch=3):
+                pass
+
+
+def test_decode_once_refuses_an_image_over_max_pixels_at_start_up(tiny_tree, huge_png):
+    huge = tiny_tree / "val" / "ant" / "huge.png"
+    huge.write_bytes(huge_png)
+    with pytest.raises(BadImageError, match=rf"{huge}: {re.escape(HUGE)}"):
+        load_image_sets(folder_cfg(tiny_tree))  # data.cache=auto, check_images=off
+
+
+def test_max_pixels_is_the_limit_and_zero_turns_it_off(tiny_tree):
+    """24 x 24 = 576 px images: refused under a limit of 575, read without a limit."""
+    strict = folder_cfg(tiny_tree, "data.max_pixels=575", "data.cache=off")
+    train, _ = load_image_sets(strict)
+    with pytest.raises(BadImageError, match=r"24x24 pixels \(0.0 MP\) is over data.max_pixels \(575;"):
+        list(loader(strict, train, batch=3))
+    off = folder_cfg(tiny_tree, "data.max_pixels=0", "data.cache=off")
+    assert len(list(loader(off, load_image_sets(off)[0], batch=3))) == 21 // 3
+
+
+@pytest.mark.parametrize("kind", ["reference", "random_resized_crop"])
+def test_an_image_over_max_pixels_in_a_tar_shard_is_named_by_shard_and_key(tiny_tree, huge_png, tmp_path, kind):
+    from pipeline.data.shards import write_shards
+
+    (tiny_tree / "train" / "cat" / "huge.png").write_bytes(huge_png)
+    out = tmp_path / "shards"
+    write_shards(tiny_tree, out, shard_size=8, workers=1, seed=0, progress=False)
+    cfg = data_cfg("data.source=webdataset", f"data.root={out}", *SMALL, f"data.train.kind={kind}")
+    train, _ = load_image_sets(cfg)
+    with pytest.raises(BadImageError, match=rf"{out}/train-00000\d.tar:cat/huge.png: {re.escape(HUGE)}"):
+        for _epoch in range(2):
+            for _ in loader(cfg, train, batch=3):
+                pass
+
+
+@pytest.mark.slow
+def test_a_run_meeting_a_huge_image_stops_naming_it_without_decoding_it(tiny_tree, huge_png, tmp_path):
+    """The real entry point, check_images=off (the default), files decoded every step: exit 2 with the file
+    named, and the process never held the 1.2 GB the decoded image would take."""
+    from runs import TINY, train_command
+
+    huge = tiny_tree / "train" / "cat" / "huge.png"
+    huge.write_bytes(huge_png)
+    overrides = [o for o in TINY if not o.startswith("data.source")]
+    status, err, peak_mib = run_measured(train_command() + [
+        str(REPO / "configs" / "quickstart.yaml"), *overrides, "data.source=imagefolder", f"data.root={tiny_tree}",
+        "model.num_classes=auto", "data.cache=off", "train.global_batch_size=3", f"logging.runs_dir={tmp_path}"])
+    assert status == 2, err[-3000:]
+    assert f"{huge}: {HUGE}" in err and "Traceback" not in err, err[-3000:]
+    assert peak_mib < 2000, f"peak RSS {peak_mib} MiB"  # the tiny run takes ~1.2 GB; the decoded image is 1.1 GiB
+
+
+def test_an_archive_member_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    """A 9 MB .tar.gz holding a 2 GiB member (zeros): `--resolve` lists the data and stops at the member's
+    header, naming archive and member, without reading it."""
+    import gzip
+
+    bomb = tmp_path / "bomb.tar.gz"
+    info = tarfile.TarInfo("tree/train/cat/bomb.jpg")
+    info.size = 2**31
+    with gzip.open(bomb, "wb", compresslevel=1) as gz:
+        gz.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        zeros = bytes(2**20)
+        for _ in range(2**11):
+            gz.write(zeros)
+        gz.write(bytes(1024))  # the end-of-archive blocks
+    status, err, peak_mib = run_measured([sys.executable, str(REPO / "train_dist.py"),
+                                          str(REPO / "configs" / "quickstart.yaml"), "data.source=imagefolder",
+                                          f"data.root={bomb}", "model.num_classes=auto", "--resolve"])
+    assert status == 2 and err.strip().splitlines() == [
+        f"error: {bomb}:tree/train/cat/bomb.jpg: a member of 2,048.0 MiB, over data.max_member_mb (256.0 MiB); "
+        "not read (remove it, or raise data.max_member_mb)"], err[-3000:]
+    assert peak_mib < 2000, f"peak RSS {peak_mib} MiB"  # --resolve takes ~0.7 GB; the member is 2 GiB
+
+
 # ------------------------------------------------------------------------------- decode once
 
 

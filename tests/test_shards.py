@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from conftest import write_photo_folder
 from pipeline.config import load_config
 from pipeline.data import BadImageError, DataError, build_loader, load_image_sets
 from pipeline.data.shards import write_shards
-from pipeline.data.webdataset import CLASS_MAP, index_path, read_index
+from pipeline.data.webdataset import CLASS_MAP, INCOMPLETE, index_path, read_index
 from runs import REPO, assert_same_tensors, load_ckpt, run_env, train_command
 
 CPU = torch.device("cpu")
@@ -102,25 +103,124 @@ def test_writer_is_deterministic(photos, shards, tmp_path):
         assert (again / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def test_killed_writer_leaves_only_whole_shards(photos, tmp_path):
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: start time} of every process below `pid` (Linux /proc), to tell them from a reused pid later."""
+    found: dict[int, str] = {}
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            found[child] = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19]
+            found.update(descendants(child))
+    return found
+
+
+def alive(pid: int, start: str) -> bool:
+    """The process is running (not gone, not a zombie, not another process under a reused pid)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] != "Z" and fields[19] == start
+
+
+def resolve_data(*overrides: str) -> subprocess.CompletedProcess:
+    """`train_dist.py --resolve` (it lists the data) with these data keys: how a user meets a data error first."""
+    return subprocess.run([sys.executable, str(REPO / "train_dist.py"), str(REPO / "configs" / "quickstart.yaml"),
+                           "model.num_classes=auto", *overrides, "--resolve"],
+                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_killed_writer_leaves_only_whole_shards_no_worker_and_a_folder_the_reader_refuses(photos, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "pipeline.data.shards", str(photos), str(out), "--shard-size=1", "--workers=1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not list(out.glob("train-*.tar")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.002)
+    workers = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / CLASS_MAP).exists() or proc.returncode == 0  # the class map comes last
+    assert proc.returncode == -signal.SIGKILL and workers, "the writer was killed while its pool worked"
+    deadline = time.monotonic() + 10
+    while any(alive(pid, start) for pid, start in workers.items()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid, start in workers.items() if alive(pid, start)], "a pool worker outlived the writer"
+    assert not (out / CLASS_MAP).exists()  # the completion record comes last
     for shard in out.glob("*.tar"):  # whatever is visible is complete: the image and label of its one sample
         with tarfile.open(shard) as tar:
             assert [m.name.rsplit(".", 1)[1] for m in tar] == ["jpg", "cls"]
         if index_path(shard).exists():
             assert len(read_index(index_path(shard), shard)) == 1
+    incomplete = f"{out}: incomplete: the writer did not finish; rerun it"
+    with pytest.raises(DataError, match=re.escape(incomplete)):
+        load_image_sets(shard_cfg(out))
+    refused = resolve_data("data.source=webdataset", f"data.root={out}")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(f"error: {incomplete}"), \
+        refused.stderr[-3000:]
     subprocess.run(cmd, cwd=REPO, env=run_env(), check=True, capture_output=True)
-    assert not list(out.glob(".*")), "a rerun removes the killed writer's temporary files"
+    assert not list(out.glob(".*")) and not (out / INCOMPLETE).exists(), "a rerun finishes the job and cleans up"
     train, val = load_image_sets(shard_cfg(out))
     assert (len(train), len(val)) == (25, 11)
+
+
+def test_a_rewrite_with_another_shard_size_replaces_the_shards(photos, tmp_path):
+    """Old shards of a split never survive a rewrite; files the writer does not name do."""
+    out = tmp_path / "out"
+    write_shards(photos, out, shard_size=2, workers=2, seed=0, progress=False)
+    (out / "notes.txt").write_text("mine")
+    write_shards(photos, out, shard_size=10, workers=2, seed=0, progress=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"train-{i:06d}.{e}" for i in range(3) for e in ("tar", "idx")]
+                           + [f"val-{i:06d}.{e}" for i in range(2) for e in ("tar", "idx")]
+                           + [CLASS_MAP, "notes.txt"])
+    train, val = load_image_sets(shard_cfg(out))
+    assert (len(train), len(val)) == (25, 11) and train.members.shard_sizes == [10, 10, 5]
+    record = json.loads((out / CLASS_MAP).read_text())
+    assert record["shard_size"] == 10 and record["max_side"] == 0 and record["resized"] == {"train": 0, "val": 0}
+
+
+def test_max_side_resizes_large_images_once_as_the_decoder_sees_them_and_records_it(tmp_path):
+    """Every kind of image ImageNet holds (test_crops.py), one class each, written with --max-side 40: the
+    ones longer than 40 px are stored as JPEGs that DALI decodes to what Pillow's Lanczos makes of the
+    displayed image (EXIF orientation applied once, CMYK / grayscale / alpha as the decoder treats them);
+    the others keep their bytes; the completion record says what was done."""
+    from PIL import Image
+
+    from test_crops import ODD, pillow_rgb
+
+    src = tmp_path / "odd"
+    for split in ("train", "val"):
+        for kind, (data, _) in ODD.items():
+            (src / split / kind).mkdir(parents=True)
+            (src / split / kind / "0.jpg").write_bytes(data)
+    out = tmp_path / "shards"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.data.shards", str(src), str(out), "--shard-size=4",
+                           "--max-side=40", "--workers=2"], cwd=REPO, env=run_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    large = [kind for kind, (_, hw) in ODD.items() if max(hw) > 40]
+    assert len(large) == len(ODD) - 1  # all but the 12 x 20 one
+    assert proc.stdout.strip().endswith(f"{len(ODD)} classes; {2 * len(large)} resized to 40 px (JPEG quality 90)")
+    record = json.loads((out / CLASS_MAP).read_text())
+    assert (record["max_side"], record["quality"]) == (40, 90)
+    assert record["resized"] == {"train": len(large), "val": len(large)}
+    train, _ = load_image_sets(shard_cfg(out))
+    members = {train.members.keys[i].split("/")[0]: i for i in range(len(train))}
+    decoded = build_loader(shard_cfg(out), images=train, train=False, batch_size=1, rank=0, world_size=1, seed=0,
+                           device=CPU, dtype=torch.float32, stop_after="decode")
+    kinds = [train.members.keys[int(i)].split("/")[0] for i in range(len(train))]  # evaluation reads in order
+    for kind, (image, _labels) in zip(kinds, decoded):
+        original, (height, width) = ODD[kind]
+        stored = train.read_encoded(members[kind]).tobytes()
+        if kind not in large:
+            assert stored == original and train.members.keys[members[kind]].endswith(".jpg"), kind
+            continue
+        assert stored[:3] == b"\xff\xd8\xff", f"{kind}: stored as a JPEG"
+        scale = 40 / max(height, width)
+        size = (round(width * scale), round(height * scale))
+        expected = np.asarray(Image.fromarray(pillow_rgb(original)).resize(size, Image.Resampling.LANCZOS))
+        got = np.array(image[0])
+        assert got.shape == expected.shape, f"{kind}: decoded {got.shape}, expected {expected.shape}"
+        diff = np.abs(got.astype(int) - expected).mean()
+        assert diff < 4.0, f"{kind}: mean difference {diff:.2f} from Lanczos of the displayed image"
 
 
 def test_writer_command_line_errors_are_one_line(tmp_path):
@@ -172,6 +272,26 @@ def test_splits_by_name_glob_list_file_or_folder(shards, tmp_path, how):
     assert (len(train), len(val)) == expected
 
 
+def spoil_index_offset(folder: Path) -> None:
+    idx = folder / "train-000002.idx"
+    lines = idx.read_text().splitlines()
+    fields = lines[1].split()
+    fields[1] = "12x4"  # the first member's offset
+    idx.write_text("\n".join([lines[0], " ".join(fields), *lines[2:]]) + "\n")
+
+
+def add_unlisted_shard(folder: Path) -> None:
+    """A shard of another write (same name pattern) that the completion record does not list."""
+    for ext in ("tar", "idx"):
+        shutil.copy(folder / f"train-000000.{ext}", folder / f"train-000099.{ext}")
+
+
+def swap_shard(folder: Path) -> None:
+    """train-000001 replaced by another shard (and its index): a sample count the record does not have."""
+    for ext in ("tar", "idx"):
+        shutil.copy(folder / f"train-000006.{ext}", folder / f"train-000001.{ext}")
+
+
 @pytest.mark.parametrize(
     "spoil, pattern",
     [
@@ -179,15 +299,37 @@ def test_splits_by_name_glob_list_file_or_folder(shards, tmp_path, how):
         (lambda d: (d / "train-000001.tar").write_bytes((d / "train-000001.tar").read_bytes()[:3000]),
          r"train-000001.idx: lists data up to byte \d+, beyond the end of .*train-000001.tar"),
         (lambda d: (d / "train-000002.idx").write_text("garbage\n"), r"train-000002.idx: not a DALI webdataset index"),
+        (spoil_index_offset, r"train-000002.idx:2: offset and size must be non-negative integers, got '12x4'"),
         (lambda d: (d / CLASS_MAP).write_text("{"), r"classes.json: unreadable class map"),
+        (add_unlisted_shard, r"classes.json does not list .*/train-000099.tar: left by another write\?"),
+        (lambda d: (d / "train-000003.tar").unlink(), r"classes.json lists 1 train shard\(s\) that are missing, "
+                                                      r"e.g. .*/train-000003.tar"),
+        (swap_shard, r"train-000001.tar: holds 1 samples, classes.json beside the shards lists 4: the shard changed"),
     ],
-    ids=["no-eval-shards", "truncated-shard", "bad-index", "bad-class-map"],
+    ids=["no-eval-shards", "truncated-shard", "bad-index", "index-offset-not-an-integer", "bad-class-map",
+         "unlisted-shard", "missing-shard", "changed-shard"],
 )
 def test_bad_shard_folders_name_the_file(shards, tmp_path, spoil, pattern):
     bad = copy_shards(shards, tmp_path / "bad")
     spoil(bad)
     with pytest.raises(DataError, match=pattern):
         load_image_sets(shard_cfg(bad))
+
+
+def test_a_malformed_index_is_one_line_and_exit_2(shards, tmp_path):
+    bad = copy_shards(shards, tmp_path / "bad")
+    spoil_index_offset(bad)
+    proc = resolve_data("data.source=webdataset", f"data.root={bad}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad / 'train-000002.idx'}:2: offset and size")
+
+
+def test_a_shard_member_over_the_size_limit_is_refused_before_it_is_read(shards, tmp_path):
+    """Listing reads member sizes from the index (or the tar headers): nothing of the member is read."""
+    cfg = shard_cfg(shards, "data.max_member_mb=0.001")  # 1,048 bytes: the photos are a few kB
+    with pytest.raises(DataError, match=r"train-000000.tar:\S+\.jpg: a member of [\d,]+ bytes, over "
+                                        r"data.max_member_mb \(1,048 bytes\); not read"):
+        load_image_sets(cfg)
 
 
 # ----------------------------------------------------------------- reading shards through DALI

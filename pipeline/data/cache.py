@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.data.dali_graph import AugmentSpec
+from pipeline.constants import MAX_IMAGE_PIXELS
+from pipeline.data.dali_graph import AugmentSpec, DecoderOptions
 from pipeline.data.dali_loader import DaliLoader
 from pipeline.data.images import REMOVE_OR_SKIP, find_bad_images, undecodable_error
 from pipeline.data.sampler import ShardedBatches
@@ -96,13 +97,14 @@ def decide(sets: list[ImageSet], max_bytes: float) -> Decision:
     return Decision(True, f"{width}x{height} images", (height, width))
 
 
-def decode_set(images: ImageSet, shape: tuple[int, int], num_threads: int) -> ImageSet | None:
+def decode_set(images: ImageSet, shape: tuple[int, int], num_threads: int, max_pixels: int) -> ImageSet | None:
     """`images` decoded by DALI's CPU decoder into one (N, H, W, 3) uint8 array; None if one differs in size."""
     plan = ShardedBatches(len(images), min(BATCH, len(images)), 0, 1, shuffle=False, drop_last=False)
     spec = AugmentSpec(out_side=min(shape), min_side=min(shape), max_side=min(shape), random_crop=False,
                        flip_prob=0.0, interpolation="bilinear")  # unused: the graph stops after decoding
     loader = DaliLoader(images, plan, spec, device=torch.device("cpu"), dali_device="cpu", dtype=torch.float32,
-                        std_eps=0.0, num_threads=num_threads, prefetch_queue_depth=2, seed=0, stop_after="decode")
+                        std_eps=0.0, num_threads=num_threads, prefetch_queue_depth=2, seed=0, stop_after="decode",
+                        decoder=DecoderOptions(max_pixels=max_pixels))
     arrays = np.empty((len(images), *shape, 3), np.uint8)
     begin = 0
     for decoded, _labels in loader:  # a file that fails to decode raises BadImageError naming it
@@ -118,17 +120,21 @@ def decode_set(images: ImageSet, shape: tuple[int, int], num_threads: int) -> Im
                     skipped=images.skipped)
 
 
-def check_decodable(sets: list[ImageSet]) -> None:
-    """Raise BadImageError naming every file Pillow cannot decode (before DALI sees them)."""
-    bad = [msg for s in sets for _, msg in find_bad_images(range(len(s)), s.read_encoded, s.names)]
+def check_decodable(sets: list[ImageSet], max_pixels: int = 0) -> None:
+    """Raise BadImageError naming every file Pillow cannot decode or that is over `max_pixels` (before DALI
+    sees them)."""
+    bad = [msg for s in sets for _, msg in find_bad_images(range(len(s)), s.read_encoded, s.names,
+                                                           max_pixels=max_pixels)]
     if bad:
         raise undecodable_error(bad, REMOVE_OR_SKIP)
 
 
-def decode_once(sets: list[ImageSet], *, num_threads: int, max_bytes: float, checked: bool = False) -> list[ImageSet]:
+def decode_once(sets: list[ImageSet], *, num_threads: int, max_bytes: float, checked: bool = False,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> list[ImageSet]:
     """The sets decoded into arrays when `decide` says so (all or none), else unchanged; the log says which.
 
-    `checked`: every file was decoded by data.check_images already (no second check).
+    `checked`: every file was decoded by data.check_images already (no second check). `max_pixels`:
+    larger images are refused, named, before anything decodes them (0 = no limit).
     """
     decision = decide(sets, max_bytes)
     if not decision.cache:
@@ -136,10 +142,10 @@ def decode_once(sets: list[ImageSet], *, num_threads: int, max_bytes: float, che
         return sets
     t0 = time.perf_counter()
     if not checked:
-        check_decodable(sets)
+        check_decodable(sets, max_pixels)
     decoded = []
     for images in sets:
-        arrays = decode_set(images, decision.shape, num_threads)
+        arrays = decode_set(images, decision.shape, num_threads, max_pixels)
         if arrays is None:
             return sets
         decoded.append(arrays)

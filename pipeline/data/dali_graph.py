@@ -21,6 +21,13 @@ time, so a graph that computed the crop window from the image shape with DALI ar
 host (and made up most of the CPU graph's time here). Batches also stay a pure function of
 (epoch, iteration): exact resume needs only the position, not DALI's random state.
 
+Before decoding, the reference graph refuses images larger than `data.max_pixels`: DALI's own
+header parser (`fn.peek_image_shape`, no decoding) gives each image's size, and an image over the
+limit reaches the decoder as three bytes no decoder takes, so its decode fails at once instead of
+allocating gigabytes, and the loader names the file (dali_loader.py: `DaliLoader.diagnose`). It
+costs one conditional per batch (no difference measured on the CPU loader, CIFAR-10 files); the
+random-resized-crop graph's readers check the header sizes they parse anyway (readers.py).
+
 A second graph, `build_crop_pipeline`, serves `data.train.kind: random_resized_crop`: the window
 (drawn in numpy from each image's header size, pipeline/data/crops.py) is the only part of the
 file decoded (`fn.decoders.image_slice`), then resized to the output side and flipped.
@@ -51,7 +58,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from pipeline.constants import INTERPOLATIONS
+from pipeline.constants import INTERPOLATIONS, MAX_IMAGE_PIXELS
 from pipeline.data.levers import TrainLevers
 from pipeline.data.progressive import scaled_sides
 
@@ -128,18 +135,19 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class DecoderOptions:
-    """The JPEG decoder's settings: only the GPU (`mixed`) decoder has any."""
+    """What the decoder may decode (`max_pixels`, on every device) and the GPU (`mixed`) decoder's settings."""
 
     hw_decoder_load: float = 0.65  # share of each batch for the hardware decoder (A100/H100/H200)
     preallocate_width_hint: int = 0  # px; sizes the hardware decoder's buffers up front (0: DALI's default)
     preallocate_height_hint: int = 0
     device_memory_padding: int = 16 << 20  # bytes added to each device buffer it allocates
     host_memory_padding: int = 8 << 20  # bytes added to each pinned host buffer
+    max_pixels: int = MAX_IMAGE_PIXELS  # larger images (header width x height) are refused undecoded; 0: no limit
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> "DecoderOptions":
         return cls(data_cfg.hw_decoder_load, data_cfg.preallocate_width_hint, data_cfg.preallocate_height_hint,
-                   data_cfg.device_memory_padding, data_cfg.host_memory_padding)
+                   data_cfg.device_memory_padding, data_cfg.host_memory_padding, data_cfg.max_pixels)
 
     def arguments(self, gpu: bool) -> dict[str, Any]:
         """Keyword arguments of a DALI decoder on the GPU (`mixed`) or the CPU."""
@@ -242,6 +250,18 @@ def crop_mirror_normalize(images: Any, output: str, std_eps: float, channel_stat
     return images
 
 
+def refuse_too_large(data: Any, max_pixels: int) -> Any:
+    """Encoded images whose header announces more than `max_pixels` replaced by three bytes that are no
+    image (their height, width and channels, cast to uint8): the decoder fails on them at once, before
+    allocating anything. Needs a graph built with `enable_conditionals=True`."""
+    from nvidia.dali import fn, types
+
+    shape = fn.peek_image_shape(data)  # (height, width, channels) as decoded, EXIF orientation applied
+    if shape[0] * shape[1] > max_pixels:
+        data = fn.cast(shape, dtype=types.UINT8)
+    return data
+
+
 def _resize_filter(spec: Any, arg: dict[str, Any]) -> Any:
     from nvidia.dali import types
 
@@ -271,8 +291,9 @@ def build_pipeline(
     from nvidia.dali import fn, pipeline_def, types
 
     stop_after, levers = settings.stop_after, spec.levers
+    limit = settings.decoder.max_pixels if sample_kind in ("paths", "encoded") else 0  # arrays are decoded already
 
-    @pipeline_def(enable_conditionals=levers.conditionals)
+    @pipeline_def(enable_conditionals=levers.conditionals or bool(limit))
     def graph():
         labels, *args = fn.external_source(source=arguments, num_outputs=1 + len(spec.argument_names),
                                            batch=True, batch_info=True)
@@ -290,6 +311,8 @@ def build_pipeline(
         if sample_kind in ("arrays", "resident"):
             images = data.gpu() if settings.gpu and sample_kind == "arrays" else data
         else:
+            if limit:
+                data = refuse_too_large(data, limit)
             images = fn.decoders.image(data, output_type=types.RGB, **settings.decoder_arguments())
         if stop_after == "decode":
             return images, labels

@@ -224,7 +224,7 @@ class DaliLoader:
         total_steps: int | None = None,
     ) -> None:
         self.images, self.plan, self.device, self.dtype, self.std_eps = images, plan, device, dtype, std_eps
-        self.channel_stats, self.compiled = channel_stats, compile_standardize
+        self.channel_stats, self.compiled, self.max_pixels = channel_stats, compile_standardize, decoder.max_pixels
         # Where the consumer is: the epoch being read and the batches of it handed out so far.
         self.epoch, self.step = (state["epoch"], state["step"]) if state else (start_epoch, 0)
         position = Position(plan, self.epoch, self.step)
@@ -240,7 +240,7 @@ class DaliLoader:
             std_eps=std_eps, channel_stats=channel_stats, decoder=decoder,
             stop_after=None if stop_after == "full" else stop_after)
         if isinstance(spec, CropSpec):  # random-resized crops: the window needs the bytes' header sizes
-            reader = batch_reader(images, plan, with_sizes=True, ahead=history)
+            reader = batch_reader(images, plan, with_sizes=True, ahead=history, max_pixels=decoder.max_pixels)
             source = CropSource(images.labels, plan, spec, reader, seed, position, history, self.sides)
             self.recent = source.recent
             self.callbacks: tuple[Any, ...] = (source,)  # what DALI calls per batch, on the training thread
@@ -308,14 +308,15 @@ class DaliLoader:
         """A decode failure of a specific file becomes an error that names it; anything else stays itself.
 
         DALI reports a bad file as an opaque codec failure and invalidates the pipeline. The
-        files of the last few batches are re-read and decoded with Pillow: the ones that fail are
-        named. If all of them decode, the failure was not the data's (CUDA, memory, the codec
+        files of the last few batches are re-read and decoded with Pillow (after their header sizes
+        are checked against the pixel limit, which the graph refused them for): the ones that fail
+        are named. If all of them decode, the failure was not the data's (CUDA, memory, the codec
         library, DALI itself) and DALI's own error is raised with its full message.
         """
         if not self.images.is_encoded:
             return exc
         candidates = sorted({int(i) for idx in self.recent for i in idx})
-        bad = find_bad_images(candidates, self.images.read_encoded, self.images.names)
+        bad = find_bad_images(candidates, self.images.read_encoded, self.images.names, max_pixels=self.max_pixels)
         if not bad:
             return exc
         return undecodable_error([msg for _, msg in bad], REMOVE_OR_SKIP)

@@ -3,6 +3,9 @@
 DALI's decoders report a bad file as an opaque "nvImageCodec failure" and invalidate the pipeline.
 So every file is checked cheaply as it is read (empty? a known image signature?), a decode failure
 is traced back to the file with Pillow, and `data.check_images` can decode everything up front.
+An image whose header announces more than `data.max_pixels` is refused before anything decodes it
+(`pixel_problem`): the check here covers the up-front scan and the diagnosis, the DALI graph and
+the readers apply it on the way to the decoder.
 """
 
 from __future__ import annotations
@@ -46,14 +49,37 @@ def check_encoded(data: np.ndarray, name: str) -> None:
         raise BadImageError(f"{name}: not an image (no JPEG/PNG/BMP/TIFF/WebP signature)")
 
 
-def decode_problem(data: np.ndarray | bytes) -> str | None:
-    """Why Pillow cannot fully decode these bytes, or None if it can."""
+def pixel_problem(height: int, width: int, max_pixels: int) -> str | None:
+    """Why an image of this size is refused (more than `max_pixels`; 0 = no limit), or None."""
+    if max_pixels and height * width > max_pixels:
+        return (f"{width}x{height} pixels ({height * width / 1e6:.1f} MP) is over data.max_pixels ({max_pixels:,}; "
+                "raise it to use such images)")
+    return None
+
+
+def check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
+    """Raise BadImageError naming `name` if an image of `size` (height, width) is over the pixel limit."""
+    problem = pixel_problem(*size, max_pixels)
+    if problem:
+        raise BadImageError(f"{name}: {problem}")
+
+
+def decode_problem(data: np.ndarray | bytes, max_pixels: int = 0) -> str | None:
+    """Why Pillow cannot fully decode these bytes, or None if it can; an image over `max_pixels` (read
+    from its header) is refused before it is decoded."""
     from PIL import Image
 
     if len(data) == 0:
         return "empty file (0 bytes)"
     if sniff_format(data) is None:
         return "not an image (no JPEG/PNG/BMP/TIFF/WebP signature)"
+    if max_pixels:
+        try:
+            problem = pixel_problem(*image_size(data, ""), max_pixels)
+        except BadImageError:
+            problem = None  # no size in the header: the decode below says what is wrong
+        if problem:
+            return problem
     try:
         with Image.open(io.BytesIO(bytes(data))) as img:
             img.load()  # decodes every pixel: catches truncation and corrupt entropy data
@@ -77,15 +103,16 @@ def pillow_reason(exc: Exception, data: np.ndarray | bytes) -> str:
 
 
 def find_bad_images(indices: Iterable[int], read: Callable[[int], np.ndarray | bytes],
-                    names: list[str], threads: int = 4) -> list[tuple[int, str]]:
-    """[(index, "name: reason")] for every sample among `indices` that Pillow cannot decode."""
+                    names: list[str], threads: int = 4, max_pixels: int = 0) -> list[tuple[int, str]]:
+    """[(index, "name: reason")] for every sample among `indices` that Pillow cannot decode or that is
+    over `max_pixels` (0 = no limit)."""
 
     def check(i: int) -> tuple[int, str] | None:
         try:
             data = read(i)
         except OSError as exc:
             return i, f"{names[i]}: cannot read ({exc.strerror or exc})"
-        problem = decode_problem(data)
+        problem = decode_problem(data, max_pixels)
         return (i, f"{names[i]}: {problem}") if problem else None
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # Pillow decodes without the GIL

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
+from pipeline.constants import MAX_IMAGE_PIXELS
 from pipeline.data.crops import CropSpec
 from pipeline.data.dali_graph import STAGES, AugmentSpec, ChannelStats, DecoderOptions
 from pipeline.data.dali_loader import Batch, DaliLoader
@@ -85,11 +86,16 @@ def resolve_dali_device(data_device: str) -> str:
 
 def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
     """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan, decoded once
-    into arrays when data.cache allows (pipeline/data/cache.py)."""
+    into arrays when data.cache allows (pipeline/data/cache.py).
+
+    data.max_pixels holds whatever check_images says: the scan (error, skip) names images over it
+    with the undecodable ones; otherwise the DALI graph and the readers refuse them before decoding.
+    """
     train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
-                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map)
+                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map,
+                             max_member_bytes=int(data_cfg.max_member_mb * 2**20))
     if data_cfg.check_images != "off":
-        train, val = (scan_image_set(s, data_cfg.check_images) for s in (train, val))
+        train, val = (scan_image_set(s, data_cfg.check_images, data_cfg.max_pixels) for s in (train, val))
     if data_cfg.cache == "auto" and data_cfg.source in ("sample", "imagefolder"):
         if data_cfg.train.kind != "reference":  # the crop graph decodes windows of the encoded files
             log.info("data.cache=auto: not decoding once: data.train.kind=%s decodes from the files",
@@ -98,16 +104,18 @@ def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
         from pipeline.data.cache import decode_once
 
         train, val = decode_once([train, val], num_threads=data_cfg.num_threads,
-                                 max_bytes=data_cfg.cache_max_gb * 2**30, checked=data_cfg.check_images != "off")
+                                 max_bytes=data_cfg.cache_max_gb * 2**30, checked=data_cfg.check_images != "off",
+                                 max_pixels=data_cfg.max_pixels)
     return train, val
 
 
-def scan_image_set(images: ImageSet, mode: str) -> ImageSet:
-    """Decode every file up front (Pillow); `error`: fail naming them, `skip`: leave them out."""
+def scan_image_set(images: ImageSet, mode: str, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageSet:
+    """Decode every file up front (Pillow; files over `max_pixels` are refused undecoded); `error`: fail
+    naming them, `skip`: leave them out."""
     if not images.is_encoded:
         return images
     t0 = time.perf_counter()
-    bad = find_bad_images(range(len(images)), images.read_encoded, images.names)
+    bad = find_bad_images(range(len(images)), images.read_encoded, images.names, max_pixels=max_pixels)
     log.info("checked %d images in %.1f s: %d undecodable", len(images), time.perf_counter() - t0, len(bad))
     if not bad:
         return images

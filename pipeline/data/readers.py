@@ -14,7 +14,9 @@ dali_graph.py). Two cases need Python to read them instead:
   header (images.py: image_size), so the bytes must pass through Python. `FileReader` reads
   image files for the next batches in a small thread pool.
 
-Reads release the GIL; the header parse costs a few microseconds per JPEG. Batches stay a pure
+Reads release the GIL; the header parse costs a few microseconds per JPEG. With the sizes read, an
+image over the pixel limit (`max_pixels`, data.max_pixels) is refused there, naming it, before
+DALI decodes anything. Batches stay a pure
 function of (epoch, step): a reader asked for a step it did not expect (a resumed loader, a new
 epoch) starts over from there, so resuming needs nothing of its state.
 """
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.data.images import image_size
+from pipeline.data.images import check_pixels, image_size
 from pipeline.data.sampler import ShardStreamBatches
 from pipeline.data.sources import ImageSet
 
@@ -42,10 +44,14 @@ class BatchReader(Protocol):
     def batch(self, epoch: int, step: int) -> EncodedBatch: ...
 
 
-def _read_one(images: ImageSet, index: int, with_sizes: bool) -> Any:
-    """One image's bytes, with its decoded (height, width) if asked."""
+def _read_one(images: ImageSet, index: int, with_sizes: bool, max_pixels: int = 0) -> Any:
+    """One image's bytes, with its decoded (height, width) if asked (checked against `max_pixels`; 0 = no limit)."""
     data = images.fetch_encoded(index)
-    return (data, image_size(data, images.names[index])) if with_sizes else data
+    if not with_sizes:
+        return data
+    size = image_size(data, images.names[index])
+    check_pixels(size, images.names[index], max_pixels)
+    return data, size
 
 
 def _batch(items: list[Any], with_sizes: bool) -> EncodedBatch:
@@ -54,26 +60,29 @@ def _batch(items: list[Any], with_sizes: bool) -> EncodedBatch:
     return EncodedBatch([d for d, _ in items], np.asarray([s for _, s in items], np.int64).reshape(-1, 2))
 
 
-def _read_batch(images: ImageSet, plan: Any, with_sizes: bool, epoch: int, step: int) -> EncodedBatch:
+def _read_batch(images: ImageSet, plan: Any, with_sizes: bool, max_pixels: int, epoch: int,
+                step: int) -> EncodedBatch:
     """The batch of plan.indices(epoch, step), read in plan order."""
-    return _batch([_read_one(images, int(i), with_sizes) for i in plan.indices(epoch, step)], with_sizes)
+    return _batch([_read_one(images, int(i), with_sizes, max_pixels) for i in plan.indices(epoch, step)], with_sizes)
 
 
 class MemoryReader:
     """Images already in memory (an archive read at listing): no thread, no read-ahead."""
 
-    def __init__(self, images: ImageSet, plan: Any, with_sizes: bool) -> None:
-        self.images, self.plan, self.with_sizes = images, plan, with_sizes
+    def __init__(self, images: ImageSet, plan: Any, with_sizes: bool, max_pixels: int = 0) -> None:
+        self.images, self.plan, self.with_sizes, self.max_pixels = images, plan, with_sizes, max_pixels
 
     def batch(self, epoch: int, step: int) -> EncodedBatch:
-        return _read_batch(self.images, self.plan, self.with_sizes, epoch, step)
+        return _read_batch(self.images, self.plan, self.with_sizes, self.max_pixels, epoch, step)
 
 
 class FileReader:
     """Image files, each batch read by a thread pool `ahead` batches before it is asked for."""
 
-    def __init__(self, images: ImageSet, plan: Any, with_sizes: bool, ahead: int, threads: int = 2) -> None:
+    def __init__(self, images: ImageSet, plan: Any, with_sizes: bool, ahead: int, threads: int = 2,
+                 max_pixels: int = 0) -> None:
         self.images, self.plan, self.with_sizes, self.ahead = images, plan, with_sizes, ahead
+        self.max_pixels = max_pixels
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="file-reader")
         self.pending: dict[tuple[int, int], Future] = {}
 
@@ -81,7 +90,7 @@ class FileReader:
         for ahead in range(step, min(step + self.ahead + 1, len(self.plan))):
             if (epoch, ahead) not in self.pending:
                 self.pending[(epoch, ahead)] = self.pool.submit(_read_batch, self.images, self.plan, self.with_sizes,
-                                                                epoch, ahead)
+                                                                self.max_pixels, epoch, ahead)
         future = self.pending.pop((epoch, step))
         for key in [k for k in self.pending if k[0] != epoch or k[1] < step]:  # an epoch or a resume left behind
             self.pending.pop(key).cancel()
@@ -96,8 +105,10 @@ class ShardStreamReader:
     submits the next `ahead` steps.
     """
 
-    def __init__(self, images: ImageSet, plan: ShardStreamBatches, with_sizes: bool, ahead: int) -> None:
+    def __init__(self, images: ImageSet, plan: ShardStreamBatches, with_sizes: bool, ahead: int,
+                 max_pixels: int = 0) -> None:
         self.images, self.plan, self.with_sizes, self.ahead = images, plan, with_sizes, ahead
+        self.max_pixels = max_pixels
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-reader")
         self.pending: dict[int, Future] = {}
         self.epoch: int | None = None
@@ -125,7 +136,7 @@ class ShardStreamReader:
             at = self._next
             if first <= emitted_at[at] < used:
                 index = int(self._stream[at])
-                self._held[at] = _read_one(self.images, index, self.with_sizes)
+                self._held[at] = _read_one(self.images, index, self.with_sizes, self.max_pixels)
             self._next += 1
         return _batch([self._held.pop(int(p)) for p in positions], self.with_sizes)
 
@@ -148,16 +159,17 @@ class ShardStreamReader:
         return self.pending.pop(step).result()
 
 
-def batch_reader(images: ImageSet, plan: Any, *, with_sizes: bool, ahead: int) -> BatchReader:
-    """The reader for where `images` lives: shard members, image files, or bytes in memory."""
+def batch_reader(images: ImageSet, plan: Any, *, with_sizes: bool, ahead: int, max_pixels: int = 0) -> BatchReader:
+    """The reader for where `images` lives: shard members, image files, or bytes in memory. With
+    `with_sizes`, an image over `max_pixels` (0 = no limit) raises BadImageError naming it."""
     if images.members is not None:
         if not isinstance(plan, ShardStreamBatches):
             raise TypeError("tar shards are read in the order of a ShardStreamBatches plan")
-        return ShardStreamReader(images, plan, with_sizes, ahead)
+        return ShardStreamReader(images, plan, with_sizes, ahead, max_pixels)
     if images.files is not None:
-        return FileReader(images, plan, with_sizes, ahead)
+        return FileReader(images, plan, with_sizes, ahead, max_pixels=max_pixels)
     if images.encoded is not None:
-        return MemoryReader(images, plan, with_sizes)
+        return MemoryReader(images, plan, with_sizes, max_pixels)
     raise ValueError("decoded arrays have no encoded bytes to read")
 
 

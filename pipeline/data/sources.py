@@ -28,7 +28,8 @@ import numpy as np
 
 from pipeline.constants import SAMPLE_ARCHIVE
 from pipeline.data.images import IMAGE_EXTENSIONS, check_encoded
-from pipeline.data.webdataset import MemberNames, ShardMembers, list_webdataset
+from pipeline.data.webdataset import (MAX_MEMBER_BYTES, MemberNames, ShardMembers, list_webdataset,
+                                      member_too_large)
 from pipeline.errors import BadImageError, ConfigError, DataError
 from pipeline.files import atomic_open
 
@@ -246,16 +247,22 @@ def list_flat_split(folder: Path, labels_file: Path, label_map: str, classes: li
 
 
 class _ArchiveTree:
-    """An image-folder tree inside a .tar/.tar.gz, read into memory once (small data sets only)."""
+    """An image-folder tree inside a .tar/.tar.gz, read into memory once (small data sets only).
 
-    def __init__(self, path: Path) -> None:
+    Each member's size comes from its tar header: one over `max_member_bytes` is refused before
+    any of it is read (a small .tar.gz can hold a member of gigabytes of zeros)."""
+
+    def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.path = path
         self.members: dict[str, bytes] = {}
         try:
             with tarfile.open(path, "r:*") as tar:
                 for m in tar:
-                    if m.isfile():
-                        self.members[m.name] = tar.extractfile(m).read()
+                    if not m.isfile():
+                        continue
+                    if m.size > max_member_bytes:
+                        raise member_too_large(f"{path}:{m.name}", m.size, max_member_bytes)
+                    self.members[m.name] = tar.extractfile(m).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"{path}: cannot read the archive ({exc})") from None
         # The tree may sit under a top-level folder (cifar10/train/...): find the split folders.
@@ -288,10 +295,11 @@ class _ArchiveTree:
 
 
 def load_imagefolder(root: str | Path, train_split: str, eval_split: str, eval_labels: str = "",
-                     eval_label_map: str = "") -> tuple[ImageSet, ImageSet]:
+                     eval_label_map: str = "", max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ImageSet, ImageSet]:
     """Train and validation splits of an image-folder tree: a directory or a .tar/.tar.gz of one.
 
     With `eval_labels`, the validation split is a flat folder labelled by that file (list_flat_split).
+    An archive's members over `max_member_bytes` are refused unread.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -305,7 +313,7 @@ def load_imagefolder(root: str | Path, train_split: str, eval_split: str, eval_l
     if root.is_file():
         if not _is_archive(root):
             raise DataError(f"data.root: {root} is a file but not a .tar/.tar.gz archive of an image folder")
-        tree = _ArchiveTree(root)
+        tree = _ArchiveTree(root, max_member_bytes)
         if not tree.splits:
             raise DataError(f"{root}: the archive holds no <split>/<class>/<image> files")
         train = tree.split(train_split)
@@ -317,11 +325,11 @@ def load_imagefolder(root: str | Path, train_split: str, eval_split: str, eval_l
     return train, list_folder_split(root, resolve_eval_split(subdirs, eval_split, str(root)), train.classes)
 
 
-def load_sample() -> tuple[ImageSet, ImageSet]:
+def load_sample(max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ImageSet, ImageSet]:
     """The CIFAR-10 subset shipped in the repository (500 train + 100 test images per class)."""
     if not SAMPLE_ARCHIVE.is_file():
         raise DataError(f"{SAMPLE_ARCHIVE}: the shipped sample is missing (rebuild it with scripts/make_sample.py)")
-    return load_imagefolder(SAMPLE_ARCHIVE, "train", "test")
+    return load_imagefolder(SAMPLE_ARCHIVE, "train", "test", max_member_bytes=max_member_bytes)
 
 
 # ------------------------------------------------------------------------------------ download
@@ -416,22 +424,25 @@ def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, Im
 # ------------------------------------------------------------------------------------ dispatch
 
 
-def load_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ImageSet, ImageSet]:
+def load_webdataset(root: str | Path, train_split: str, eval_split: str,
+                    max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ImageSet, ImageSet]:
     """Train and validation splits of tar shards (pipeline/data/webdataset.py): members read by offset."""
-    train, val, classes = list_webdataset(root, train_split, eval_split)
+    train, val, classes = list_webdataset(root, train_split, eval_split, max_member_bytes)
     return tuple(ImageSet(names=MemberNames(split.members), labels=split.labels, classes=classes,
                           members=split.members) for split in (train, val))
 
 
 def open_source(source: str, root: str = "", train_split: str = "train", eval_split: str = "auto",
-                download: bool = False, eval_labels: str = "", eval_label_map: str = "") -> tuple[ImageSet, ImageSet]:
-    """(train, eval) image sets of a `data.source` other than synthetic."""
+                download: bool = False, eval_labels: str = "", eval_label_map: str = "",
+                max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ImageSet, ImageSet]:
+    """(train, eval) image sets of a `data.source` other than synthetic; archive and shard members over
+    `max_member_bytes` (data.max_member_mb) are refused before they are read."""
     if source == "sample":
-        return load_sample()
+        return load_sample(max_member_bytes)
     if source == "imagefolder":
-        return load_imagefolder(root, train_split, eval_split, eval_labels, eval_label_map)
+        return load_imagefolder(root, train_split, eval_split, eval_labels, eval_label_map, max_member_bytes)
     if source == "cifar10":
         return load_cifar10(root, download)
     if source == "webdataset":
-        return load_webdataset(root, train_split, eval_split)
+        return load_webdataset(root, train_split, eval_split, max_member_bytes)
     raise ConfigError(f"data.source: {source!r} has no image set")

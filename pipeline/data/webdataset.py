@@ -25,6 +25,13 @@ up beside them.
 A sample's index is its position in the listing (shards in name order, members in file order);
 the sampler decides the order they are read in (pipeline/data/sampler.py: ShardStreamBatches).
 A sample prints as `<shard path>:<member name>`, so a bad member is named by shard and key.
+
+A folder our writer made is read only as it recorded it (`check_record`): `classes.json` is its
+completion record, written last, and lists every shard with its labels. A folder holding the
+writer's `INCOMPLETE` mark and no record was left by a writer that did not finish, and is refused;
+so are shards the record does not list (left by another write), listed shards that are missing,
+and shards whose sample count differs from the record's. Members larger than `max_member_bytes`
+(data.max_member_mb) are refused at listing, from their sizes, before anything reads them.
 """
 
 from __future__ import annotations
@@ -44,12 +51,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pipeline.constants import MAX_MEMBER_MB
 from pipeline.data.images import IMAGE_EXTENSIONS
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CLASS_MAP = "classes.json"  # beside the shards: class names and each shard's labels
+CLASS_MAP = "classes.json"  # beside the shards: class names and each shard's labels; the writer's completion record
+INCOMPLETE = "INCOMPLETE"  # beside the shards while the writer runs, removed once classes.json is written
+MAX_MEMBER_BYTES = MAX_MEMBER_MB * 2**20  # data.max_member_mb's default
 INDEX_VERSION = "v1.2"  # DALI's index format: "<ext> <offset> <size> <name>" per member
 LABEL_EXTENSION = "cls"
 EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
@@ -88,6 +98,11 @@ def format_index(samples: list[list[Member]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_count(text: str) -> bool:
+    """A non-negative decimal integer, as the index format writes them (`isdigit` alone takes "²")."""
+    return text.isascii() and text.isdigit()
+
+
 def read_index(path: Path, shard: Path) -> list[list[Member]]:
     """The samples of a DALI index file (v1.1 or v1.2), checked against the shard's size."""
     try:
@@ -95,7 +110,7 @@ def read_index(path: Path, shard: Path) -> list[list[Member]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the index file ({exc})") from None
     header = lines[0].split() if lines else []
-    if len(header) != 2 or header[0] not in ("v1.1", "v1.2") or not header[1].isdigit():
+    if len(header) != 2 or header[0] not in ("v1.1", "v1.2") or not _is_count(header[1]):
         raise DataError(f"{path}: not a DALI webdataset index (first line {lines[0] if lines else ''!r}; "
                         "expected 'v1.2 <samples>')")
     fields = 4 if header[0] == "v1.2" else 3
@@ -108,6 +123,10 @@ def read_index(path: Path, shard: Path) -> list[list[Member]]:
             raise DataError(f"{path}:{number}: expected groups of {fields} fields per member, got {len(parts)}")
         members = []
         for at in range(0, len(parts), fields):
+            bad = next((f for f in parts[at + 1:at + 3] if not _is_count(f)), None)
+            if bad is not None:
+                raise DataError(f"{path}:{number}: offset and size must be non-negative integers, got {bad!r} "
+                                "(rebuild the index: delete it and the tar headers are read instead)")
             ext, offset, size = parts[at], int(parts[at + 1]), int(parts[at + 2])
             name = parts[at + 3] if fields == 4 else f"#{len(samples)}.{ext}"
             members.append(Member(name, offset, size))
@@ -301,8 +320,21 @@ def _read_label(members: ShardMembers, shard: int, member: Member) -> int:
         raise DataError(f"{members.shards[shard]}:{member.name}: not a class index ({exc})") from None
 
 
-def list_split(shards: list[Path], class_map: dict) -> tuple[ShardMembers, np.ndarray]:
-    """Every sample of these shards: the image members and the labels (from the class map or the .cls members)."""
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def member_too_large(where: str, size: int, max_bytes: int) -> DataError:
+    """The error for an archive or shard member over data.max_member_mb (`where`: archive:member)."""
+    return DataError(f"{where}: a member of {_size(size)}, over data.max_member_mb ({_size(max_bytes)}); not read "
+                     "(remove it, or raise data.max_member_mb)")
+
+
+def list_split(shards: list[Path], class_map: dict,
+               max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ShardMembers, np.ndarray]:
+    """Every sample of these shards: the image members and the labels (from the class map or the .cls members).
+
+    A member larger than `max_member_bytes` is refused here, from its listed size, before anything reads it."""
     shard_of, offsets, sizes, keys, labels = [], [], [], [], []
     label_members: list[tuple[int, int, Member]] = []  # (sample, shard, .cls member) still to read
     known = class_map.get("labels", {})
@@ -310,13 +342,17 @@ def list_split(shards: list[Path], class_map: dict) -> tuple[ShardMembers, np.nd
         samples = list_shard(shard)
         stored = known.get(shard.name)
         if stored is not None and len(stored) != len(samples):
-            stored = None  # the class map describes another version of this shard
+            raise DataError(f"{shard}: holds {len(samples)} samples, {CLASS_MAP} beside the shards lists "
+                            f"{len(stored)}: the shard changed after the writer finished; write the shards again")
         for i, components in enumerate(samples):
             by_ext = {split_member_name(m.name)[1].lower(): m for m in components}
             image = next((m for e, m in by_ext.items() if e in _IMAGE_EXTENSIONS), None)
             if image is None:
                 key = split_member_name(components[0].name)[0]
                 raise DataError(f"{shard}:{key}: sample has no image member (found {', '.join(sorted(by_ext))})")
+            big = next((m for m in components if m.size > max_member_bytes), None)
+            if big is not None:
+                raise member_too_large(f"{shard}:{big.name}", big.size, max_member_bytes)
             shard_of.append(s)
             offsets.append(image.offset)
             sizes.append(image.size)
@@ -354,8 +390,22 @@ def read_class_map(folder: Path) -> dict:
     return data
 
 
+@dataclass(frozen=True)
+class SplitShards:
+    """The shards one split key selects, and the split name it gave when it was a plain name."""
+
+    shards: list[Path]
+    name: str | None  # `train` for data.train_split=train; None for a glob, one .tar or a list file
+
+
 def split_shards(root: str | Path, train_split: str, eval_split: str) -> tuple[Path, list[Path], list[Path]]:
     """(the folder the class map sits in, training shards, validation shards) that data.root and the split keys name."""
+    base, train, val = select_splits(root, train_split, eval_split)
+    return base, train.shards, val.shards
+
+
+def select_splits(root: str | Path, train_split: str, eval_split: str) -> tuple[Path, SplitShards, SplitShards]:
+    """split_shards, with the split name each key gave when it was a plain name."""
     root = Path(root).expanduser()
     if _is_pattern(str(root)) or str(root).endswith(".txt"):
         base, train_spec = root.parent, str(root)
@@ -366,22 +416,54 @@ def split_shards(root: str | Path, train_split: str, eval_split: str) -> tuple[P
         base, train_spec = root, train_split
     else:
         raise DataError(f"data.root: {root} is not a folder of shards, a glob or a .txt list of shards")
-    train_shards = find_shards(base, train_spec, "data.train_split")
+    if (base / INCOMPLETE).exists() and not (base / CLASS_MAP).exists():
+        raise DataError(f"{base}: incomplete: the writer did not finish; rerun it (python -m pipeline.data.shards "
+                        f"... {base})")
+
+    def selected(spec: str, key: str) -> SplitShards:
+        plain = not (_is_pattern(spec) or spec.endswith((".txt", ".tar")))
+        return SplitShards(find_shards(base, spec, key), spec if plain else None)
+
+    train = selected(train_spec, "data.train_split")
     if eval_split != "auto":
-        return base, train_shards, find_shards(base, eval_split, "data.eval_split")
-    eval_shards = next((found for found in (_named_shards(base, name) for name in EVAL_SPLIT_CANDIDATES) if found),
-                       None)
-    if eval_shards is None:
-        raise DataError(f"{base}: no validation shards (looked for {', '.join(EVAL_SPLIT_CANDIDATES)}-*.tar "
-                        "and sub-folders); set data.eval_split")
-    return base, train_shards, eval_shards
+        return base, train, selected(eval_split, "data.eval_split")
+    for name in EVAL_SPLIT_CANDIDATES:
+        found = _named_shards(base, name)
+        if found:
+            return base, train, SplitShards(found, name)
+    raise DataError(f"{base}: no validation shards (looked for {', '.join(EVAL_SPLIT_CANDIDATES)}-*.tar "
+                    "and sub-folders); set data.eval_split")
 
 
-def list_webdataset(root: str | Path, train_split: str, eval_split: str) -> tuple[ShardSplit, ShardSplit, list[str]]:
+def check_record(base: Path, class_map: dict, splits: Sequence[SplitShards]) -> None:
+    """Refuse shards the folder's completion record does not describe (a folder the writer did not finish is
+    refused before, by select_splits)."""
+    listed = class_map.get("labels")
+    if not listed:
+        return  # shards from elsewhere: no record to hold them to
+    unlisted = sorted({str(p) for split in splits for p in split.shards if p.name not in listed})
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (f" (and {len(unlisted) - 5} more)" if len(unlisted) > 5 else "")
+        raise DataError(f"{base / CLASS_MAP} does not list {shown}: left by another write? Remove them, or write the "
+                        "shards again (python -m pipeline.data.shards replaces a folder's shards)")
+    for split in splits:
+        if split.name is None:
+            continue  # a glob or list file may select a part of the split on purpose
+        present = {p.name for p in split.shards}
+        missing = sorted(n for n in listed if n.startswith(f"{split.name}-") and n not in present)
+        if missing:
+            raise DataError(f"{base / CLASS_MAP} lists {len(missing)} {split.name} shard(s) that are missing, e.g. "
+                            f"{base / missing[0]}: restore them, or write the shards again")
+
+
+def list_webdataset(root: str | Path, train_split: str, eval_split: str,
+                    max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ShardSplit, ShardSplit, list[str]]:
     """The training and validation samples of the shards `data.root` and the split keys name, and the class names."""
-    base, train_shards, eval_shards = split_shards(root, train_split, eval_split)
+    base, train_shards, eval_shards = select_splits(root, train_split, eval_split)
     class_map = read_class_map(base)
-    train, val = ShardSplit(*list_split(train_shards, class_map)), ShardSplit(*list_split(eval_shards, class_map))
+    check_record(base, class_map, (train_shards, eval_shards))
+    train, val = (ShardSplit(*list_split(split.shards, class_map, max_member_bytes))
+                  for split in (train_shards, eval_shards))
     classes = [str(c) for c in class_map.get("classes", [])]
     if not classes:
         classes = [str(i) for i in range(int(max(train.labels.max(), val.labels.max())) + 1)]
