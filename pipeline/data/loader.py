@@ -32,6 +32,7 @@ from pipeline.data.dali_loader import Batch, DaliLoader
 from pipeline.data.images import find_bad_images, undecodable_error
 from pipeline.data.sampler import ShardedBatches, ShardStreamBatches
 from pipeline.data.sources import ImageSet, open_source
+from pipeline.data.transform import EvalTransform
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,15 +133,16 @@ def build_plan(data_cfg: Any, images: ImageSet, *, train: bool, batch_size: int,
 def augment_spec(data_cfg: Any, train: bool) -> AugmentSpec | CropSpec:
     """The training augmentation data.train.kind names, or the evaluation preprocessing."""
     if not train:
-        return AugmentSpec.for_eval(data_cfg.eval)
+        return EvalTransform.from_config(data_cfg).spec
     if data_cfg.train.kind == "random_resized_crop":
         return CropSpec.for_train(data_cfg.train)
     return AugmentSpec.for_train(data_cfg.train)
 
 
 def channel_stats(data_cfg: Any) -> ChannelStats | None:
-    """data.normalize: None for per-image standardization, else the per-channel mean and std."""
-    return ChannelStats(tuple(data_cfg.mean), tuple(data_cfg.std)) if data_cfg.normalize == "channel" else None
+    """data.normalize: None for per-image standardization, else the per-channel mean and std (training and
+    evaluation normalize alike: the eval transform's statistics)."""
+    return EvalTransform.from_config(data_cfg).channel_stats
 
 
 def build_loader(
@@ -162,6 +164,7 @@ def build_loader(
     stop_after: str | None = None,
     compile_standardize: bool = False,
     total_epochs: int | None = None,
+    output: str = "normalized",
 ) -> Loader:
     """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
 
@@ -172,12 +175,16 @@ def build_loader(
     trainer's per-image standardization goes through torch.compile (for trainers that compile).
     `total_epochs`: the run's length, which progressive resizing sizes the training batches by
     (total steps = total_epochs x steps per epoch; `DaliLoader.set_total_steps` replaces it, e.g. with a
-    time budget's planned steps); None: the final size throughout.
+    time budget's planned steps); None: the final size throughout. `output`: normalized (the network's
+    input, above), or uint8: the graph's images as they leave DALI, NHWC uint8 and not normalized (what
+    an exported model takes, its normalization inside; the dali backend only).
     """
     if backend == "auto":
         backend = "synthetic" if data_cfg.source == "synthetic" else "dali"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if output not in ("normalized", "uint8") or (output == "uint8" and backend != "dali"):
+        raise ValueError(f"output={output!r}: normalized, or uint8 from the dali backend")
     if stop_after is not None and (backend != "dali" or stop_after not in STAGES):
         raise ValueError(f"stop_after={stop_after!r}: only the dali backend stops early, after one of {STAGES}")
     if backend == "synthetic":
@@ -210,6 +217,6 @@ def build_loader(
         std_eps=data_cfg.std_eps, channel_stats=channel_stats(data_cfg), num_threads=data_cfg.num_threads,
         prefetch_queue_depth=data_cfg.prefetch_queue_depth, decoder=DecoderOptions.from_config(data_cfg),
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
-        stop_after=stop_after, compile_standardize=compile_standardize,
+        stop_after=stop_after, compile_standardize=compile_standardize, uint8_output=output == "uint8",
         total_steps=total_epochs * len(plan) if train and total_epochs is not None else None,
     )

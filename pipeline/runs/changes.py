@@ -106,9 +106,22 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def schema_defaults() -> dict[str, Any]:
+    """Every config key's default, flattened."""
+    from pipeline.config import Config
+
+    return flatten(Config().to_dict())
+
+
+def with_later_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (flattened) completed with the defaults of keys added to the schema after it was written:
+    a new key's default keeps the behaviour the run had, so a run started before it continues unchanged."""
+    return {**schema_defaults(), **saved}
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[Change]:
     """Every key whose value differs between `saved` (what the run trained with) and `current`."""
-    old, new = flatten(saved), flatten(current)
+    old, new = with_later_keys(flatten(saved)), flatten(current)
     changes = []
     for key in sorted(set(old) | set(new)):
         if key in IGNORED_KEYS or _same(old.get(key), new.get(key)):
