@@ -67,13 +67,17 @@ def report_final(c: Counters, train_cfg: Any, dist: DistInfo, total: float, run_
 
 
 def evaluate_checkpoint(evaluate: Callable[[], dict[str, float]], counters: Counters, checkpoint_cfg: Any,
-                        run_dir: Path, dist: DistInfo) -> dict[str, float]:
-    """eval.only: evaluate the restored weights, write eval.json, print the figures."""
+                        run_dir: Path, dist: DistInfo,
+                        per_class: Callable[[Path], None] | None = None) -> dict[str, float]:
+    """eval.only: evaluate the restored weights, write eval.json, print the figures; `per_class(folder)` writes
+    the per-class report beside eval.json."""
     if counters.global_step == 0 and checkpoint_cfg.resume == "auto":
         raise CheckpointError(f"eval.only: no checkpoint in {run_dir}")
     metrics = evaluate()
     if dist.is_main:
         (run_dir / "eval.json").write_text(json.dumps({**metrics, "step": counters.global_step}, indent=1))
+        if per_class is not None:
+            per_class(run_dir)
         log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
                  counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
                  metrics["val/loss"], metrics["val/images"])

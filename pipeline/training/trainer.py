@@ -176,7 +176,9 @@ class Trainer:
         code = ExitCode.ERROR
         self.stop.install(at_once=True)  # nothing to checkpoint: a signal ends the evaluation now
         try:
-            evaluate_checkpoint(self.evaluation.run, self.counters, self.cfg.checkpoint, self.run_dir, self.dist)
+            evaluate_checkpoint(lambda: self.evaluation.run(per_class=True), self.counters, self.cfg.checkpoint,
+                                self.run_dir, self.dist,
+                                per_class=lambda folder: self.records.per_class(self.evaluation.class_report, folder))
             code = ExitCode.OK
             return code
         except BaseException as exc:
