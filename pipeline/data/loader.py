@@ -165,6 +165,7 @@ def build_loader(
     compile_standardize: bool = False,
     total_epochs: int | None = None,
     output: str = "normalized",
+    transform: EvalTransform | None = None,
 ) -> Loader:
     """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
 
@@ -177,7 +178,8 @@ def build_loader(
     (total steps = total_epochs x steps per epoch; `DaliLoader.set_total_steps` replaces it, e.g. with a
     time budget's planned steps); None: the final size throughout. `output`: normalized (the network's
     input, above), or uint8: the graph's images as they leave DALI, NHWC uint8 and not normalized (what
-    an exported model takes, its normalization inside; the dali backend only).
+    an exported model takes, its normalization inside; the dali backend only). `transform`: the evaluation's
+    resize, crop and normalization when not the one `data_cfg` describes (a model's own, for predict).
     """
     if backend == "auto":
         backend = "synthetic" if data_cfg.source == "synthetic" else "dali"
@@ -201,7 +203,9 @@ def build_loader(
                           f"{len(images)} training images (e.g. train.global_batch_size={fits})")
     plan = build_plan(data_cfg, images, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
                       seed=seed, max_steps=max_steps)
-    spec = augment_spec(data_cfg, train)
+    spec = augment_spec(data_cfg, train) if train or transform is None else transform.spec
+    stats, std_eps = ((transform.channel_stats, transform.std_eps) if transform is not None and not train
+                      else (channel_stats(data_cfg), data_cfg.std_eps))
     if backend == "torchvision":
         if spec.levers.any:
             raise ConfigError("data.train.auto_augment, erase_prob, progressive_start_crop: the torchvision "
@@ -209,12 +213,12 @@ def build_loader(
                               "turn them off to compare loaders")
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
-        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
-                                 channel_stats=channel_stats(data_cfg), num_workers=data_cfg.num_threads,
+        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=std_eps,
+                                 channel_stats=stats, num_workers=data_cfg.num_threads,
                                  seed=seed + rank, start_epoch=start_epoch, compile_standardize=compile_standardize)
     return DaliLoader(
         images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
-        std_eps=data_cfg.std_eps, channel_stats=channel_stats(data_cfg), num_threads=data_cfg.num_threads,
+        std_eps=std_eps, channel_stats=stats, num_threads=data_cfg.num_threads,
         prefetch_queue_depth=data_cfg.prefetch_queue_depth, decoder=DecoderOptions.from_config(data_cfg),
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
         stop_after=stop_after, compile_standardize=compile_standardize, uint8_output=output == "uint8",
