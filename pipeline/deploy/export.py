@@ -109,12 +109,15 @@ def first_images(loader: Any, count: int) -> np.ndarray:
     return np.concatenate(got)[:count]
 
 
+def check_calibration(data_cfg: Any, train_set: ImageSet, count: int) -> None:
+    if count < 1 or len(train_set) < count:
+        where = data_cfg.root or f"data.source={data_cfg.source}"
+        raise DataError(f"--calibration {count}: the training split of {where} has {len(train_set)} images "
+                        f"(e.g. --calibration {min(512, len(train_set))})")
+
+
 def calibration_batches(data_cfg: Any, train_set: ImageSet, source: WeightsSource, count: int) -> list[np.ndarray]:
     """`count` training images drawn at random (seed 0), through the eval transform, as uint8 batches."""
-    if len(train_set) < count:
-        where = data_cfg.root or data_cfg.source
-        raise DataError(f"--calibration {count}: the training split of {where} has {len(train_set)} images "
-                        f"(e.g. --calibration {len(train_set)})")
     chosen = np.sort(np.random.default_rng(0).choice(len(train_set), count, replace=False))
     subset = train_set.subset(chosen)
     return [images.numpy().copy() for images, _ in eval_images(data_cfg, subset, source.transform, 64)]
@@ -155,6 +158,9 @@ def export(args: argparse.Namespace) -> int:
         log.info("%s: %s", model_path.name, note)
     out = args.out or model_path.parent / "export"
     cfg = from_dict(source.config)
+    train_set, val_set = load_image_sets(cfg.data)
+    if args.int8:
+        check_calibration(cfg.data, train_set, args.calibration)
     side = source.transform.crop
     module = DeployedModel(exportable(source.build_model()), source.transform)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +181,6 @@ def export(args: argparse.Namespace) -> int:
                  source.transform.describe())
         export_onnx(module, fp32, meta)
         onnx.checker.check_model(str(fp32), full_check=True)
-        train_set, val_set = load_image_sets(cfg.data)
         gate = parity(module, fp32, first_images(eval_images(cfg.data, val_set, source.transform, 64), 64))
         log.info("parity: max |logit difference| %.2e at batches %s, top-1 agreement 100%%",
                  gate["max_abs_logit_difference"], list(PARITY_BATCHES))

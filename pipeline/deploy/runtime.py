@@ -7,8 +7,8 @@
 
 Accuracy is measured as training measures it: the same DALI evaluation graph (pipeline/data, the
 eval transform of the model) decodes, resizes and crops the run's evaluation split, and the model's
-own graph normalizes. Latency: warm-up runs first, then timed runs of one batch (random pixels) until
-both `min_iters` runs and `seconds` have passed; img/s = images / total time, percentiles per run.
+own graph normalizes. Latency: warm-up runs first, then timed runs of one batch (random pixels) until both `min_iters`
+runs and `seconds` have passed (or `max_iters` runs); img/s = images / total time, percentiles per run.
 """
 
 from __future__ import annotations
@@ -71,14 +71,15 @@ def accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[to
 
 
 def latency(run: Callable[[np.ndarray], Any], batch: int, side: int, *, seconds: float = 2.0, min_iters: int = 10,
-            warmup: int = 3) -> dict[str, float]:
-    """Throughput and latency percentiles of `run` on one batch of random uint8 NHWC pixels."""
+            max_iters: int | None = None, warmup: int = 3) -> dict[str, float]:
+    """Throughput and latency percentiles of `run` on one batch of random uint8 NHWC pixels: timed runs until
+    `min_iters` and `seconds` are both reached, or `max_iters` first."""
     images = np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), dtype=np.uint8)
     for _ in range(warmup):
         run(images)
     times: list[float] = []
     started = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - started < seconds:
+    while (len(times) < min_iters or time.perf_counter() - started < seconds) and len(times) != max_iters:
         t0 = time.perf_counter()
         run(images)
         times.append(time.perf_counter() - t0)
