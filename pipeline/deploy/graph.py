@@ -81,11 +81,16 @@ def export_onnx(module: DeployedModel, path: Path, metadata: dict[str, str]) -> 
 
     crop = module.transform.crop
     example = torch.randint(0, 256, (2, crop, crop, 3), dtype=torch.uint8)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+    # The exporter prints progress lines and logs each initializer its optimizer merges: nothing to act on.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module.eval(), (example,), dynamo=True, input_names=[INPUT],
-                                    output_names=[OUTPUT], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-                                    opset_version=OPSET, external_data=False, verbose=False)
+        logging.disable(logging.WARNING)
+        try:
+            program = torch.onnx.export(module.eval(), (example,), dynamo=True, input_names=[INPUT],
+                                        output_names=[OUTPUT], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                                        opset_version=OPSET, external_data=False, verbose=False)
+        finally:
+            logging.disable(logging.NOTSET)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata)
     atomic_write_bytes(path, proto.SerializeToString())
