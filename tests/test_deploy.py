@@ -299,7 +299,7 @@ def test_trap_onnxruntime_cpu_refuses_bf16_convolutions():
     graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"])], "g",
                          [h.make_tensor_value_info("x", bf16, [1, 3, 8, 8])], [h.make_tensor_value_info("y", bf16, None)],
                          [h.make_tensor("w", bf16, [4, 3, 3, 3], np.zeros(4 * 3 * 3 * 3, np.uint16).tobytes(), raw=True)])
-    with pytest.raises(Exception, match="NOT_IMPLEMENTED|Could not find an implementation|INVALID_GRAPH.*bfloat16"):
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
         ort.InferenceSession(h.make_model(graph, opset_imports=[h.make_opsetid("", 22)], ir_version=10)
                              .SerializeToString(),
                              providers=["CPUExecutionProvider"])
