@@ -201,11 +201,12 @@ def export(args: argparse.Namespace) -> int:
         if args.int8:
             failure = quantize_and_gate(args, cfg, train_set, source, fp32, work, rows, record, evaluated, side)
         atomic_write_text(work / "export.json", json.dumps(record, indent=1) + "\n")
+        written = sorted(p.name for p in work.iterdir())
         publish(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table_text(rows))
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}")
+    print(f"wrote {', '.join(written)} to {out}")
     log_to_wandb(cfg, out, record, model_path)
     if failure:
         raise GateFailed(failure)

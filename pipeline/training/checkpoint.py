@@ -147,13 +147,20 @@ class ModelCard:
     init_from: dict[str, Any] | None = None  # train.init_from: {"path", "sha256", "weights"}; None: trained from scratch
 
 
+def eval_transform_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The eval transform (pipeline/data/transform.py) a config (plain data) describes, as plain data."""
+    from pipeline.config import DataConfig
+    from pipeline.data.transform import EvalTransform
+
+    return EvalTransform.from_config(DataConfig.model_validate(config.get("data", {}))).to_dict()
+
+
 def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
     """The checkpoint's class names and eval transform, and notes on where they came from.
 
     Checkpoints written before these were recorded get them from their run's config, as that run
     read them: the eval transform from its `data` section, the class names by listing its data
     (the note says so; CheckpointError naming the file when that data is gone)."""
-    from pipeline.config import DataConfig
     from pipeline.data.sources import open_source
     from pipeline.data.transform import EvalTransform
 
@@ -162,7 +169,7 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
     transform = ckpt.get("eval_transform")
     try:
         if transform is None:
-            transform = EvalTransform.from_config(DataConfig.model_validate(config.get("data", {}))).to_dict()
+            transform = eval_transform_of(config)
             notes.append("the eval transform is not recorded in this checkpoint (written before it was): taken "
                          "from its run's config")
         transform = EvalTransform.from_dict(transform).to_dict()
@@ -310,6 +317,9 @@ class Checkpointable(Protocol):
     precision: Precision
     ema: WeightEMA | None
 
+    classes: list[str] | None  # the model card's (ModelCard)
+    init_from: dict[str, Any] | None
+
     @property
     def train_loader(self) -> Any: ...  # its state_dict() is the loader position
 
@@ -337,7 +347,7 @@ class CheckpointManager:
         self.observers: list[SaveObserver] = []
         self.written: tuple[int, bool] | None = None  # Counters.position of the newest checkpoint (restored or written)
         self.plan: Any = None  # train.time_budget's plan (pipeline/training/budget.py), kept in every checkpoint
-        self.card: ModelCard | None = None  # class names, eval transform, fine-tuning source: set once they are known
+        self.eval_transform = eval_transform_of(config)  # in every checkpoint's model card
 
     def find_resume(self) -> ResumePoint | None:
         """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
@@ -458,5 +468,5 @@ class CheckpointManager:
             "world_size": self.dist.world_size,
             "rank_states": rank_states,
             "plan": asdict(self.plan) if self.plan is not None else None,
-            **(asdict(self.card) if self.card is not None else {}),
+            **asdict(ModelCard(parts.classes, self.eval_transform, parts.init_from)),
         }

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from pipeline.config import Config
-from pipeline.data.transform import EvalTransform
 from pipeline.distributed import DistInfo
 from pipeline.errors import EndReason, ExitCode, crash_exit_code
 from pipeline.runs.clock import RunClock
@@ -30,7 +29,7 @@ from pipeline.runs.records import RunRecords
 from pipeline.runs.changes import note_changes
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.budget import budget_run, plan_from, record_plan
-from pipeline.training.checkpoint import CheckpointManager, Counters, ModelCard
+from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
 from pipeline.training.evaluation import EpochEvaluation
@@ -78,8 +77,6 @@ class Trainer:
         self.cfg = cfg = plan.apply(cfg) if plan else cfg
         self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
-        self.checkpoints.card = ModelCard(self.parts.classes, EvalTransform.from_config(cfg.data).to_dict(),
-                                          self.parts.init_from)
         if cfg.train.time_budget != "off" and plan is None and not cfg.eval.only:
             self.cfg, plan = cfg, plan = budget_run(cfg, self.parts, dist, self.run_dir, data, resume)
         self.checkpoints.plan, self.checkpoints.epochs = plan, cfg.train.epochs
@@ -176,9 +173,7 @@ class Trainer:
         code = ExitCode.ERROR
         self.stop.install(at_once=True)  # nothing to checkpoint: a signal ends the evaluation now
         try:
-            evaluate_checkpoint(lambda: self.evaluation.run(per_class=True), self.counters, self.cfg.checkpoint,
-                                self.run_dir, self.dist,
-                                per_class=lambda folder: self.records.per_class(self.evaluation.class_report, folder))
+            evaluate_checkpoint(self.evaluation, self.counters, self.cfg.checkpoint, self.run_dir, self.dist, self.records)
             code = ExitCode.OK
             return code
         except BaseException as exc:
