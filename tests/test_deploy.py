@@ -136,6 +136,25 @@ def test_the_parity_gate_fails_when_onnxruntime_and_pytorch_disagree(tmp_path):
         parity(other, tmp_path / "m.onnx", images)
 
 
+@pytest.mark.slow
+def test_bench_export_measures_fp32_and_int8_side_by_side(exported, tmp_path):
+    _, out = exported
+    proc = run_module("pipeline.bench", "export", out.parent, "--iterations", "12", "--seconds", "0.1",
+                      "--out", tmp_path / "bench")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "bench" / "results.json").read_text())
+    rows = result["results"]
+    assert result["kind"] == "export" and "int8_features" in result["environment"]
+    assert {(r["model"], r["batch"]) for r in rows} == {(m, b) for m in ("model.onnx", "model.int8.onnx")
+                                                        for b in (1, 8, 64)}
+    assert {r["threads"] for r in rows} == {1, __import__("os").cpu_count()}
+    for row in rows:
+        assert 10 <= row["iterations"] <= 12 and row["images_per_sec"] > 0 and row["p50_ms"] <= row["p99_ms"]
+    assert (tmp_path / "bench" / "chart.png").stat().st_size > 5_000
+    report = run_module("pipeline.bench", "report", tmp_path / "bench")
+    assert report.returncode == 0 and "model.int8.onnx" in report.stdout
+
+
 # ----------------------------------------------------------------------------------- bad input
 
 

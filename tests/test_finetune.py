@@ -79,10 +79,11 @@ def test_init_from_is_refused_for_another_model_and_for_a_run_that_continues(sou
 def test_init_from_contradicting_other_keys_is_a_config_error():
     from pipeline.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="train.init_from"):
+    with pytest.raises(ConfigError, match="train.init_from: starts a new run .* give one of the two"):
         load_config(None, ["train.init_from=runs/a", "checkpoint.resume=runs/b/last.pt"])
-    with pytest.raises(ConfigError, match="train.init_from"):
+    with pytest.raises(ConfigError, match=r"train.init_from: eval.only .* \(checkpoint.resume=runs/a\)"):
         load_config(None, ["train.init_from=runs/a", "eval.only=true"])
+    assert load_config(None, ["train.init_from=runs/a", "train.freeze=features"]).train.freeze == "features"
 
 
 def test_a_run_saved_before_the_fine_tuning_keys_existed_continues_unchanged():

@@ -128,3 +128,15 @@ def test_compare_shows_two_runs_per_class_differences(finished, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.tools.compare", str(finished), "--per-class"], cwd=REPO,
                           capture_output=True, text=True, env=run_env())
     assert proc.returncode == 2 and "compares two runs" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_ranks_sum_their_per_class_counts(tmp_path):
+    """Under torchrun with 2 processes each rank counts its half of the split; the report holds every image once."""
+    from pipeline.runs.per_class import read_per_class
+
+    run_train(tmp_path, "ddp", "optim.lr=0.01", "train.epochs=1", nproc=2)
+    rows = read_per_class(tmp_path / "ddp")
+    assert sum(r["support"] for r in rows) == 1000 and all(r["support"] == 100 for r in rows)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert abs(sum(r["recall"] * r["support"] for r in rows) / 1000 - summary["final/top1"]) < 1e-9

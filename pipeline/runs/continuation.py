@@ -87,7 +87,8 @@ def setup_differences(run_config: dict[str, Any], cfg: Config) -> list[str]:
 
     A run saves model.num_classes resolved; `auto` here matches the number it found (the data keys,
     compared too, say whether the data is the same)."""
-    here, run_config = flatten(cfg.to_dict()), with_later_keys(run_config) if run_config else run_config
+    here = flatten(cfg.to_dict())
+    run_config = with_later_keys(run_config, here) if run_config else run_config
     diffs = []
     for key in sorted(set(here) | set(run_config)):
         if key in NAMING_KEYS:
