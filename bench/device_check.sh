@@ -6,8 +6,15 @@
 # GPU's budget can run them separately and keep what finished.
 #
 #   bash bench/device_check.sh [OUT_DIR] [PHASE ...]   # default OUT_DIR bench-results/device-check,
-#                                                      # phases: loaders eager compiled ceiling overhead photos
+#                                                      # phases: loaders eager compiled ceiling overhead photos export
 #   QUICK=1 bash bench/device_check.sh /tmp/dc         # a few steps at 32 px: checks the script on a CPU
+#
+# `export` (not in the default list; ~3 min): a one-epoch quickstart run exported to ONNX (fp32 and int8,
+# python -m pipeline.export), then `python -m pipeline.bench export` on it: onnxruntime's CUDA execution
+# provider beside the CPU one. The CUDA provider comes from onnxruntime-gpu, which replaces the CPU
+# package: the machine cannot download, so carry its wheel (pip download onnxruntime-gpu==1.31.1 --no-deps
+# -d .whl/ here) and the phase installs $ORT_GPU_WHEEL (default: .whl/onnxruntime_gpu-*.whl); without it
+# only the CPU provider is measured, and the log says so.
 #
 # `photos` (not in the default list; ~4 min): real photographs, random-resized crops at 224 px
 # decoded from the file. The `mixed` decoder with 0, 0.65 and 0.9 of each batch on the hardware
@@ -128,7 +135,19 @@ for phase in "${phases[@]}"; do
             --models=squeezenet1_0_bypass,resnet50 --precisions=bf16 --formats=channels_last \
             --batch-sizes=$photo_batch --size=${rrc[1]#data.train.crop=}
         ;;
-    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling, overhead, photos)" >&2; status=2 ;;
+    export)  # the exported model through onnxruntime: the CUDA execution provider beside the CPU one
+        wheel="${ORT_GPU_WHEEL:-$(ls .whl/onnxruntime_gpu-*.whl 2>/dev/null | head -1)}"
+        if [[ -n "$wheel" ]]; then
+            step export-ort-gpu "$python" -m pip install --quiet --no-deps --force-reinstall "$wheel"
+        else
+            echo "export: no onnxruntime-gpu wheel (ORT_GPU_WHEEL, .whl/): the CPU provider only" >&2
+        fi
+        step export-train "$python" train_dist.py configs/quickstart.yaml wandb.mode=disabled train.epochs=1 \
+            logging.runs_dir="$out/runs" logging.run_name=export logging.progress=lines
+        step export-onnx "$python" -m pipeline.export "$out/runs/export" --int8 --calibration 256
+        step export-bench "$python" -m pipeline.bench export "$out/runs/export/export" --out="$out/export"
+        ;;
+    *) echo "unknown phase $phase (loaders, eager, compiled, ceiling, overhead, photos, export)" >&2; status=2 ;;
     esac
 done
 echo

@@ -14,6 +14,9 @@ Packages, in the order their imports go (each imports only from those above it):
     pipeline/training/    the loop and what it is made of: trainer, components, step, checkpoint,
                           EMA, optimizer, schedule, precision, meters, preemption, time to accuracy,
                           and what `auto` becomes on this machine (resolve)
+    pipeline/deploy/      from a trained run to a model people use: ONNX export (fp32, int8) and its gates,
+                          classification of image files (`python -m pipeline.export`, `pipeline.predict`:
+                          the entry modules pipeline/export.py and pipeline/predict.py belong to this layer)
     pipeline/bench/       throughput benchmarks and the host-overhead ledger, built on the same public
                           builders as training
     pipeline/tools/       tools beside the trainer: compare and sweep (they read run directories),
@@ -21,6 +24,6 @@ Packages, in the order their imports go (each imports only from those above it):
 
 `data/` and the root know nothing of training or run records; `runs/` knows nothing of the loop
 (what it needs of the checkpoint counters is a protocol); `training/` uses `data/` and `runs/`;
-`bench/` and `tools/` sit on top. tests/test_layout.py checks these directions and that no module
+`deploy/` uses `training/` (a checkpoint's weights); `bench/` and `tools/` sit on top. tests/test_layout.py checks these directions and that no module
 imports another's `_private` names.
 """

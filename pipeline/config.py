@@ -282,6 +282,12 @@ class TrainConfig(Section):
                                  "measures its steps, then plans train.epochs/max_steps and scales the schedule "
                                  "(docs/training.md); off = train.epochs as given")
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
+    init_from: str = _f("", "fine-tuning: start from the weights of this run directory (its best.pt, else last.pt) "
+                        "or checkpoint file; optimizer, schedule and epochs start fresh; empty = random weights")
+    init_weights: Literal["ema", "raw"] = _f("ema", "init_from: its EMA weights (its raw ones when it has no EMA), "
+                                             "or its raw weights")
+    freeze: Literal["none", "features"] = _f("none", "features: train the classifier only (the backbone's weights "
+                                             "frozen, its BatchNorm statistics too); none = train everything")
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
 
     @field_validator("compile", mode="before")
@@ -563,6 +569,12 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError("eval.only: needs a checkpoint: checkpoint.resume=auto (the latest of "
                           "logging.run_name=<run>) or checkpoint.resume=<path to a .pt file>")
     _check_accepted_keys(cfg.checkpoint.accept_changes)
+    if cfg.train.init_from and cfg.checkpoint.resume not in ("auto", "never"):
+        raise ConfigError("train.init_from: starts a new run from other weights, and checkpoint.resume continues one "
+                          "from its checkpoint; give one of the two")
+    if cfg.train.init_from and cfg.eval.only:
+        raise ConfigError("train.init_from: eval.only evaluates a checkpoint and trains nothing; evaluate the source "
+                          f"itself (checkpoint.resume={cfg.train.init_from})")
     _check_time_budget(cfg.train)
     name = cfg.logging.run_name
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):

@@ -4,8 +4,9 @@
 #   scripts/setup_env.sh          # idempotent: reinstalls only when pyproject.toml or this script changed
 #   VENV=/path/to/venv scripts/setup_env.sh
 #
-# Installs torch, torchvision, numpy, pyyaml, pydantic, wandb, tqdm, matplotlib and the test tools
-# (pyproject.toml lists the ranges), then the NVIDIA DALI build that matches the CUDA major
+# Installs torch, torchvision, numpy, pyyaml, pydantic, wandb, tqdm, matplotlib, the pinned ONNX
+# export and runtime packages (onnx, onnxruntime, onnxscript) and the test tools (pyproject.toml
+# lists the ranges and pins), then the NVIDIA DALI build that matches the CUDA major
 # version torch was built for: nvidia-dali-cuda130 with a cu13x torch, nvidia-dali-cuda120 with a
 # cu12x or CPU-only torch (DALI runs its CPU operators with either). NVIDIA apex is optional and
 # is never installed from PyPI: the PyPI package named "apex" is an unrelated project.
@@ -45,8 +46,9 @@ fi
 echo "$want" > "$stamp"
 "$venv/bin/python" - <<'PY' >&2
 import importlib.metadata as md
-import torch, torchvision, nvidia.dali, wandb
+import torch, torchvision, nvidia.dali, wandb, onnx, onnxruntime
 dali = next(d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].startswith("nvidia-dali-cuda"))
 print(f"setup_env: torch {torch.__version__} (CUDA {torch.version.cuda}), torchvision {torchvision.__version__}, "
-      f"{dali} {nvidia.dali.__version__}, wandb {wandb.__version__}, CUDA available: {torch.cuda.is_available()}")
+      f"{dali} {nvidia.dali.__version__}, wandb {wandb.__version__}, onnx {onnx.__version__}, "
+      f"onnxruntime {onnxruntime.__version__}, CUDA available: {torch.cuda.is_available()}")
 PY

@@ -19,6 +19,8 @@ from runs import REPO
     ("pipeline.bench.__main__", "usage: python -m pipeline.bench"),
     ("pipeline.tools.compare", "usage: python -m pipeline.tools.compare"),
     ("pipeline.tools.sweep", "usage: python -m pipeline.tools.sweep"),
+    ("pipeline.deploy.export", "usage: python -m pipeline.export"),
+    ("pipeline.deploy.predict", "usage: python -m pipeline.predict"),
 ])
 def test_python_m_entry_points_print_usage_and_exit_0(module, usage, capsys):
     with pytest.raises(SystemExit) as info:

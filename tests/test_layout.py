@@ -17,7 +17,8 @@ LAYERS = {
     "data": {"root"},
     "runs": {"root", "data"},
     "training": {"root", "data", "runs", "models"},
-    "bench": {"root", "data", "runs", "training", "models"},
+    "deploy": {"root", "data", "runs", "training", "models"},
+    "bench": {"root", "data", "runs", "training", "deploy", "models"},
     "tools": {"root", "data", "runs", "training"},
     "models": set(),
 }
@@ -34,7 +35,13 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for pkg in ("pipeline", "models") for p in sorted((REPO / pkg).rglob("*.py"))}
 
 
+# Entry modules at the package root (`python -m pipeline.export`) that call one layer: they belong to it.
+ENTRY_MODULES = {"pipeline.export": "deploy", "pipeline.predict": "deploy"}
+
+
 def layer(module: str) -> str:
+    if module in ENTRY_MODULES:
+        return ENTRY_MODULES[module]
     parts = module.split(".")
     if parts[0] == "models":
         return "models"

@@ -7,6 +7,7 @@
     python -m pipeline.bench doctor  [CONFIG] [key=value ...]   # where the bottleneck is, and the knob to turn
     python -m pipeline.bench overhead [CONFIG] [key=value ...]  # host work per step: ops, microseconds, reads
     python -m pipeline.bench report  [DIR]                      # the tables of every results.json in DIR
+    python -m pipeline.bench export  [MODEL]                    # onnxruntime img/s of an exported model (export.py)
 
 Options (before or after the overrides): --steps N, --warmup N, --repeats N, --out DIR, and each
 kind's own (`python -m pipeline.bench KIND --help`): loader --backends/--stages, model

@@ -35,6 +35,8 @@ KINDS = {
     "overhead": ("the host-overhead ledger of the training step: per component, the torch operators dispatched, "
                  "host microseconds, device reads and uploads; then a logging boundary and an evaluation batch", ()),
     "report": ("the tables of every results.json under DIR (default bench-results/)", ()),
+    "export": ("onnxruntime throughput and latency of an exported model (python -m pipeline.export), fp32 and int8, "
+               "1 and all threads, batches 1, 8, 64 (`python -m pipeline.bench export --help`)", ()),
 }
 
 
@@ -164,7 +166,12 @@ def run_benchmark(args: argparse.Namespace, cfg_path: str | None, overrides: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if next((word for word in argv if word in KINDS), None) == "export":  # MODEL, not a config: its own parser
+        from pipeline.bench.export import main as bench_export
+
+        return bench_export(argv)
+    args, cfg_path, overrides = parse_args(argv)
     if args.kind == "report":  # python -m pipeline.bench report DIR
         from pipeline.bench.report import report
 

@@ -21,6 +21,10 @@ def compared_to_torchvision(backend: str) -> bool:
 
 
 def format_table(kind: str, rows: list[dict[str, Any]]) -> str:
+    if kind == "export":  # its own table (pipeline/bench/export.py)
+        from pipeline.bench.export import format_table as export_table
+
+        return export_table(rows)
     def rate(r: dict[str, Any]) -> str:
         return f"{r['median']:>10,.0f}  ({r['min']:,.0f}-{r['max']:,.0f})"
 

@@ -14,6 +14,8 @@
                            RandAugment, AutoAugment with nvidia.dali.auto_aug, choices drawn in numpy),
                            erasing.py (random erasing), progressive.py (the crop side over the run)
     dali_graph.py          the DALI graphs (read, decode, resize, crop + flip; decode the window, resize, flip)
+    transform.py           the eval transform described once (resize, crop, normalization): evaluation, checkpoints,
+                           exported models and predict take it from here
     dali_loader.py         the DALI backend: batch callbacks, pipeline loop, hand-off to torch
     torchvision_loader.py  the torchvision DataLoader baseline with the identical augmentation
     loader.py              build_loader(backend=dali|torchvision|synthetic): one interface for all

@@ -83,10 +83,6 @@ class AugmentSpec:
         return cls(aug.crop, aug.min_side, aug.max_side, True, aug.flip_prob, aug.interpolation,
                    TrainLevers.from_config(aug))
 
-    @classmethod
-    def for_eval(cls, aug: Any) -> "AugmentSpec":
-        return cls(aug.crop, aug.size, aug.size, False, 0.0, aug.interpolation)
-
     @property
     def base_names(self) -> tuple[str, ...]:
         """The resize-and-crop arguments: AUGMENT_ARGS, plus "interp" for a random filter."""

@@ -222,9 +222,11 @@ class DaliLoader:
         stop_after: str | None = None,
         compile_standardize: bool = False,
         total_steps: int | None = None,
+        uint8_output: bool = False,
     ) -> None:
         self.images, self.plan, self.device, self.dtype, self.std_eps = images, plan, device, dtype, std_eps
         self.channel_stats, self.compiled, self.max_pixels = channel_stats, compile_standardize, decoder.max_pixels
+        self.uint8_output = uint8_output  # hand out DALI's uint8 NHWC images as they are (exported models)
         # Where the consumer is: the epoch being read and the batches of it handed out so far.
         self.epoch, self.step = (state["epoch"], state["step"]) if state else (start_epoch, 0)
         position = Position(plan, self.epoch, self.step)
@@ -232,7 +234,8 @@ class DaliLoader:
         kind = sample_kind(images, dali_device)
         self.outputs_on_gpu = device.type == "cuda"  # a CPU graph copies to the trainer's GPU at its end
         # Standardize where the trainer is: torch on the GPU, DALI's threads for a CPU trainer.
-        output = "uint8" if self.outputs_on_gpu else ("float16" if dtype == torch.float16 else "float32")
+        output = ("uint8" if self.outputs_on_gpu or uint8_output
+                  else "float16" if dtype == torch.float16 else "float32")
         history = prefetch_queue_depth + 2
         settings = GraphSettings(
             device=dali_device, device_id=device.index if self.outputs_on_gpu else None, batch_size=plan.batch_size,
@@ -288,6 +291,8 @@ class DaliLoader:
     def hand_off(self, outputs: tuple[Any, Any]) -> Batch:
         """DALI's NHWC batch -> standardized NCHW channels_last in the training dtype, on the device."""
         raw_images, raw_labels = (torch.from_dlpack(out.as_tensor()) for out in outputs)  # views, no copy
+        if self.uint8_output:  # a kept DALI output stays valid (its memory is not reused)
+            return raw_images, raw_labels.view(-1)
         if raw_images.dtype != torch.uint8:  # standardized by DALI (a CPU trainer)
             return raw_images.permute(0, 3, 1, 2).to(self.dtype), raw_labels.view(-1)  # channels_last view
         with self.section("standardize"):

@@ -33,6 +33,7 @@ from pipeline.data.dali_loader import Batch, DaliLoader
 from pipeline.data.images import find_bad_images, undecodable_error
 from pipeline.data.sampler import ShardedBatches, ShardStreamBatches
 from pipeline.data.sources import ImageSet, open_source
+from pipeline.data.transform import EvalTransform
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -140,15 +141,16 @@ def build_plan(data_cfg: Any, images: ImageSet, *, train: bool, batch_size: int,
 def augment_spec(data_cfg: Any, train: bool) -> AugmentSpec | CropSpec:
     """The training augmentation data.train.kind names, or the evaluation preprocessing."""
     if not train:
-        return AugmentSpec.for_eval(data_cfg.eval)
+        return EvalTransform.from_config(data_cfg).spec
     if data_cfg.train.kind == "random_resized_crop":
         return CropSpec.for_train(data_cfg.train)
     return AugmentSpec.for_train(data_cfg.train)
 
 
 def channel_stats(data_cfg: Any) -> ChannelStats | None:
-    """data.normalize: None for per-image standardization, else the per-channel mean and std."""
-    return ChannelStats(tuple(data_cfg.mean), tuple(data_cfg.std)) if data_cfg.normalize == "channel" else None
+    """data.normalize: None for per-image standardization, else the per-channel mean and std (training and
+    evaluation normalize alike: the eval transform's statistics)."""
+    return EvalTransform.from_config(data_cfg).channel_stats
 
 
 def build_loader(
@@ -170,6 +172,8 @@ def build_loader(
     stop_after: str | None = None,
     compile_standardize: bool = False,
     total_epochs: int | None = None,
+    output: str = "normalized",
+    transform: EvalTransform | None = None,
 ) -> Loader:
     """The train (`train=True`) or evaluation loader of this rank for `data_cfg` (the `data` section).
 
@@ -180,12 +184,17 @@ def build_loader(
     trainer's per-image standardization goes through torch.compile (for trainers that compile).
     `total_epochs`: the run's length, which progressive resizing sizes the training batches by
     (total steps = total_epochs x steps per epoch; `DaliLoader.set_total_steps` replaces it, e.g. with a
-    time budget's planned steps); None: the final size throughout.
+    time budget's planned steps); None: the final size throughout. `output`: normalized (the network's
+    input, above), or uint8: the graph's images as they leave DALI, NHWC uint8 and not normalized (what
+    an exported model takes, its normalization inside; the dali backend only). `transform`: the evaluation's
+    resize, crop and normalization when not the one `data_cfg` describes (a model's own, for predict).
     """
     if backend == "auto":
         backend = "synthetic" if data_cfg.source == "synthetic" else "dali"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if output not in ("normalized", "uint8") or (output == "uint8" and backend != "dali"):
+        raise ValueError(f"output={output!r}: normalized, or uint8 from the dali backend")
     if stop_after is not None and (backend != "dali" or stop_after not in STAGES):
         raise ValueError(f"stop_after={stop_after!r}: only the dali backend stops early, after one of {STAGES}")
     if backend == "synthetic":
@@ -202,7 +211,9 @@ def build_loader(
                           f"{len(images)} training images (e.g. train.global_batch_size={fits})")
     plan = build_plan(data_cfg, images, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
                       seed=seed, max_steps=max_steps)
-    spec = augment_spec(data_cfg, train)
+    spec = augment_spec(data_cfg, train) if train or transform is None else transform.spec
+    stats, std_eps = ((transform.channel_stats, transform.std_eps) if transform is not None and not train
+                      else (channel_stats(data_cfg), data_cfg.std_eps))
     if backend == "torchvision":
         if spec.levers.any:
             raise ConfigError("data.train.auto_augment, erase_prob, progressive_start_crop: the torchvision "
@@ -210,14 +221,14 @@ def build_loader(
                               "turn them off to compare loaders")
         from pipeline.data.torchvision_loader import TorchvisionLoader
 
-        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=data_cfg.std_eps,
-                                 channel_stats=channel_stats(data_cfg), num_workers=data_cfg.num_threads,
+        return TorchvisionLoader(images, plan, spec, device=device, dtype=dtype, std_eps=std_eps,
+                                 channel_stats=stats, num_workers=data_cfg.num_threads,
                                  seed=seed + rank, start_epoch=start_epoch, compile_standardize=compile_standardize)
     return DaliLoader(
         images, plan, spec, device=device, dali_device=resolve_dali_device(data_cfg.device), dtype=dtype,
-        std_eps=data_cfg.std_eps, channel_stats=channel_stats(data_cfg), num_threads=data_cfg.num_threads,
+        std_eps=std_eps, channel_stats=stats, num_threads=data_cfg.num_threads,
         prefetch_queue_depth=data_cfg.prefetch_queue_depth, decoder=DecoderOptions.from_config(data_cfg),
         seed=seed + rank + (0 if train else 10_000), state=state, start_epoch=start_epoch,
-        stop_after=stop_after, compile_standardize=compile_standardize,
+        stop_after=stop_after, compile_standardize=compile_standardize, uint8_output=output == "uint8",
         total_steps=total_epochs * len(plan) if train and total_epochs is not None else None,
     )

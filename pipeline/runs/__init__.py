@@ -10,6 +10,7 @@
     fingerprint.py  resolved/data_fingerprint
     envinfo.py      machine, accelerator, versions, git revision
     plots.py        curves.png
+    per_class.py    per_class.csv, confusion.csv, confusion.png: which classes fail (written and read, no torch)
     progress.py     the rank-0 progress bar or lines
 
 Records know nothing of the training loop: they import the root and pipeline.data (for the

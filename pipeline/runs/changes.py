@@ -106,9 +106,25 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def schema_defaults() -> dict[str, Any]:
+    """Every config key's default, flattened."""
+    from pipeline.config import Config
+
+    return flatten(Config().to_dict())
+
+
+def with_later_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (flattened) completed with the defaults of the keys `current` has and it lacks: keys added
+    to the schema after it was written, whose default keeps the behaviour the run had, so a run started before
+    them continues unchanged (and one given another value is a change)."""
+    defaults = schema_defaults()
+    return {**{k: defaults[k] for k in current if k not in saved and k in defaults}, **saved}
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[Change]:
     """Every key whose value differs between `saved` (what the run trained with) and `current`."""
-    old, new = flatten(saved), flatten(current)
+    new = flatten(current)
+    old = with_later_keys(flatten(saved), new)
     changes = []
     for key in sorted(set(old) | set(new)):
         if key in IGNORED_KEYS or _same(old.get(key), new.get(key)):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pipeline.config import Config
-from pipeline.runs.changes import NAMING_KEYS, effective_config, flatten
+from pipeline.runs.changes import NAMING_KEYS, effective_config, flatten, with_later_keys
 from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
@@ -88,6 +88,7 @@ def setup_differences(run_config: dict[str, Any], cfg: Config) -> list[str]:
     A run saves model.num_classes resolved; `auto` here matches the number it found (the data keys,
     compared too, say whether the data is the same)."""
     here = flatten(cfg.to_dict())
+    run_config = with_later_keys(run_config, here) if run_config else run_config
     diffs = []
     for key in sorted(set(here) | set(run_config)):
         if key in NAMING_KEYS:

@@ -31,8 +31,9 @@ from pipeline.files import atomic_write_text
 from pipeline.runs.changes import recorded_config
 from pipeline.runs.clock import RunClock, RunPosition
 from pipeline.runs.metrics import MetricsLog
+from pipeline.runs.per_class import CONFUSION_PLOT, PerClassReport, write_per_class
 from pipeline.runs.plots import plot_curves
-from pipeline.runs.tracking import Tracker
+from pipeline.runs.tracking import Tracker, per_class_media
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,31 @@ class RunRecords:
         self.values.update(values)
         self.tracker.summary(values)
 
+    def per_class(self, report: PerClassReport, folder: Path | None = None, step: int | None = None) -> None:
+        """per_class.csv, confusion.csv, confusion.png into `folder` (default the run directory); W&B gets the
+        table, the confusion chart and the picture with the history row of `step` (the final evaluation's), or
+        in its summary when `step` is None (eval.only adds no history row)."""
+        if not self.is_main:
+            return
+        folder = folder or self.run_dir
+        write_per_class(folder, report)
+        if self.tracker.run is None:
+            return
+        if step is None:
+            self.tracker.summary(per_class_media(report, folder / CONFUSION_PLOT, chart=False))
+        else:
+            self.tracker.attach(step, per_class_media(report, folder / CONFUSION_PLOT))
+
+    def log_best_weights(self) -> None:
+        """The run's best checkpoint (best.pt, else last.pt) as a W&B model Artifact `<run>-weights`."""
+        best = self.run_dir / "best.pt"
+        path = best if best.is_file() else self.run_dir / "last.pt"
+        if self.tracker.run is None or not path.is_file():
+            return
+        metadata = {k: self.values[k] for k in ("best/top1", "best/epoch", "final/top1", "final/top5") if k in self.values}
+        self.tracker.log_model(path, f"{self.run_dir.name}-weights", ["best" if path == best else "latest"],
+                               {"file": path.name, **metadata})
+
     # ------------------------------------------------- CheckpointManager observer (SaveObserver)
 
     def before_save(self, counters: RunPosition) -> None:
@@ -112,6 +138,8 @@ class RunRecords:
                     self.write_safely(lambda: write_json(self.run_dir / SUMMARY_FILE, self.values))
             if plot and self.is_main:
                 self.write_safely(self.plot)
+            if end in (EndReason.FINISHED, EndReason.TARGET_REACHED):
+                self.log_best_weights()
         finally:
             self.tracker.finish(exit_code, preempting=end is EndReason.PREEMPTED,
                                 final=end in (EndReason.FINISHED, EndReason.TARGET_REACHED))

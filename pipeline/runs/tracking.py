@@ -184,6 +184,21 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(values)
 
+    def attach(self, step: int, values: dict[str, Any]) -> None:
+        """W&B-only values (tables, charts, images) for the history row of `step`: sent with it once settled."""
+        if self.run is not None:
+            self.pending.append({"step": step, **values})
+
+    def log_model(self, path: Path, name: str, aliases: list[str], metadata: dict[str, Any]) -> None:
+        """One file as a W&B Artifact of type `model` (offline too: `wandb sync` uploads it with the run)."""
+        if self.run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name, type="model", metadata=metadata)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact, aliases=aliases)
+
     def finish(self, exit_code: int = 0, *, preempting: bool = False, final: bool = False) -> None:
         """Close the run with the process's exit code; `final`: the run is over, send every queued row."""
         if self.run is None:
@@ -195,3 +210,26 @@ class Tracker:
             self.run.mark_preempting()
         self.run.finish(exit_code=int(exit_code))
         self.run = None
+
+
+def per_class_media(report: Any, image: Path, chart: bool = True) -> dict[str, Any]:
+    """W&B's view of a per-class report (pipeline/runs/per_class.py): the per-class table, the confusion
+    chart (W&B's confusion-matrix preset over the cells: every cell up to MATRIX_MAX_CLASSES classes, the
+    most-confused pairs beyond), and confusion.png. `chart` False: the chart's cells as a table (summaries
+    hold tables, not charts)."""
+    import wandb
+
+    from pipeline.runs.per_class import COLUMNS, MATRIX_MAX_CLASSES
+
+    rows = report.rows()
+    cells = report.cells() if len(report.classes) <= MATRIX_MAX_CLASSES else report.confused_pairs()
+    table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=[list(c) for c in cells])
+    media = {"per_class/table": wandb.Table(columns=list(COLUMNS), data=[[r[c] for c in COLUMNS] for r in rows]),
+             "per_class/confusion_png": wandb.Image(str(image))}
+    if chart:
+        media["per_class/confusion"] = wandb.plot_table(
+            "wandb/confusion_matrix/v1", table, {"Actual": "Actual", "Predicted": "Predicted",
+                                                 "nPredictions": "nPredictions"}, {"title": "confusion"})
+    else:
+        media["per_class/confusion_cells"] = table
+    return media

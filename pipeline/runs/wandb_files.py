@@ -80,9 +80,10 @@ def _key(item: Any) -> str:
 
 
 def read_session(path: Path) -> dict[str, Any]:
-    """One session's history rows, summary updates, config, run record, exit code and preempting mark."""
+    """One session's history rows, summary updates, config, run record, exit code, preempting mark and artifacts
+    (name, type, aliases, files, metadata)."""
     out: dict[str, Any] = {"path": path, "history": [], "summary": {}, "config": {}, "run": None,
-                           "exit_code": None, "preempting": False}
+                           "exit_code": None, "preempting": False, "artifacts": []}
     for rec in read_records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -100,6 +101,11 @@ def read_session(path: Path) -> dict[str, Any]:
             out["exit_code"] = rec.exit.exit_code
         elif kind == "preempting":
             out["preempting"] = True
+        elif kind == "artifact":
+            art = rec.artifact
+            out["artifacts"].append({"name": art.name, "type": art.type, "aliases": list(art.aliases),
+                                     "files": [e.path for e in art.manifest.contents],
+                                     "metadata": json.loads(art.metadata) if art.metadata else {}})
     return out
 
 
@@ -113,9 +119,10 @@ def offline_run(run_dir: Path) -> dict[str, Any]:
     if not logs:
         raise FileNotFoundError(f"no offline W&B run under {run_dir}/wandb")
     sessions = [read_session(log) for log in logs]
-    out: dict[str, Any] = {"history": [], "summary": {}, "config": {}, "sessions": sessions}
+    out: dict[str, Any] = {"history": [], "summary": {}, "config": {}, "artifacts": [], "sessions": sessions}
     for s in sessions:
         out["history"] += s["history"]
+        out["artifacts"] += s["artifacts"]
         out["summary"].update(s["summary"])
         out["config"].update(s["config"])
         out["run"] = s["run"] if s["run"] is not None else out.get("run")

@@ -4,6 +4,7 @@
     python -m pipeline.tools.compare 'runs/quick*'                      # glob patterns are expanded here too
     python -m pipeline.tools.compare 'runs/lr-sweep-*' --markdown      # a GitHub table for BENCHMARKS.md or a PR
     python -m pipeline.tools.compare runs/A runs/B --plot compare.png  # top-1 and loss vs epoch and wall time
+    python -m pipeline.tools.compare runs/A runs/B --per-class         # each class's recall in A and B, largest change first
 
 One row per run: its name, the config keys whose values differ between the runs (dotted keys of
 each run's config.yaml; the run name, runs_dir and W&B name are left out), final top-1 (the last
@@ -34,6 +35,7 @@ import yaml
 from pipeline.errors import UserError
 from pipeline.runs.changes import NAMING_KEYS, flatten, read_changes
 from pipeline.runs.metrics import read_metrics
+from pipeline.runs.per_class import differences, read_per_class
 
 # Keys that differ between any two runs by construction: comparing them says nothing.
 IGNORED_KEYS = NAMING_KEYS
@@ -323,19 +325,41 @@ def load_runs(args: list[str]) -> list[Run]:
     return runs
 
 
+def per_class_table(a: Run, b: Run, limit: int = 0) -> str:
+    """Each class's recall (and F1) in two runs' per_class.csv and the change, the largest changes first."""
+    rows = differences(read_per_class(a.path), read_per_class(b.path))
+    shown = rows[:limit] if limit else rows
+    header = ["class", "images", f"recall % {a.name}", f"recall % {b.name}", "change pt", "F1 A", "F1 B"]
+    cells = [[r["class"], str(r["support"]), f"{100 * r['recall_a']:.1f}", f"{100 * r['recall_b']:.1f}",
+              f"{100 * r['change']:+.1f}", f"{r['f1_a']:.3f}", f"{r['f1_b']:.3f}"] for r in shown]
+    widths = [max(len(c) for c in col) for col in zip(header, *cells)]
+    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    more = f"\n({len(rows) - len(shown)} more classes; --per-class-rows 0 shows all)" if len(shown) < len(rows) else ""
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, cells)]) + more + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.tools.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories or glob patterns (runs/quick*)")
     parser.add_argument("--markdown", action="store_true", help="print a GitHub Markdown table")
     parser.add_argument("--plot", metavar="PNG", help="also draw top-1 and loss curves of every run into PNG")
+    parser.add_argument("--per-class", action="store_true", help="two runs: each class's recall in both (their "
+                        "per_class.csv), the largest changes first")
+    parser.add_argument("--per-class-rows", type=int, default=20, metavar="N",
+                        help="--per-class: show the N largest changes (default 20; 0 = every class)")
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.runs)
+        if args.per_class and len(runs) != 2:
+            raise CompareError(f"--per-class compares two runs; {len(runs)} given")
+        per_class = per_class_table(*runs, limit=args.per_class_rows) if args.per_class else ""
     except UserError as exc:  # CompareError, or a metrics.jsonl that is not JSON (RunDirError)
         print(f"compare error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(format_table(runs, markdown=args.markdown))
+    if per_class:
+        sys.stdout.write("\nper class (recall: the share of each class's images predicted as it):\n" + per_class)
     if args.plot:
         plot_runs(runs, args.plot)
         print(f"figure: {args.plot}", file=sys.stderr)

@@ -5,7 +5,10 @@
     step.py         wrap_model, train_step, evaluate (flip at evaluation too): the free functions the trainer
                     and benchmarks share
     mixing.py       mixup and CutMix per batch on the device, soft targets (train.mixup_alpha, cutmix_alpha)
-    checkpoint.py   CheckpointManager, Counters, ResumePoint: atomic, strict, weights_only checkpoints
+    checkpoint.py   CheckpointManager, Counters, ResumePoint: atomic, strict, weights_only checkpoints; ModelCard
+    weights.py      a checkpoint's weights for a new use (fine-tuning, export, predict): prefixes removed, strict
+    finetune.py     train.init_from (weights of another run, another class count) and train.freeze
+    confusion.py    per-class counts of an evaluation (confusion matrix, top-5 hits), summed over ranks
     ema.py, optim.py, schedule.py, precision.py   the weight EMA, SGD, learning-rate schedules, AMP
     meters.py       on-device loss statistics and throughput windows
     preemption.py   SIGTERM/SIGINT: finish the step, checkpoint, exit 75

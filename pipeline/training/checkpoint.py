@@ -2,7 +2,8 @@
 
 A checkpoint is one file written by rank 0: model, optimizer, scheduler, scaler and EMA
 state_dicts, the step/epoch counters, the best result so far, the resolved config as plain data,
-and per-rank state (each rank's DALI pipeline position and RNG states) gathered from every rank.
+the model card (class names, the eval transform, a fine-tuned run's source: `ModelCard`, enough for
+`python -m pipeline.predict` and `pipeline.export` to use the file alone), and per-rank state (each rank's DALI pipeline position and RNG states) gathered from every rank.
 Files are written to a temporary name, fsync'ed and renamed, so a crash never leaves a partial
 `last.pt`; loading uses `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 
@@ -34,14 +35,15 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.distributed import DistInfo
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, UserError
 from pipeline.files import atomic_copy, atomic_open
 from pipeline.runs.changes import Change, config_changes, flatten, refuse_unaccepted
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
 from pipeline.training.tta import tta_summary
 
-__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ResumePoint", "atomic_save", "load"]
+__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ModelCard", "ResumePoint", "atomic_save", "load",
+           "model_card"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,63 @@ def prune_step_checkpoints(run_dir: Path, keep: int) -> None:
     steps = sorted((int(m.group(1)), p) for p in run_dir.glob("step-*.pt") if (m := STEP_PATTERN.match(p.name)))
     for _, path in steps[:-keep]:
         path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ model card
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the weights need to be used on their own (export, predict, fine-tuning): in every checkpoint."""
+
+    classes: list[str] | None  # class names in label order; None: the data has none (data.source=synthetic)
+    eval_transform: dict[str, Any]  # pipeline/data/transform.py EvalTransform.to_dict(): decode, resize, crop, normalize
+    init_from: dict[str, Any] | None = None  # train.init_from: {"path", "sha256", "weights"}; None: trained from scratch
+
+
+def eval_transform_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The eval transform (pipeline/data/transform.py) a config (plain data) describes, as plain data."""
+    from pipeline.config import DataConfig
+    from pipeline.data.transform import EvalTransform
+
+    return EvalTransform.from_config(DataConfig.model_validate(config.get("data", {}))).to_dict()
+
+
+def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
+    """The checkpoint's class names and eval transform, and notes on where they came from.
+
+    Checkpoints written before these were recorded get them from their run's config, as that run
+    read them: the eval transform from its `data` section, the class names by listing its data
+    (the note says so; CheckpointError naming the file when that data is gone)."""
+    from pipeline.data.sources import open_source
+    from pipeline.data.transform import EvalTransform
+
+    notes: list[str] = []
+    config = ckpt.get("config") or {}
+    transform = ckpt.get("eval_transform")
+    try:
+        if transform is None:
+            transform = eval_transform_of(config)
+            notes.append("the eval transform is not recorded in this checkpoint (written before it was): taken "
+                         "from its run's config")
+        transform = EvalTransform.from_dict(transform).to_dict()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise CheckpointError(f"{path}: no usable eval transform ({' '.join(str(exc).split())[:200]})") from None
+    if "classes" in ckpt:
+        return ModelCard(ckpt["classes"], transform, ckpt.get("init_from")), notes
+    data = config.get("data", {})
+    if data.get("source") == "synthetic":
+        return ModelCard(None, transform), notes
+    try:
+        classes = open_source(data.get("source", "sample"), data.get("root", ""), data.get("train_split", "train"),
+                              data.get("eval_split", "auto"), False, data.get("eval_labels", ""),
+                              data.get("eval_label_map", ""))[0].classes
+    except UserError as exc:
+        raise CheckpointError(f"{path}: written before checkpoints recorded class names, and its run's data is "
+                              f"not readable here to list them ({exc})") from None
+    notes.append(f"class names are not recorded in this checkpoint (written before they were): listed from its "
+                 f"run's data (data.source={data.get('source')}{', data.root=' + data['root'] if data.get('root') else ''})")
+    return ModelCard(classes, transform), notes
 
 
 # ------------------------------------------------------------------------------ run state
@@ -258,6 +317,9 @@ class Checkpointable(Protocol):
     precision: Precision
     ema: WeightEMA | None
 
+    classes: list[str] | None  # the model card's (ModelCard)
+    init_from: dict[str, Any] | None
+
     @property
     def train_loader(self) -> Any: ...  # its state_dict() is the loader position
 
@@ -285,6 +347,7 @@ class CheckpointManager:
         self.observers: list[SaveObserver] = []
         self.written: tuple[int, bool] | None = None  # Counters.position of the newest checkpoint (restored or written)
         self.plan: Any = None  # train.time_budget's plan (pipeline/training/budget.py), kept in every checkpoint
+        self.eval_transform = eval_transform_of(config)  # in every checkpoint's model card
 
     def find_resume(self) -> ResumePoint | None:
         """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
@@ -405,4 +468,5 @@ class CheckpointManager:
             "world_size": self.dist.world_size,
             "rank_states": rank_states,
             "plan": asdict(self.plan) if self.plan is not None else None,
+            **asdict(ModelCard(parts.classes, self.eval_transform, parts.init_from)),
         }

@@ -31,6 +31,7 @@ from pipeline.runs.fingerprint import data_fingerprint
 from pipeline.runs.resolved import environment_settings
 from pipeline.training.checkpoint import ResumePoint
 from pipeline.training.ema import WeightEMA, Weights, evaluated_models
+from pipeline.training.finetune import check_continuation, freeze, initialize_from
 from pipeline.training.mixing import BatchMixer
 from pipeline.training.optim import build_optimizer, scaled_lr
 from pipeline.training.precision import Precision, build_precision
@@ -57,6 +58,9 @@ class Components:
     local_batch: int  # images per step on this rank
     num_classes: int
     train_sides: tuple[int, ...]  # the training input sides of the run: one, or progressive resizing's sizes
+    classes: list[str] | None = None  # class names in label order (None: synthetic data has none)
+    init_from: dict[str, Any] | None = None  # train.init_from's path, sha256 and weights (fine-tuning); None otherwise
+    frozen_norms: tuple[nn.Module, ...] = ()  # train.freeze: BatchNorm layers that stay in eval mode
 
     @property
     def steps_per_epoch(self) -> int:
@@ -65,6 +69,12 @@ class Components:
     def eval_models(self, weights: Weights) -> dict[str, nn.Module]:
         """The modules eval.weights asks for, keyed "ema" / "raw", the headline first."""
         return evaluated_models(self.model, self.ema, weights)
+
+    def train_mode(self) -> None:
+        """Training mode for the step, except a frozen backbone's BatchNorm (train.freeze), which keeps its statistics."""
+        self.wrapped.train()
+        for norm in self.frozen_norms:
+            norm.eval()
 
     def sync_buffers(self) -> None:
         """All ranks adopt rank 0's BatchNorm statistics (model and EMA) before evaluating or saving.
@@ -239,6 +249,9 @@ def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = N
     precision = build_precision(cfg.train.precision, dist.device)
     train_loader, eval_loader = build_loaders(cfg, dist, data, precision.dtype, resume, with_eval)
     model = build_network(cfg.model, cfg.data, dist, cfg.dist.sync_bn)
+    check_continuation(cfg.train, resume)
+    init = initialize_from(model, cfg.train) if resume is None else None
+    frozen_norms = freeze(model, cfg.train.freeze)  # before DDP, which registers the parameters that train
     sides = train_sides(cfg.data)
     wrapped = wrap_model(model, dist, compile=cfg.train.compile, dynamic=False if len(sides) > 1 else None)
     torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs per rank
@@ -248,7 +261,9 @@ def build_components(cfg: Config, dist: DistInfo, resume: ResumePoint | None = N
     return Components(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, precision=precision,
                       ema=ema, train_loader=train_loader, eval_loader=eval_loader,
                       local_batch=cfg.train.global_batch_size // dist.world_size, num_classes=cfg.model.num_classes,
-                      train_sides=sides)
+                      train_sides=sides, classes=list(data[0].classes) if data is not None else None,
+                      init_from=init.record() if init else (resume.ckpt.get("init_from") if resume else None),
+                      frozen_norms=frozen_norms)
 
 
 def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[str, Any]) -> dict[str, Any]:
@@ -272,4 +287,5 @@ def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[
         "resolved/effective_lr": scaled_lr(cfg.optim, cfg.train.global_batch_size),
         "resolved/steps_per_epoch": parts.steps_per_epoch,
         "resolved/data_fingerprint": data_fingerprint(cfg.data),
+        **({"resolved/init_from_sha256": parts.init_from["sha256"]} if parts.init_from else {}),
     }

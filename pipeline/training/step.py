@@ -41,6 +41,7 @@ from pipeline import distributed
 from pipeline.data import Loader
 from pipeline.distributed import DistInfo, synchronize
 from pipeline.sections import no_section
+from pipeline.training.confusion import ClassCounts
 from pipeline.training.ema import WeightEMA
 from pipeline.training.meters import StepStats
 from pipeline.training.mixing import BatchMixer
@@ -187,7 +188,8 @@ def _batch_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader, precision: Precision, flip: bool = False,
-             should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+             should_stop: Callable[[], bool] | None = None,
+             class_counts: ClassCounts | None = None) -> dict[str, float] | None:
     """Top-1, top-5 and mean loss over the loader's split, summed exactly over ranks.
 
     Every rank's loader covers a disjoint shard of the split, so the sums over ranks are the
@@ -203,6 +205,9 @@ def evaluate(model: nn.Module, loader: Loader, precision: Precision, flip: bool 
     `should_stop` is asked before every batch (a stop signal): when it says yes on any rank, every
     rank returns None after its current batch (the ranks agree in the final sum, so none waits for
     another's whole evaluation when all were signalled).
+
+    `class_counts` (confusion.py), when given, also counts each class's predictions of the headline
+    logits, summed over ranks at the end (a second collective, only then).
     """
     was_training = model.training
     model.eval()
@@ -220,7 +225,10 @@ def evaluate(model: nn.Module, loader: Loader, precision: Precision, flip: bool 
             averaged = (logits + mirrored.float()) / 2
             sums += torch.cat([_batch_sums(averaged, labels), _batch_sums(logits, labels)])
         else:
+            averaged = logits
             sums += _batch_sums(logits, labels)
+        if class_counts is not None:
+            class_counts.add(averaged, labels)
         count += len(labels)
     model.train(was_training)
     total = distributed.all_reduce_sum(torch.cat([sums.cpu(), torch.tensor([stopped, count], dtype=torch.float64)]))

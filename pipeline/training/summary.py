@@ -2,7 +2,7 @@
 
     summary = final_summary(counters, meter, dist, all_ranks=True)   # records.summary(summary)
     report_final(counters, cfg.train, dist, summary.get("perf/mean_images_per_sec", 0.0), run_dir)
-    metrics = evaluate_checkpoint(evaluate, counters, cfg.checkpoint, run_dir, dist)   # eval.only: eval.json
+    metrics = evaluate_checkpoint(evaluation, counters, cfg.checkpoint, run_dir, dist, records)   # eval.only
     announce_continue(end, counters, dist, run_dir)   # a resumable ending: the command that continues it
     report_done_before(counters, cfg, dist, run_dir, stopped_at_target)   # the same command after the end
 """
@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -66,14 +66,16 @@ def report_final(c: Counters, train_cfg: Any, dist: DistInfo, total: float, run_
     log.info("run directory: %s", run_dir)
 
 
-def evaluate_checkpoint(evaluate: Callable[[], dict[str, float]], counters: Counters, checkpoint_cfg: Any,
-                        run_dir: Path, dist: DistInfo) -> dict[str, float]:
-    """eval.only: evaluate the restored weights, write eval.json, print the figures."""
+def evaluate_checkpoint(evaluation: Any, counters: Counters, checkpoint_cfg: Any, run_dir: Path, dist: DistInfo,
+                        records: Any) -> dict[str, float]:
+    """eval.only: evaluate the restored weights (`evaluation`: EpochEvaluation), write eval.json and the per-class
+    report beside it (`records`: RunRecords), print the figures."""
     if counters.global_step == 0 and checkpoint_cfg.resume == "auto":
         raise CheckpointError(f"eval.only: no checkpoint in {run_dir}")
-    metrics = evaluate()
+    metrics = evaluation.run(per_class=True)
     if dist.is_main:
         (run_dir / "eval.json").write_text(json.dumps({**metrics, "step": counters.global_step}, indent=1))
+        records.per_class(evaluation.class_report, run_dir)
         log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
                  counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
                  metrics["val/loss"], metrics["val/images"])

@@ -173,7 +173,7 @@ class Trainer:
         code = ExitCode.ERROR
         self.stop.install(at_once=True)  # nothing to checkpoint: a signal ends the evaluation now
         try:
-            evaluate_checkpoint(self.evaluation.run, self.counters, self.cfg.checkpoint, self.run_dir, self.dist)
+            evaluate_checkpoint(self.evaluation, self.counters, self.cfg.checkpoint, self.run_dir, self.dist, self.records)
             code = ExitCode.OK
             return code
         except BaseException as exc:
@@ -187,7 +187,7 @@ class Trainer:
     def train_epoch(self) -> bool:
         """Run the rest of the current epoch; False if a stop was requested (after a whole step)."""
         c, parts, steps = self.counters, self.parts, self.parts.steps_per_epoch
-        parts.wrapped.train()
+        parts.train_mode()
         self.meter.start_epoch()
         self.progress.start_epoch(c.epoch, self.cfg.train.epochs, steps, c.step_in_epoch)
         self.clock.start_training()  # evaluation and checkpoints stay outside the training seconds
