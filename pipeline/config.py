@@ -36,9 +36,10 @@ __all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_conf
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+    """Base of every config section: unknown keys are errors, assignments are re-validated, and every
+    float (lists of floats too) must be finite: an inf learning rate would train NaN steps, not fail."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -393,6 +394,9 @@ def _error_key(loc: tuple[Any, ...], section: type[BaseModel]) -> str:
     for part in loc:
         if isinstance(part, str) and model is None:
             continue  # past a leaf field: a union member's tag
+        if isinstance(part, int) and parts:  # an item of a list: schedule.milestones[1]
+            parts[-1] += f"[{part}]"
+            continue
         parts.append(str(part))
         if isinstance(part, str) and model is not None:
             ann = model.model_fields[part].annotation if part in model.model_fields else None
@@ -849,7 +853,8 @@ python -m pipeline.config configs/quickstart.yaml train.epochs=5      # print th
   `schedule.milestones=[10,20]`, `wandb.tags=[a,b]`; an empty value is an empty string (`data.root=`).
 - **Mistakes stop the run before it starts**, with one line naming the key and a value to try, and exit
   status 2: an unknown key (`optim.lrr: unknown key (did you mean 'lr'?)`), a wrong type, a value out
-  of range, or keys that contradict each other (`schedule.milestones` past `train.epochs`).
+  of range, `inf` or `nan` for any number (`optim.lr: Input should be a finite number (got 'inf')`), or
+  keys that contradict each other (`schedule.milestones` past `train.epochs`).
 - **`auto`** values are decided at start-up on the machine that trains (`train.precision: auto` is
   bf16 on CUDA, fp32 on CPU; `model.num_classes: auto` counts the class folders of the training
   data). `python train_dist.py CONFIG [key=value ...] --resolve` shows what they become on this machine
