@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.constants import (AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS, INTERPOLATIONS, MAX_PROGRESSIVE_SIZES,
                                 REPO_ROOT)
 from pipeline.errors import ConfigError
+from pipeline.files import atomic_write_text
 
 __all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_config_args", "save_config", "split_args"]
 
@@ -774,7 +775,7 @@ def config_from_cli(args: list[str]) -> Config | None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(cfg.to_yaml())
+    atomic_write_text(path, cfg.to_yaml())
 
 
 # ------------------------------------------------------------------------------- documentation

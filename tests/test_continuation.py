@@ -175,6 +175,16 @@ def test_a_run_stopped_on_bad_input_ends_with_the_fix_not_the_same_command(tmp_p
     assert choose(tmp_path, "data.check_images=skip", RUN_NAME=state.name) == state.name
 
 
+def test_a_run_stopped_on_a_full_disk_ends_with_exit_74_and_the_fix_before_the_command(tmp_path):
+    state = read_run_state(make_run(tmp_path, "quickstart-20260101-000000", "io_error"))
+    status, line = ending(state, 74, ARGS, {}, started=0.0)
+    assert status == 74
+    assert line == ("run quickstart-20260101-000000 stopped on a file it could not write at step 42 (1 of 3 epochs "
+                    "done) (named above; the checkpoints written before it are kept). Free space on "
+                    f"{tmp_path} (or raise the quota, or move logging.runs_dir), then continue it: ./launch.sh "
+                    "configs/quickstart.yaml train.epochs=3")
+
+
 def test_direct_command_for_one_process_and_for_torchrun():
     argv = ["train_dist.py", "configs/quickstart.yaml", "logging.run_name=old", "wandb.tags=[a b]"]
     plain = shlex.split(direct_command("r", argv, env={}))

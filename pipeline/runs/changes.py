@@ -36,6 +36,7 @@ from typing import Any, Iterable
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.files import storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def append_changes(run_dir: Path, changes: list[Change], step: int, epoch: int) 
     if not changes:
         return
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with open(run_dir / CHANGES_FILE, "a") as fh:
+    with storage_errors(run_dir / CHANGES_FILE), open(run_dir / CHANGES_FILE, "a") as fh:
         for change in changes:
             fh.write(json.dumps({"step": step, "epoch": epoch, **asdict(change), "time": stamp}) + "\n")
 

@@ -34,6 +34,7 @@ import yaml
 
 from pipeline.config import Config
 from pipeline.errors import RunDirError
+from pipeline.files import atomic_write_text
 from pipeline.runs.changes import CHANGES_FILE
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def save_run_config(config: dict, run: RunDir, is_main: bool, resumed: bool) -> 
     path = run.path / "config.yaml"
     if resumed and path.is_file():
         return
-    path.write_text(yaml.safe_dump(config, sort_keys=False))  # as Config.to_yaml writes it
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))  # as Config.to_yaml writes it
     (run.path / CHANGES_FILE).unlink(missing_ok=True)
 
 

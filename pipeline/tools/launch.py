@@ -22,8 +22,8 @@ checkpoint), so they are summarised in one line, and the agent's own `failed (ex
 is left out for those codes. Other failures keep torchrun's failure report.
 Then, from runs/<name>/summary.json as the workers left it, one line says how the run ended and,
 when it can continue, the exact command that continues it: the same command. Exit status: 0
-finished, 2 bad input, 4 non-finite loss, 75 preempted (checkpoint written), else the workers' or
-torchrun's failure.
+finished, 2 bad input, 4 non-finite loss, 74 a file could not be written (a full disk: free space,
+then continue), 75 preempted (checkpoint written), else the workers' or torchrun's failure.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from pipeline.runs.rundir import default_run_name
 
 PREFIX = "launch.sh:"
 # Worker exit codes that the worker itself explains in its last lines: no torchrun report needed.
-EXPLAINED = {int(ExitCode.BAD_INPUT), int(ExitCode.NONFINITE), int(ExitCode.PREEMPTED)}
+EXPLAINED = {int(ExitCode.BAD_INPUT), int(ExitCode.NONFINITE), int(ExitCode.IO_ERROR), int(ExitCode.PREEMPTED)}
 
 
 def say(message: str) -> None:
@@ -64,7 +64,8 @@ def same_command(words: list[str], env: Mapping[str, str], run_name: str | None 
 def describe_end(state: RunState) -> str:
     """' was preempted at step 157 (1 of 50 epochs done)', ' crashed', ...: how its latest session ended."""
     what = {"preempted": "was preempted", "crashed": "crashed", "nonfinite": "stopped on a non-finite loss",
-            "bad_input": "stopped on bad input", "finished": "finished",
+            "bad_input": "stopped on bad input", "io_error": "stopped on a file it could not write",
+            "finished": "finished",
             "target_reached": "reached its target accuracy"}
     return (f" {what.get(state.end, state.end)}{state.where()}" if state.end
             else " was stopped without a summary (killed, or its node went away)")
@@ -211,6 +212,10 @@ def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str
         skip = where + same_command(with_override(words, SKIP_BAD_IMAGES), env, run_name=named or state.name)
         return int(ExitCode.BAD_INPUT), (f"run {state.name}{describe_end(state)}. Remove or replace the file named "
                                          f"above, then continue it: {command}; or leave bad files out: {skip}")
+    if fresh and state.end == "io_error":  # the environment first: the same command alone meets the same full disk
+        return int(ExitCode.IO_ERROR), (f"run {state.name}{describe_end(state)} (named above; the checkpoints "
+                                        f"written before it are kept). Free space on {state.path.parent} (or raise "
+                                        f"the quota, or move logging.runs_dir), then continue it: {command}")
     if fresh:
         code = {"preempted": ExitCode.PREEMPTED, "nonfinite": ExitCode.NONFINITE}.get(state.end, status or 1)
         tail = ("; resuming replays the same batches at the same learning rate (see the error above)"
