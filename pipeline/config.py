@@ -338,7 +338,12 @@ class WandbConfig(Section):
 class CheckpointConfig(Section):
     """Checkpoints in the run directory: written atomically, loaded with weights_only=True."""
 
-    resume: str = _f("auto", "auto = continue from the run's latest good checkpoint; never; or a file path")
+    resume: str = _f("auto", "auto = continue from the run's newest checkpoint that loads; never = start the run over "
+                     "(its earlier files move into superseded-<time>/ in its directory); or a file path")
+    on_unreadable: Literal["refuse", "restart"] = _f(
+        "refuse", "resume=auto in a run directory whose checkpoints all fail to load (emptied, corrupt, another "
+        "checkpoint format): refuse = stop (exit 2) naming each file, changing nothing; restart = move the run's "
+        "files into superseded-<time>/ in its directory and train from the start")
     every_epochs: int = _f(1, "write 'last' every N epochs", gt=0)
     every_steps: int = _f(0, "also write a mid-epoch checkpoint every N steps; 0 = off", ge=0)
     keep_last: int = _f(2, "step checkpoints kept (older ones deleted)", gt=0)

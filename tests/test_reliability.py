@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.runs.envinfo import git_revision
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.runs.metrics import read_metrics
 from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env, run_train, train_command
@@ -229,20 +230,49 @@ def test_checkpoint_of_another_model_is_refused_with_the_differences(tmp_path):
     assert files() == before and "config.yaml" in before
 
 
+def complete_checkpoint(**changes) -> dict:
+    """The smallest dict that loads as a checkpoint: every key CheckpointManager writes."""
+    return {"format_version": ckpt_io.FORMAT_VERSION, "model": {"w": torch.ones(3)}, "optimizer": {}, "scheduler": {},
+            "counters": {"epoch": 1, "step_in_epoch": 0, "global_step": 6}, "config": {}, "world_size": 1,
+            "rank_states": [{}], **changes}
+
+
 def test_atomic_save_and_load_errors(tmp_path):
     path = tmp_path / "x.pt"
-    ckpt_io.atomic_save({"format_version": ckpt_io.FORMAT_VERSION, "w": torch.ones(3), "counters": {"global_step": 1}}, path)
+    ckpt_io.atomic_save(complete_checkpoint(), path)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
-    assert ckpt_io.load(path)["w"].sum() == 3
+    assert ckpt_io.load(path)["model"]["w"].sum() == 3
+
+    def refused(reason: str) -> None:
+        with pytest.raises(ckpt_io.CheckpointError) as info:
+            ckpt_io.load(path)
+        assert str(info.value) == f"{path}: {reason}"
+
+    path.write_bytes(b"")
+    refused("empty file (0 bytes)")
     path.write_bytes(b"garbage")
-    with pytest.raises(ckpt_io.CheckpointError, match=rf"{path}: unreadable or corrupt"):
+    with pytest.raises(ckpt_io.CheckpointError, match=rf"^{path}: unreadable or corrupt checkpoint \(.+\)$"):
         ckpt_io.load(path)
     torch.save({"not": "ours"}, path)
-    with pytest.raises(ckpt_io.CheckpointError, match="not a checkpoint of this project"):
-        ckpt_io.load(path)
-    torch.save({"format_version": 2, "counters": {}}, path)
-    with pytest.raises(ckpt_io.CheckpointError, match=r"format 2; this version reads format 3\. Start the run afresh"):
-        ckpt_io.load(path)
+    refused("not a checkpoint of this project (no format_version)")
+    torch.save({"format_version": 2, "counters": {}}, path)  # before checkpoints recorded the code that wrote them
+    refused(f"written in checkpoint format 2 by an earlier version of this code; this code (git "
+            f"{git_revision()}) reads format 3")
+    torch.save(complete_checkpoint(format_version=4, code_revision="0123456789ab"), path)
+    refused(f"written in checkpoint format 4 by git 0123456789ab; this code (git {git_revision()}) reads format 3")
+    torch.save({k: v for k, v in complete_checkpoint().items() if k != "config"}, path)  # was KeyError: 'config'
+    refused("an incomplete checkpoint (no config)")
+    torch.save(complete_checkpoint(counters={"epoch": 1}), path)
+    refused("an incomplete checkpoint (no counters.step_in_epoch, counters.global_step)")
+
+
+def test_a_checkpoint_missing_keys_is_one_line_naming_the_file_and_exit_2(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in complete_checkpoint().items() if k != "config"}, path)
+    proc = run_train(tmp_path, "partial", f"checkpoint.resume={path}", check=False, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {path}: an incomplete checkpoint (no config)"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "partial").exists()
 
 
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):

@@ -48,7 +48,7 @@ NAMING_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
 FREE_KEYS = (
     "name", "logging.", "wandb.", "dist.",
     "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.save_best",
-    "checkpoint.resume",
+    "checkpoint.resume", "checkpoint.on_unreadable",
     "eval.every", "eval.batch_size", "eval.only",
     # How the loader runs, not what it yields (decoding once gives the same batches: tests/test_data.py).
     "data.num_threads", "data.prefetch_queue_depth", "data.hw_decoder_load", "data.preallocate_width_hint",

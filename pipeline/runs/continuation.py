@@ -34,6 +34,8 @@ from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
 DONE = ("finished", "target_reached")
+# Keys that say how a run continues, not what it trains: a command that adds one continues the same run.
+HOW_TO_CONTINUE = frozenset({"checkpoint.on_unreadable"})
 # What a run that stopped on a bad image adds to its command to continue without the bad files.
 SKIP_BAD_IMAGES = "data.check_images=skip"
 
@@ -90,7 +92,7 @@ def setup_differences(run_config: dict[str, Any], cfg: Config) -> list[str]:
     here = flatten(cfg.to_dict())
     diffs = []
     for key in sorted(set(here) | set(run_config)):
-        if key in NAMING_KEYS:
+        if key in NAMING_KEYS or key in HOW_TO_CONTINUE:
             continue
         mine, theirs = here.get(key), run_config.get(key)
         if key == "model.num_classes" and mine == "auto" and isinstance(theirs, int):

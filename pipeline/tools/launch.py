@@ -12,7 +12,9 @@ launch.sh calls both (they are not meant to be typed). `name` picks the run dire
 - a new <config name>-<date>-<time> when there is none, or with --new.
 A run that finished is not trained again: `name` says so, prints nothing on stdout (launch.sh then
 exits 0) and shows the command that starts a new one. A run that a live process is training (its
-lock is held) is refused rather than trained twice at once.
+lock is held) is refused rather than trained twice at once. A run whose directory holds checkpoints
+none of which loads (emptied, corrupt, another checkpoint format) is refused too, exit 2, naming
+each file, with the commands that go on; the "continuing run" line says where the run resumes.
 
 `torchrun` runs torchrun's own main() here (so this process is the agent that receives SIGTERM),
 with the workers told that this process reports the ending (LAUNCHER_ENV). A stop by a signal
@@ -99,6 +101,8 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
         if state.done and not cfg.eval.only and not setup_differences(state.config, cfg):
             report_done(state, words, env, named=True)
             return None
+        if state.path.is_dir() and not state.in_use_by:  # (a run in use: its lock stops the workers)
+            resume_outlook(cfg, state, words, env)  # none of its checkpoints loads: refused here, exit 2
         return given
     if new:
         return default_run_name(cfg.name)
@@ -111,16 +115,47 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
     if latest.done:
         report_done(latest, words, env, named=False)
         return None
-    say(f"continuing run {latest.name}: it{describe_end(latest)}; it resumes from its latest checkpoint "
+    say(f"continuing run {latest.name}: it{describe_end(latest)}; {resume_outlook(cfg, latest, words, env)} "
         f"({same_command(words, env, new=True)} starts a new run instead)")
     return latest.name
 
 
+def resume_outlook(cfg: Config, state: RunState, words: list[str], env: Mapping[str, str]) -> str:
+    """What continuing the run will do ('it resumes from last.pt (step 157)'), as the workers will decide it.
+
+    A run holding checkpoints none of which loads is refused here (CheckpointError, exit 2), with the
+    commands that go on, before torchrun starts and before anything in the run changes."""
+    resume = cfg.checkpoint.resume
+    if resume == "never":
+        return "it starts over (checkpoint.resume=never), its earlier files moved into superseded-<time>/ inside it"
+    if resume != "auto":
+        return f"it resumes from {resume}"
+    from pipeline.training.checkpoint import scan_checkpoints, unreadable_error  # loads torch: only here
+
+    found = scan_checkpoints(state.path)
+    if found.newest is not None:
+        path, ckpt = found.newest
+        return f"it resumes from {path.name} (step {ckpt['counters']['global_step']})"
+    if not found.unreadable:
+        return "it wrote no checkpoint, so it starts from the beginning"
+    if cfg.checkpoint.on_unreadable == "restart" and not cfg.eval.only:
+        return ("none of its checkpoints loads, so it starts over (checkpoint.on_unreadable=restart), its files "
+                "moved into superseded-<time>/ inside it")
+    restart = same_command(with_override(words, "checkpoint.on_unreadable=restart"), env, run_name=state.name)
+    raise unreadable_error(state.path, found, new_run=f"start a new run: {new_run_command(words, env)}",
+                           restart=restart)
+
+
+def new_run_command(words: list[str], env: Mapping[str, str]) -> str:
+    """The command that trains this setup in a new run (any run name dropped)."""
+    return same_command([w for w in words if not w.startswith("logging.run_name=")],
+                        {k: v for k, v in env.items() if k != "RUN_NAME"}, new=True)
+
+
 def report_done(state: RunState, words: list[str], env: Mapping[str, str], named: bool) -> None:
-    again = same_command([w for w in words if not w.startswith("logging.run_name=")], {
-        k: v for k, v in env.items() if k != "RUN_NAME"}, new=True)
     say(f"run {state.name} ({state.path}){describe_end(state)} ({result_of(state)}): nothing to train"
-        f"{'' if named else ' for this command'}. To train this setup again in a new run: {again}")
+        f"{'' if named else ' for this command'}. To train this setup again in a new run: "
+        f"{new_run_command(words, env)}")
 
 
 def name_main(argv: list[str]) -> int:
