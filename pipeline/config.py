@@ -166,6 +166,9 @@ class DataConfig(Section):
     shuffle_buffer: int = _f(2048, "webdataset: samples each rank shuffles among while reading its shards in order "
                              "(memory: this many encoded images per rank)", ge=0)
     download: bool = _f(False, "cifar10: download the archive (checksum verified) when root lacks it")
+    verify_checksums: bool = _f(True, "cifar10: check each batch against the official archive's MD5 before reading "
+                                "it; false for an archive you made (scripts/make_cifar_archive.py), still read by "
+                                "an unpickler that cannot run code")
     device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available")
     num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0)
     prefetch_queue_depth: int = _f(2, "batches DALI prepares ahead of the training step", gt=0)
@@ -460,6 +463,7 @@ SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "eval_label_map": ("imagefolder",),
     "shuffle_buffer": ("webdataset",),
     "download": ("cifar10",),
+    "verify_checksums": ("cifar10",),
     "check_images": ("sample", "imagefolder", "webdataset"),  # cifar10 arrives decoded: nothing to scan
     "cache": ("sample", "imagefolder"),  # cifar10 arrives decoded; shards are read in stream order
     "cache_max_gb": ("sample", "imagefolder"),

@@ -87,7 +87,8 @@ def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
     """(train, eval) sets of `data_cfg.source`, after the optional up-front decode scan, decoded once
     into arrays when data.cache allows (pipeline/data/cache.py)."""
     train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
-                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map)
+                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map,
+                             data_cfg.verify_checksums)
     if data_cfg.check_images != "off":
         train, val = (scan_image_set(s, data_cfg.check_images) for s in (train, val))
     if data_cfg.cache == "auto" and data_cfg.source in ("sample", "imagefolder"):

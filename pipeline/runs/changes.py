@@ -53,7 +53,7 @@ FREE_KEYS = (
     # How the loader runs, not what it yields (decoding once gives the same batches: tests/test_data.py).
     "data.num_threads", "data.prefetch_queue_depth", "data.hw_decoder_load", "data.preallocate_width_hint",
     "data.preallocate_height_hint", "data.device_memory_padding", "data.host_memory_padding", "data.cache",
-    "data.cache_max_gb", "data.device",
+    "data.cache_max_gb", "data.device", "data.verify_checksums",
     # How a step is computed, and when the run stops early or reports.
     "train.compile", "train.deterministic", "train.tta_thresholds", "train.target_accuracy",
     "train.nonfinite_limit",
