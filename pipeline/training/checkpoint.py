@@ -76,11 +76,12 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 
 class UnloadableCheckpoint(CheckpointError):
-    """A checkpoint file that does not load: `path`, and `reason` in a few words."""
+    """A checkpoint file that does not load: `path`, `reason` in a few words, and whether it is a checkpoint
+    of another format (which the code that wrote it could still continue)."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path, reason: str, other_format: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.other_format = path, reason, other_format
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def load(path: Path) -> dict[str, Any]:
         writer = (f"by git {ckpt['code_revision']}" if isinstance(ckpt.get("code_revision"), str)
                   else "by an earlier version of this code")
         raise UnloadableCheckpoint(path, f"written in checkpoint format {ckpt['format_version']} {writer}; this "
-                                         f"code (git {git_revision()}) reads format {FORMAT_VERSION}")
+                                         f"code (git {git_revision()}) reads format {FORMAT_VERSION}", other_format=True)
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     counters = ckpt.get("counters")
     if not missing and isinstance(counters, dict):
@@ -174,8 +175,7 @@ def unreadable_error(run_dir: Path, found: RunCheckpoints, new_run: str, restart
 
     `new_run`: how to start a new run instead; `restart`: the command (or key) that starts this one over."""
     files = "; ".join(f"{exc.path.name}: {exc.reason}" for exc in found.unreadable)
-    older = (" or finish it with the code that wrote it;" if any("checkpoint format" in exc.reason
-                                                                 for exc in found.unreadable) else "")
+    older = " or finish it with the code that wrote it;" if any(exc.other_format for exc in found.unreadable) else ""
     return CheckpointError(
         f"run {run_dir.name} ({run_dir}) holds checkpoints and none of them loads: {files}. Nothing in the run "
         f"was changed. To go on: put a good copy of one of these files back;{older} or {new_run}; or start this "
@@ -385,13 +385,16 @@ class CheckpointManager:
 
     def _pick_in_run_dir(self) -> str | None:
         """Rank 0: the checkpoint to resume from (None: start from the beginning), or the refusal."""
+        if self.cfg.resume == "never":
+            supersede(self.run_dir)
+            return None
         found = scan_checkpoints(self.run_dir)
-        if found.none_loads and not (self.cfg.on_unreadable == "restart" and not self.config["eval"]["only"]):
+        if found.none_loads and (self.cfg.on_unreadable == "refuse" or self.config["eval"]["only"]):
             raise unreadable_error(self.run_dir, found, new_run="start a new run (another logging.run_name)",
                                    restart="checkpoint.on_unreadable=restart")
         for exc in found.unreadable:
             log.warning("skipping a checkpoint: %s", exc)
-        if self.cfg.resume == "never" or found.none_loads:
+        if found.none_loads:  # checkpoint.on_unreadable=restart
             supersede(self.run_dir)
             return None
         return str(found.newest[0]) if found.newest else None
