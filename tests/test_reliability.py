@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import load_config
+from pipeline.distributed import DistInfo
 from pipeline.runs.envinfo import git_revision
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.runs.metrics import read_metrics
@@ -264,6 +266,45 @@ def test_atomic_save_and_load_errors(tmp_path):
     refused("an incomplete checkpoint (no config)")
     torch.save(complete_checkpoint(counters={"epoch": 1}), path)
     refused("an incomplete checkpoint (no counters.step_in_epoch, counters.global_step)")
+
+
+def test_where_a_run_resumes_and_when_it_starts_over_with_its_files_aside(tmp_path):
+    """find_resume in one process: the checkpoint that got furthest (best.pt when last.pt is emptied); none
+    loading is refused with every file kept; on_unreadable=restart and resume=never move the files aside."""
+    config = load_config(None, []).to_dict()
+
+    def resume_point(*overrides: str):
+        cfg = load_config(None, list(overrides))
+        cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        return ckpt_io.CheckpointManager(cfg.checkpoint, tmp_path, cpu, cfg.to_dict(), cfg.train.epochs).find_resume()
+
+    def at(step: int) -> dict:
+        return complete_checkpoint(config=config, counters={"epoch": step // 6, "step_in_epoch": step % 6,
+                                                            "global_step": step})
+
+    for name, step in (("last.pt", 6), ("best.pt", 6), ("step-00000004.pt", 4)):
+        torch.save(at(step), tmp_path / name)
+    assert resume_point().path.name == "last.pt"  # equal progress: last.pt before best.pt
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert resume_point().path.name == "best.pt"
+    (tmp_path / "best.pt").write_bytes(b"garbage")
+    assert resume_point().path.name == "step-00000004.pt"
+    (tmp_path / "step-00000004.pt").write_bytes(b"")
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ckpt_io.CheckpointError, match="holds checkpoints and none of them loads: last.pt: empty"):
+        resume_point()
+    with pytest.raises(ckpt_io.CheckpointError):  # evaluating needs a checkpoint: restart does not apply
+        resume_point("checkpoint.on_unreadable=restart", "eval.only=true")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    assert resume_point("checkpoint.on_unreadable=restart") is None
+    (aside,) = tmp_path.glob("superseded-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == before and list(tmp_path.iterdir()) == [aside]
+
+    torch.save(at(6), tmp_path / "last.pt")  # a good checkpoint: resume=never starts over all the same
+    assert resume_point("checkpoint.resume=never") is None
+    assert len(list(tmp_path.glob("superseded-*"))) == 2 and not (tmp_path / "last.pt").exists()
 
 
 def test_a_checkpoint_missing_keys_is_one_line_naming_the_file_and_exit_2(tmp_path):
