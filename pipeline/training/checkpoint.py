@@ -8,8 +8,8 @@ Files are written to a temporary name, fsync'ed and renamed, so a crash never le
 
 Names in the run directory: `last.pt` (end of an epoch), `best.pt` (best top-1),
 `step-00001234.pt` (every `checkpoint.every_steps`, the newest `keep_last` kept). A run resumes from
-the one that loads with the most progress (best.pt only as the last resort: an emptied last.pt falls
-back to it). When the directory holds checkpoints and none loads, the run stops (exit 2) naming
+the one that loads with the most progress, best.pt included (an emptied last.pt falls back to it;
+on equal progress last.pt is the one named). When the directory holds checkpoints and none loads, the run stops (exit 2) naming
 each file and why, before anything in the directory changes; `checkpoint.on_unreadable=restart`
 starts it over instead, its earlier files moved aside (pipeline/runs/rundir.py `supersede`).
 
@@ -136,8 +136,8 @@ def step_path(run_dir: Path, step: int) -> Path:
 
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
-    """The run directory's checkpoints: last.pt, the step checkpoints, then best.pt (a result, and the resume
-    point of last resort; on equal progress the earlier in this list is the one resumed)."""
+    """The run directory's checkpoints: last.pt, the step checkpoints, then best.pt (a result, and a resume
+    point when a later checkpoint does not load; on equal progress the earlier in this list is resumed)."""
     steps = sorted(p for p in run_dir.glob("step-*.pt") if STEP_PATTERN.match(p.name))
     return [p for p in (run_dir / LAST, *steps, run_dir / BEST) if p.is_file()]
 
