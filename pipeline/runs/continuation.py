@@ -6,9 +6,10 @@
 
 A run directory's config.yaml says what it trains and summary.json how its latest session ended
 (pipeline/runs/records.py): `finished` and `target_reached` are done; `preempted`, `nonfinite`,
-`bad_input` (once the file is fixed, or with data.check_images=skip: `SKIP_BAD_IMAGES`) and `crashed`
-can continue from the newest checkpoint; no summary.json means a session that was killed (or is
-running: runs/<name>/.lock says which, pipeline/runs/rundir.py RunLock).
+`bad_input` (once the file is fixed, or with data.check_images=skip: `SKIP_BAD_IMAGES`), `io_error`
+(once the disk has room) and `crashed` can continue from the newest checkpoint; no summary.json
+means a session that was killed (or is running: runs/<name>/.lock says which,
+pipeline/runs/rundir.py RunLock).
 
 `./launch.sh CONFIG [key=value ...]` without a run name continues the newest run that launch.sh
 named for the same config and overrides (pipeline/tools/launch.py): "the same command continues".

@@ -166,7 +166,7 @@ def name_main(argv: list[str]) -> int:
         name = choose_run_name(cfg, words, new, os.environ)
     except UserError as exc:
         print(f"{PREFIX} error: {exc}", file=sys.stderr)
-        return int(ExitCode.BAD_INPUT)
+        return int(exc.exit_code)
     if name is not None:
         print(name)
     return 0
