@@ -36,9 +36,10 @@
 #   The run directory (logging.runs_dir, default runs/) must be one shared directory, visible at
 #   the same path on every node: rank 0 writes the checkpoints, every rank reads them on resume.
 #
-# Exit status: 0 finished (or nothing left to train), 2 bad input, 4 non-finite loss, 75 stopped by
-# SIGTERM/SIGINT after writing a checkpoint (run the same command again to continue), 1 or the
-# workers' status otherwise. torchrun runs inside pipeline/tools/launch.py, which reports the ending.
+# Exit status: 0 finished (or nothing left to train), 2 bad input, 4 non-finite loss, 74 a file could
+# not be written (a full disk or a quota: free space, then run the same command again to continue),
+# 75 stopped by SIGTERM/SIGINT after writing a checkpoint (run the same command again to continue),
+# 1 or the workers' status otherwise. torchrun runs inside pipeline/tools/launch.py, which reports the ending.
 set -euo pipefail
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"

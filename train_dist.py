@@ -8,8 +8,9 @@ Arguments: an optional YAML config, then `key.sub=value` overrides (docs/configu
 every key). --resolve prints the config with its `auto` values resolved on this machine (it lists
 the data) and trains nothing. The run directory is runs/<logging.run_name>; the same command with
 the same logging.run_name continues a stopped run from its latest checkpoint.
-Exit status: 0 done, 2 bad config/data/checkpoint, 4 non-finite loss, 75 preempted (checkpoint
-written; the command printed at the end continues the run), 1 anything else.
+Exit status: 0 done, 2 bad config/data/checkpoint, 4 non-finite loss, 74 a file could not be written
+(a full disk, a quota: fix that, then the command printed at the end continues the run), 75
+preempted (checkpoint written; the command printed at the end continues the run), 1 anything else.
 """
 
 from __future__ import annotations

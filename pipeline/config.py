@@ -31,14 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.constants import (AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS, INTERPOLATIONS, MAX_IMAGE_PIXELS, MAX_MEMBER_MB,
                                 MAX_PROGRESSIVE_SIZES, REPO_ROOT)
 from pipeline.errors import ConfigError
+from pipeline.files import atomic_write_text
 
 __all__ = ["Config", "ConfigError", "config_from_cli", "load_config", "load_config_args", "save_config", "split_args"]
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+    """Base of every config section: unknown keys are errors, assignments are re-validated, and every
+    float (lists of floats too) must be finite: an inf learning rate would train NaN steps, not fail."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +166,9 @@ class DataConfig(Section):
     shuffle_buffer: int = _f(2048, "webdataset: samples each rank shuffles among while reading its shards in order "
                              "(memory: this many encoded images per rank)", ge=0)
     download: bool = _f(False, "cifar10: download the archive (checksum verified) when root lacks it")
+    verify_checksums: bool = _f(True, "cifar10: check each batch against the official archive's MD5 before reading "
+                                "it; false for an archive you made (scripts/make_cifar_archive.py), still read by "
+                                "an unpickler that cannot run code")
     device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available")
     num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0)
     prefetch_queue_depth: int = _f(2, "batches DALI prepares ahead of the training step", gt=0)
@@ -347,7 +352,12 @@ class WandbConfig(Section):
 class CheckpointConfig(Section):
     """Checkpoints in the run directory: written atomically, loaded with weights_only=True."""
 
-    resume: str = _f("auto", "auto = continue from the run's latest good checkpoint; never; or a file path")
+    resume: str = _f("auto", "auto = continue from the run's newest checkpoint that loads; never = start the run over "
+                     "(its earlier files move into superseded-<time>/ in its directory); or a file path")
+    on_unreadable: Literal["refuse", "restart"] = _f(
+        "refuse", "resume=auto in a run directory whose checkpoints all fail to load (emptied, corrupt, another "
+        "checkpoint format): refuse = stop (exit 2) naming each file, changing nothing; restart = move the run's "
+        "files into superseded-<time>/ in its directory and train from the start")
     every_epochs: int = _f(1, "write 'last' every N epochs", gt=0)
     every_steps: int = _f(0, "also write a mid-epoch checkpoint every N steps; 0 = off", ge=0)
     keep_last: int = _f(2, "step checkpoints kept (older ones deleted)", gt=0)
@@ -404,6 +414,9 @@ def _error_key(loc: tuple[Any, ...], section: type[BaseModel]) -> str:
     for part in loc:
         if isinstance(part, str) and model is None:
             continue  # past a leaf field: a union member's tag
+        if isinstance(part, int) and parts:  # an item of a list: schedule.milestones[1]
+            parts[-1] += f"[{part}]"
+            continue
         parts.append(str(part))
         if isinstance(part, str) and model is not None:
             ann = model.model_fields[part].annotation if part in model.model_fields else None
@@ -461,6 +474,7 @@ SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "eval_label_map": ("imagefolder",),
     "shuffle_buffer": ("webdataset",),
     "download": ("cifar10",),
+    "verify_checksums": ("cifar10",),
     "check_images": ("sample", "imagefolder", "webdataset"),  # cifar10 arrives decoded: nothing to scan
     "max_pixels": ("sample", "imagefolder", "webdataset"),
     "max_member_mb": ("sample", "imagefolder", "webdataset"),
@@ -789,7 +803,7 @@ def config_from_cli(args: list[str]) -> Config | None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(cfg.to_yaml())
+    atomic_write_text(path, cfg.to_yaml())
 
 
 # ------------------------------------------------------------------------------- documentation
@@ -868,7 +882,8 @@ python -m pipeline.config configs/quickstart.yaml train.epochs=5      # print th
   `schedule.milestones=[10,20]`, `wandb.tags=[a,b]`; an empty value is an empty string (`data.root=`).
 - **Mistakes stop the run before it starts**, with one line naming the key and a value to try, and exit
   status 2: an unknown key (`optim.lrr: unknown key (did you mean 'lr'?)`), a wrong type, a value out
-  of range, or keys that contradict each other (`schedule.milestones` past `train.epochs`).
+  of range, `inf` or `nan` for any number (`optim.lr: Input should be a finite number (got 'inf')`), or
+  keys that contradict each other (`schedule.milestones` past `train.epochs`).
 - **`auto`** values are decided at start-up on the machine that trains (`train.precision: auto` is
   bf16 on CUDA, fp32 on CPU; `model.num_classes: auto` counts the class folders of the training
   data). `python train_dist.py CONFIG [key=value ...] --resolve` shows what they become on this machine

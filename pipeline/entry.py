@@ -5,7 +5,8 @@
 Arguments `[CONFIG.yaml] [key=value ...]` become a validated config, the process joins the
 process group torchrun describes (none for a single process), the world size is checked against
 the config, `body` runs, and the group is torn down whatever happens. A `UserError` (bad config,
-data, checkpoint, launch) prints one line and exits 2; anything else is a bug and keeps its
+data, checkpoint, launch) prints one line (train.log gets it too once the run has one) and exits 2,
+or 74 for a file that cannot be written (a full disk); anything else is a bug and keeps its
 traceback. A stop signal during start-up (`Interrupted`) exits 75. `exit_now` ends a process that returned normally without Python's module teardown.
 """
 
@@ -27,9 +28,15 @@ if TYPE_CHECKING:
 
 
 def print_user_error(exc: UserError, prefix: str = "error") -> None:
+    """The error's one line on stderr, and in the run's log file when there is one (train.log)."""
     rank, world = os.environ.get("RANK"), int(os.environ.get("WORLD_SIZE", "1"))
     where = f" (rank {rank})" if world > 1 and rank is not None else ""
-    print(f"{prefix}{where}: {exc}", file=sys.stderr)
+    line = f"{prefix}{where}: {exc}"
+    print(line, file=sys.stderr)
+    record = logging.makeLogRecord({"name": "pipeline", "levelno": logging.ERROR, "levelname": "ERROR", "msg": line})
+    for handler in logging.getLogger().handlers:  # the console has it already: the files only
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
@@ -51,7 +58,7 @@ def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
     except UserError as exc:
         if not getattr(exc, "reported", False):  # a rank of several reports its own first (training/failures.py)
             print_user_error(exc)
-        return int(ExitCode.BAD_INPUT)
+        return int(exc.exit_code)
     except Interrupted as exc:  # a stop signal during start-up: nothing new to checkpoint
         print(f"{exc.message}; nothing new to checkpoint (exit status {int(ExitCode.PREEMPTED)}): the same "
               "command continues", file=sys.stderr)

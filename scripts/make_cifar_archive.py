@@ -5,7 +5,8 @@
 For benchmarking the in-memory-arrays path (`data.source=cifar10`) on machines that only have the
 JPEG copy: decodes every image (so its pixels carry the JPEG loss, unlike the real archive) and
 writes OUT_DIR/cifar-10-python.tar.gz with data_batch_1..5, test_batch and batches.meta laid out
-as the official one (rows of 3072 bytes: red, green, blue planes of 32x32).
+as the official one (rows of 3072 bytes: red, green, blue planes of 32x32). Its batches are not the
+official files: read it with `data.source=cifar10 data.root=OUT_DIR data.verify_checksums=false`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def main() -> None:
             add(name, {b"batch_label": name.encode(), b"labels": [train_y[i] for i in idx], b"data": train_x[idx]})
         add("test_batch", {b"batch_label": b"test", b"labels": test_y, b"data": test_x})
         add("batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES]})
-    print(f"wrote {out_dir / CIFAR10_ARCHIVE}: {len(train_y)} train, {len(test_y)} test images")
+    print(f"wrote {out_dir / CIFAR10_ARCHIVE}: {len(train_y)} train, {len(test_y)} test images (read it with "
+          f"data.source=cifar10 data.root={out_dir} data.verify_checksums=false)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -80,8 +81,12 @@ def write_photo_folder(root: Path, splits: dict[str, dict[str, int]], seed: int 
     return root
 
 
-def write_cifar_archive(path: Path, n_train_per_batch: int = 6, n_test: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A tiny archive in the official python format; returns (first train batch's images HWC, labels)."""
+def write_cifar_archive(path: Path, n_train_per_batch: int = 6, n_test: int = 10, seed: int = 0,
+                        replace: dict[str, bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny archive in the official python format; returns (first train batch's images HWC, labels).
+
+    Its batches are not the official files: read it with data.verify_checksums=false, or with
+    `official_checksums`. `replace`: member name -> the bytes to store instead of that batch."""
     rng = np.random.default_rng(seed)
     with tarfile.open(path, "w:gz") as tar:
         first = None
@@ -93,6 +98,7 @@ def write_cifar_archive(path: Path, n_train_per_batch: int = 6, n_test: int = 10
             if first is None:
                 first = (data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels))
             blob = pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data})
+            blob = (replace or {}).get(name, blob)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
@@ -101,6 +107,18 @@ def write_cifar_archive(path: Path, n_train_per_batch: int = 6, n_test: int = 10
             add(f"data_batch_{i}", n_train_per_batch)
         add("test_batch", n_test)
     return first
+
+
+def official_checksums(monkeypatch, archive: Path) -> None:
+    """Take `archive`'s batches as the official ones for this test: their MD5s replace the official list."""
+    from pipeline.data import cifar10
+
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if name in cifar10.OFFICIAL_MD5:
+                monkeypatch.setitem(cifar10.OFFICIAL_MD5, name,
+                                    hashlib.md5(tar.extractfile(member).read()).hexdigest())
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
 """The typed configuration: defaults, YAML + overrides, rejected values, YAML round trip."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pipeline.config import Config, ConfigError, from_dict, load_config
 from pipeline.config import main as config_main
@@ -90,6 +93,43 @@ def test_bad_values_name_the_key(override, key, words):
     assert message.startswith(key + ":") or f"; {key}:" in message, message
     assert words in message
     assert "\n" not in message  # one line
+
+
+def float_keys(section=Config, prefix=""):
+    """(dotted key, is a list) of every float-valued key of the schema, nested sections included."""
+    found = []
+    for name, info in section.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            found += float_keys(ann, f"{prefix}{name}.")
+        elif ann is float or ann == list[float]:
+            found.append((prefix + name, ann != float))
+    return found
+
+
+def test_every_float_key_refuses_inf_and_nan_naming_the_key():
+    keys = float_keys()
+    assert len(keys) >= 30 and ("optim.lr", False) in keys and ("schedule.milestones", True) in keys
+    for key, is_list in keys:
+        default = getattr(load_config(), key.split(".")[0])
+        for part in key.split(".")[1:]:
+            default = getattr(default, part)
+        for bad in ("inf", "-inf", "nan", ".inf"):
+            value = f"[{', '.join([bad] + [str(v) for v in default[1:]])}]" if is_list else bad
+            if is_list and not default:
+                value = f"[{bad}]"
+            with pytest.raises(ConfigError) as info:
+                load_config(None, [f"{key}={value}"])
+            message = str(info.value)
+            assert message.startswith(f"{key}") and "finite number" in message, (key, value, message)
+
+
+def test_an_inf_learning_rate_stops_before_a_run_directory_exists(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train_dist.py"), "optim.lr=inf",
+                           f"logging.runs_dir={tmp_path / 'runs'}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "config error: optim.lr: Input should be a finite number (got 'inf')"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_num_classes_is_a_number_or_auto():

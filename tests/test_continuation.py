@@ -13,11 +13,14 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.config import load_config
-from pipeline.errors import LaunchError, RunDirError
+from pipeline.errors import CheckpointError, LaunchError, RunDirError
 from pipeline.runs.continuation import direct_command, latest_run_of, read_run_state, setup_differences
-from pipeline.runs.rundir import RunDir, RunLock, discard_failed_start, is_default_run_name
+from pipeline.runs.envinfo import git_revision
+from pipeline.runs.rundir import RunDir, RunLock, discard_failed_start, is_default_run_name, supersede
+from pipeline.training.checkpoint import FORMAT_VERSION
 from pipeline.tools.launch import choose_run_name, ending, same_command
 
 ARGS = ["configs/quickstart.yaml", "train.epochs=3"]
@@ -83,6 +86,65 @@ def test_a_finished_run_is_not_trained_again_and_the_message_says_how_to_start_a
     assert choose(tmp_path, RUN_NAME="quickstart-20260102-000000") is None
     assert choose(tmp_path, "train.epochs=4", RUN_NAME="quickstart-20260102-000000") == "quickstart-20260102-000000"
     assert choose(tmp_path, "eval.only=true", RUN_NAME="quickstart-20260102-000000") == "quickstart-20260102-000000"
+
+
+def write_checkpoint(path: Path, step: int, **changes) -> None:
+    """A file that loads as a checkpoint at `step` (the keys CheckpointManager writes, nearly empty)."""
+    torch.save({"format_version": FORMAT_VERSION, "model": {}, "optimizer": {}, "scheduler": {},
+                "counters": {"epoch": 0, "step_in_epoch": step, "global_step": step}, "config": {}, "world_size": 1,
+                "rank_states": [{}], **changes}, path)
+
+
+def test_the_continuing_line_says_where_the_run_resumes(tmp_path, capsys):
+    run = make_run(tmp_path, "quickstart-20260101-000000", "crashed")
+    assert choose(tmp_path) == run.name
+    assert ("launch.sh: continuing run quickstart-20260101-000000: it crashed at step 42 (1 of 3 epochs done); it "
+            "wrote no checkpoint, so it starts from the beginning (./launch.sh --new ") in capsys.readouterr().err
+    write_checkpoint(run / "last.pt", 3)
+    write_checkpoint(run / "step-00000004.pt", 4)
+    (run / "best.pt").write_bytes(b"")  # skipped: another checkpoint loads
+    assert choose(tmp_path) == run.name
+    assert "42 (1 of 3 epochs done); it resumes from step-00000004.pt (step 4) (" in capsys.readouterr().err
+
+
+def test_a_run_none_of_whose_checkpoints_loads_is_refused_with_the_commands_that_go_on(tmp_path, capsys):
+    run = make_run(tmp_path, "quickstart-20260101-000000", "crashed")
+    (run / "last.pt").write_bytes(b"")
+    write_checkpoint(run / "best.pt", 4, format_version=2)  # as after an upgrade
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(CheckpointError) as info:
+        choose(tmp_path)
+    assert str(info.value) == (
+        f"run {run.name} ({run}) holds checkpoints and none of them loads: last.pt: empty file (0 bytes); best.pt: "
+        f"written in checkpoint format 2 by an earlier version of this code; this code (git {git_revision()}) reads "
+        "format 3. Nothing in the run was changed. To go on: put a good copy of one of these files back; or finish it "
+        "with the code that wrote it; or start a new run: ./launch.sh --new configs/quickstart.yaml train.epochs=3; "
+        f"or start this run over, its files moved into {run.name}/superseded-<time>/ (nothing is deleted): "
+        f"RUN_NAME={run.name} ./launch.sh configs/quickstart.yaml train.epochs=3 checkpoint.on_unreadable=restart")
+    with pytest.raises(CheckpointError):  # by its name too
+        choose(tmp_path, RUN_NAME=run.name)
+    assert "continuing run" not in capsys.readouterr().err  # no claim that it resumes
+
+    # The suggested command continues the same run (the key says how to continue, not what is trained).
+    assert choose(tmp_path, "checkpoint.on_unreadable=restart", RUN_NAME=run.name) == run.name
+    assert choose(tmp_path, "checkpoint.on_unreadable=restart") == run.name
+    assert "none of its checkpoints loads, so it starts over (checkpoint.on_unreadable=restart)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the launcher moves nothing: the trainer does
+
+
+def test_a_run_that_starts_over_moves_its_files_aside_whole(tmp_path):
+    run = make_run(tmp_path, "r", "crashed")
+    for name in ("last.pt", "metrics.jsonl", "wandb-run-id", ".lock", "train.log"):
+        (run / name).write_text(name)
+    (run / "wandb" / "offline-run-1").mkdir(parents=True)
+    (run / "wandb" / "offline-run-1" / "run-1.wandb").write_text("history")
+    aside = supersede(run)
+    assert aside is not None and aside.parent == run and aside.name.startswith("superseded-")
+    assert sorted(p.name for p in run.iterdir()) == sorted([".lock", "train.log", aside.name])  # the session's own
+    assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*") if p.is_file()) == [
+        "config.yaml", "last.pt", "metrics.jsonl", "summary.json", "wandb-run-id", "wandb/offline-run-1/run-1.wandb"]
+    assert (aside / "last.pt").read_text() == "last.pt"
+    assert supersede(run) is None  # nothing more to move
 
 
 def test_given_names_and_several_nodes(tmp_path):
@@ -173,6 +235,16 @@ def test_a_run_stopped_on_bad_input_ends_with_the_fix_not_the_same_command(tmp_p
                     "configs/quickstart.yaml train.epochs=3 data.check_images=skip")
     # The setup with data.check_images=skip differs, so only the run's name continues it: RUN_NAME does.
     assert choose(tmp_path, "data.check_images=skip", RUN_NAME=state.name) == state.name
+
+
+def test_a_run_stopped_on_a_full_disk_ends_with_exit_74_and_the_fix_before_the_command(tmp_path):
+    state = read_run_state(make_run(tmp_path, "quickstart-20260101-000000", "io_error"))
+    status, line = ending(state, 74, ARGS, {}, started=0.0)
+    assert status == 74
+    assert line == ("run quickstart-20260101-000000 stopped on a file it could not write at step 42 (1 of 3 epochs "
+                    "done) (named above; the checkpoints written before it are kept). Free space on "
+                    f"{tmp_path} (or raise the quota, or move logging.runs_dir), then continue it: ./launch.sh "
+                    "configs/quickstart.yaml train.epochs=3")
 
 
 def test_direct_command_for_one_process_and_for_torchrun():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -15,7 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SHARED_CIFAR_JPEG, encode_image, smooth_image, write_cifar_archive, write_imagefolder
+from conftest import (REPO, SHARED_CIFAR_JPEG, encode_image, official_checksums, smooth_image, write_cifar_archive,
+                      write_imagefolder)
 from pipeline.config import load_config
 from pipeline.data import BadImageError, DataError, ImageSet, build_loader, load_image_sets
 from pipeline.data.dali_loader import standardize as standardize_batch
@@ -79,7 +83,7 @@ def sources(tmp_path):
         "sample": ["data.source=sample"],
         "imagefolder_dir": ["data.source=imagefolder", f"data.root={tree}"],
         "imagefolder_tar": ["data.source=imagefolder", f"data.root={archive}"],
-        "cifar10": ["data.source=cifar10", f"data.root={tmp_path}"],
+        "cifar10": ["data.source=cifar10", f"data.root={tmp_path}", "data.verify_checksums=false"],  # made here
     }
 
 
@@ -282,8 +286,9 @@ def test_loader_state_resumes_exactly(consumed):
 # -------------------------------------------------------------------------------- sources
 
 
-def test_cifar10_archive_is_read_in_the_official_layout(tmp_path):
+def test_cifar10_archive_is_read_in_the_official_layout(tmp_path, monkeypatch):
     images, labels = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", n_train_per_batch=6, n_test=10)
+    official_checksums(monkeypatch, tmp_path / "cifar-10-python.tar.gz")  # its batches pass the MD5 check
     train, val = load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}"))
     assert (len(train), len(val)) == (30, 10)
     assert train.arrays.shape == (30, 32, 32, 3) and train.arrays.dtype == np.uint8
@@ -291,11 +296,12 @@ def test_cifar10_archive_is_read_in_the_official_layout(tmp_path):
     assert train.classes[0] == "airplane" and train.classes[9] == "truck"
 
 
-def test_the_cifar_jpeg_writer_makes_the_tree_the_checks_read(tmp_path):
+def test_the_cifar_jpeg_writer_makes_the_tree_the_checks_read(tmp_path, monkeypatch):
     """scripts/make_cifar_jpeg.py: what a clone runs for bench/cpu_check.sh's data (here from a tiny archive)."""
     import runpy
 
     write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    official_checksums(monkeypatch, tmp_path / "cifar-10-python.tar.gz")  # the script reads the official archive
     writer = runpy.run_path(str(REPO / "scripts" / "make_cifar_jpeg.py"))
     assert writer["main"]([str(tmp_path), str(tmp_path / "jpeg.tar.gz")]) == 0
     with tarfile.open(tmp_path / "jpeg.tar.gz") as tar:
@@ -304,9 +310,90 @@ def test_the_cifar_jpeg_writer_makes_the_tree_the_checks_read(tmp_path):
     train, test = load_image_sets(data_cfg("data.source=imagefolder", f"data.root={tmp_path / 'jpeg.tar.gz'}",
                                            "data.eval_split=test"))
     assert (len(train), len(test)) == (30, 10)
-    arrays = load_cifar10(tmp_path)  # every image under its class, as the archive labels it
+    arrays = load_cifar10(tmp_path)  # every image under its class, as the archive labels it (checksums as above)
     for jpeg, source in zip((train, test), arrays):
         assert Counter(jpeg.classes[i] for i in jpeg.labels) == Counter(source.classes[i] for i in source.labels)
+
+
+class RunsCode:
+    """Unpickling this runs `touch MARKER`: what a crafted batch would do with a plain pickle.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar10_batch_cannot_run_code_checked_or_not(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    crafted = pickle.dumps({b"labels": [1], b"data": RunsCode(marker)}, protocol=2)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_archive(archive)
+    official_checksums(monkeypatch, archive)  # the genuine batches: the crafted one below is not among them
+    write_cifar_archive(archive, replace={"data_batch_3": crafted})
+    member = f"{archive}:cifar-10-batches-py/data_batch_3"
+    with pytest.raises(DataError) as info:  # the checksum stops it before any unpickling
+        load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}"))
+    assert str(info.value).startswith(f"{member}: MD5 {hashlib.md5(crafted).hexdigest()} differs from the official "
+                                      "file's (")
+    assert str(info.value).endswith("so it was not read: replace it with the official archive (data.download=true "
+                                    "fetches it), or for an archive you made yourself (scripts/make_cifar_archive.py) "
+                                    "set data.verify_checksums=false")
+    with pytest.raises(DataError) as info:  # unchecked, the unpickler refuses what the format never holds
+        load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}", "data.verify_checksums=false"))
+    assert str(info.value) == (f"{member}: refusing to unpickle it: it asks for {os.name}.system, which a CIFAR-10 "
+                               "batch never holds (a damaged or tampered file)")
+    assert not marker.exists()
+
+
+def test_the_cifar10_command_line_refuses_a_crafted_archive_without_running_it(tmp_path):
+    """`--resolve` with model.num_classes=auto lists the data: on the earlier code that alone ran the crafted batch."""
+    marker = tmp_path / "ran"
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz",
+                        replace={"test_batch": pickle.dumps({b"data": RunsCode(marker), b"labels": []})})
+    for extra in ([], ["data.verify_checksums=false"]):
+        proc = subprocess.run([sys.executable, "train_dist.py", "data.source=cifar10", f"data.root={tmp_path}", *extra,
+                               "model.num_classes=auto", "--resolve"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stdout == ""
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: {tmp_path / 'cifar-10-python.tar.gz'}:cifar-10-batches-py/data_batch_1: MD5 "
+                               if not extra else f"error: {tmp_path / 'cifar-10-python.tar.gz'}:cifar-10-batches-py/"
+                               "test_batch: refusing to unpickle it: it asks for "), line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("batch, words", [
+    ({b"data": np.zeros((6, 100), np.uint8), b"labels": [0] * 6}, "data is uint8 (6, 100), expected uint8 rows of 3072"),
+    ({b"data": np.zeros((6, 3072), np.float32), b"labels": [0] * 6}, "data is float32 (6, 3072), expected uint8"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 5}, "5 labels for 6 images"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, "labels 3..10 (expected one per image, 0..9)"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}, "labels must be a list of integers"),
+    ({"data": np.zeros((2, 3072), np.uint8)}, "expected a dict with b'data' and b'labels'; got 'data')"),
+    ({b"data": np.array([None, 1], dtype=object), b"labels": [0, 0]}, "an array of Python objects (object)"),
+])
+def test_a_cifar10_batch_of_another_shape_is_one_line_naming_it(tmp_path, batch, words):
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", replace={"data_batch_2": pickle.dumps(batch)})
+    with pytest.raises(DataError) as info:
+        load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}", "data.verify_checksums=false"))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'cifar-10-python.tar.gz'}:cifar-10-batches-py/data_batch_2: ")
+    assert words in message and "\n" not in message
+
+
+def test_cifar10_batches_pickled_as_the_official_files_and_as_numpy_writes_them_load(tmp_path):
+    """The official batches are protocol-2 pickles (numpy's _reconstruct, Python 2 str); newer protocols use
+    numpy's _frombuffer: the restricted unpickler reads them all, with equal arrays."""
+    data = np.random.default_rng(0).integers(0, 256, (4, 3072), dtype=np.uint8)
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [0, 9, 3, 3], b"data": data,
+             b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+    for protocol in (2, 4, 5):
+        write_cifar_archive(tmp_path / "cifar-10-python.tar.gz",
+                            replace={"data_batch_1": pickle.dumps(batch, protocol=protocol)})
+        train, _ = load_image_sets(data_cfg("data.source=cifar10", f"data.root={tmp_path}",
+                                            "data.verify_checksums=false"))
+        assert np.array_equal(train.arrays[:4], data.reshape(4, 3, 32, 32).transpose(0, 2, 3, 1)), protocol
+        assert train.labels[:4].tolist() == [0, 9, 3, 3]
 
 
 def test_cifar10_missing_archive_says_how_to_get_it(tmp_path):

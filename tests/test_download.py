@@ -32,7 +32,7 @@ sources.CIFAR10_URL, sources.CIFAR10_MD5 = url, md5
 Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.005)
-train, test = sources.load_cifar10(root, download=True)
+train, test = sources.load_cifar10(root, download=True, verify_checksums=False)  # the served archive is made here
 np.savez(out, train_x=train.arrays, train_y=train.labels, test_x=test.arrays, test_y=test.labels)
 """
 

@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
 from pipeline.runs.changes import CHANGES_FILE, config_changes, effective_config
+from pipeline.runs.envinfo import git_revision
 from pipeline.runs.metrics import read_metrics
 from runs import TINY, assert_same_tensors, load_ckpt, run_train
 from test_reliability import start_train, wait_for_file
@@ -64,6 +67,52 @@ def test_a_continued_run_with_changed_keys_stops_until_accepted_and_keeps_both_r
     wb = offline_run(run_dir)
     assert wb["config"]["optim"]["lr"] == 0.1  # W&B's config is the original too ...
     assert [c["key"] for c in wb["config"]["config_changes"]] == ["logging.log_every", "optim.lr", "train.epochs"]
+
+
+# ---------------------------------------------------------- checkpoints are never silently replaced
+
+
+def run_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` but the session's own log and lock: checkpoints, records, W&B's files."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("train.log", ".lock") and "superseded-" not in str(p.relative_to(folder))}
+
+
+@pytest.mark.slow
+def test_a_run_none_of_whose_checkpoints_loads_is_refused_unchanged_and_restarts_only_when_asked(tmp_path):
+    run_dir, args = tmp_path / "r1", ("train.epochs=1", "wandb.mode=offline")
+    run_train(tmp_path, "r1", *args)
+    offline_run(run_dir)  # W&B's writer has finished: its files are what a later session must not change
+
+    (run_dir / "last.pt").write_bytes(b"")  # emptied; best.pt (the same epoch) is then the one to resume
+    proc = run_train(tmp_path, "r1", *args)
+    assert f"resumed from {run_dir / 'best.pt'} (end of epoch 1): every epoch is done" in proc.stderr
+    offline_run(run_dir)
+
+    old = load_ckpt(run_dir / "best.pt")  # as written by a later version of this code, after a downgrade
+    torch.save({**old, "format_version": 4, "code_revision": "0123456789ab"}, run_dir / "best.pt")
+    before = run_files(run_dir)
+    proc = run_train(tmp_path, "r1", *args, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: run r1 ({run_dir}) holds checkpoints and none of them loads: last.pt: empty "
+                            f"file (0 bytes); best.pt: written in checkpoint format 4 by git 0123456789ab; this code "
+                            f"(git {git_revision()}) reads format 3. Nothing in the run was changed."), error
+    assert "or finish it with the code that wrote it" in error and "another logging.run_name" in error
+    assert error.endswith("its files moved into r1/superseded-<time>/ (nothing is deleted): "
+                          "checkpoint.on_unreadable=restart")
+    assert "Traceback" not in proc.stderr and "resumed" not in proc.stderr
+    assert run_files(run_dir) == before  # config.yaml, metrics.jsonl, checkpoints, W&B: as they were
+    assert error in (run_dir / "train.log").read_text()
+
+    proc = run_train(tmp_path, "r1", *args, "checkpoint.on_unreadable=restart")
+    (aside,) = run_dir.glob("superseded-*")
+    assert run_files(aside) == before  # every earlier file, whole, moved aside
+    assert f"moved into {aside}; nothing was deleted" in proc.stderr
+    assert load_ckpt(run_dir / "last.pt")["counters"]["epoch"] == 1  # trained again from the start
+    assert (run_dir / "wandb-run-id").read_text() != (aside / "wandb-run-id").read_text()  # a new W&B run
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [
+        r["step"] for r in read_metrics(aside / "metrics.jsonl")]
 
 
 # ------------------------------------------------------------------------------- a bounded stop
@@ -134,7 +183,7 @@ def test_a_signal_during_start_up_ends_it_at_once_and_one_during_a_checkpoint_wr
     import torch
 
     from pipeline.errors import Interrupted
-    from pipeline.training.checkpoint import atomic_save, load
+    from pipeline.training.checkpoint import atomic_save
     from pipeline.training.preemption import StopRequest
 
     stop_request = StopRequest().install(at_once=True)
@@ -150,7 +199,7 @@ def test_a_signal_during_start_up_ends_it_at_once_and_one_during_a_checkpoint_wr
         started = time.monotonic()
         atomic_save(payload, tmp_path / "last.pt")
         assert stop_request.requested, f"the signal came after the write ({time.monotonic() - started:.2f} s)"
-        saved = load(tmp_path / "last.pt")["weights"]
+        saved = torch.load(tmp_path / "last.pt", weights_only=True)["weights"]  # not a whole checkpoint: the file
         assert len(saved) == 400 and saved[-1][0] == 399  # complete
     finally:
         stop_request.uninstall()

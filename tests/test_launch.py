@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_config
 from pipeline.runs.metrics import read_metrics
 from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env
 
@@ -164,6 +165,24 @@ def test_torchruns_failure_line_is_left_out_only_for_codes_the_workers_explain()
     assert keep(record(1)) and keep(record(-11))  # a crash keeps torchrun's report
 
 
+def test_launch_sh_refuses_a_run_none_of_whose_checkpoints_loads_with_one_line_and_exit_2(tmp_path):
+    """The launcher decides which run the command continues: it must not say that run resumes, nor start it."""
+    runs = tmp_path / "runs"
+    args = [*ARGS, f"logging.runs_dir={runs}"]
+    run = runs / "quickstart-20260101-000000"  # as launch.sh named it; a crash left an emptied last.pt
+    run.mkdir(parents=True)
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", [*args, f"logging.run_name={run.name}"])
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    (run / "last.pt").write_bytes(b"")
+    proc = subprocess.run(["./launch.sh", *args], cwd=REPO, env=launch_env(NPROC="1"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"launch.sh: error: run {run.name} ({run}) holds checkpoints and none of them loads: "
+                           "last.pt: empty file (0 bytes). Nothing in the run was changed.")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "last.pt"]
+
+
 @pytest.mark.slow
 def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_path):
     runs = tmp_path / "runs"
@@ -191,6 +210,7 @@ def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_
     again = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"launch.sh: continuing run {name}: it was preempted at step " in again.stderr
+    assert "; it resumes from step-000000" in again.stderr  # the preemption's checkpoint, as the workers then do
     assert "resumed from" in again.stderr and [p.name for p in runs.iterdir()] == [name]
     assert load_ckpt(runs / name / "last.pt")["counters"]["global_step"] == 24
 

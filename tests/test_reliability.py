@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -17,6 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import load_config
+from pipeline.distributed import DistInfo
+from pipeline.runs.envinfo import git_revision
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.runs.metrics import read_metrics
 from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env, run_train, train_command
@@ -198,7 +202,8 @@ def test_torchrun_restarts_a_killed_worker_and_finishes(tmp_path, uninterrupted)
 
 @pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
-    run_train(tmp_path, "corrupt", *RESUMABLE, "train.epochs=2", "train.deterministic=false")
+    # No best.pt: it would hold the truncated last.pt's epoch whole, and be resumed (test_integrity.py).
+    run_train(tmp_path, "corrupt", *RESUMABLE, "train.epochs=2", "train.deterministic=false", "checkpoint.save_best=false")
     run_dir = tmp_path / "corrupt"
     last = run_dir / "last.pt"
     data = last.read_bytes()
@@ -228,20 +233,88 @@ def test_checkpoint_of_another_model_is_refused_with_the_differences(tmp_path):
     assert files() == before and "config.yaml" in before
 
 
+def complete_checkpoint(**changes) -> dict:
+    """The smallest dict that loads as a checkpoint: every key CheckpointManager writes."""
+    return {"format_version": ckpt_io.FORMAT_VERSION, "model": {"w": torch.ones(3)}, "optimizer": {}, "scheduler": {},
+            "counters": {"epoch": 1, "step_in_epoch": 0, "global_step": 6}, "config": {}, "world_size": 1,
+            "rank_states": [{}], **changes}
+
+
 def test_atomic_save_and_load_errors(tmp_path):
     path = tmp_path / "x.pt"
-    ckpt_io.atomic_save({"format_version": ckpt_io.FORMAT_VERSION, "w": torch.ones(3), "counters": {"global_step": 1}}, path)
+    ckpt_io.atomic_save(complete_checkpoint(), path)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
-    assert ckpt_io.load(path)["w"].sum() == 3
+    assert ckpt_io.load(path)["model"]["w"].sum() == 3
+
+    def refused(reason: str) -> None:
+        with pytest.raises(ckpt_io.CheckpointError) as info:
+            ckpt_io.load(path)
+        assert str(info.value) == f"{path}: {reason}"
+
+    path.write_bytes(b"")
+    refused("empty file (0 bytes)")
     path.write_bytes(b"garbage")
-    with pytest.raises(ckpt_io.CheckpointError, match=rf"{path}: unreadable or corrupt"):
+    with pytest.raises(ckpt_io.CheckpointError, match=rf"^{path}: unreadable or corrupt checkpoint \(.+\)$"):
         ckpt_io.load(path)
     torch.save({"not": "ours"}, path)
-    with pytest.raises(ckpt_io.CheckpointError, match="not a checkpoint of this project"):
-        ckpt_io.load(path)
-    torch.save({"format_version": 2, "counters": {}}, path)
-    with pytest.raises(ckpt_io.CheckpointError, match=r"format 2; this version reads format 3\. Start the run afresh"):
-        ckpt_io.load(path)
+    refused("not a checkpoint of this project (no format_version)")
+    torch.save({"format_version": 2, "counters": {}}, path)  # before checkpoints recorded the code that wrote them
+    refused(f"written in checkpoint format 2 by an earlier version of this code; this code (git "
+            f"{git_revision()}) reads format 3")
+    torch.save(complete_checkpoint(format_version=4, code_revision="0123456789ab"), path)
+    refused(f"written in checkpoint format 4 by git 0123456789ab; this code (git {git_revision()}) reads format 3")
+    torch.save({k: v for k, v in complete_checkpoint().items() if k != "config"}, path)  # was KeyError: 'config'
+    refused("an incomplete checkpoint (no config)")
+    torch.save(complete_checkpoint(counters={"epoch": 1}), path)
+    refused("an incomplete checkpoint (no counters.step_in_epoch, counters.global_step)")
+
+
+def test_where_a_run_resumes_and_when_it_starts_over_with_its_files_aside(tmp_path):
+    """find_resume in one process: the checkpoint that got furthest (best.pt when last.pt is emptied); none
+    loading is refused with every file kept; on_unreadable=restart and resume=never move the files aside."""
+    config = load_config(None, []).to_dict()
+
+    def resume_point(*overrides: str):
+        cfg = load_config(None, list(overrides))
+        cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        return ckpt_io.CheckpointManager(cfg.checkpoint, tmp_path, cpu, cfg.to_dict(), cfg.train.epochs).find_resume()
+
+    def at(step: int) -> dict:
+        return complete_checkpoint(config=config, counters={"epoch": step // 6, "step_in_epoch": step % 6,
+                                                            "global_step": step})
+
+    for name, step in (("last.pt", 6), ("best.pt", 6), ("step-00000004.pt", 4)):
+        torch.save(at(step), tmp_path / name)
+    assert resume_point().path.name == "last.pt"  # equal progress: last.pt before best.pt
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert resume_point().path.name == "best.pt"
+    (tmp_path / "best.pt").write_bytes(b"garbage")
+    assert resume_point().path.name == "step-00000004.pt"
+    (tmp_path / "step-00000004.pt").write_bytes(b"")
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ckpt_io.CheckpointError, match="holds checkpoints and none of them loads: last.pt: empty"):
+        resume_point()
+    with pytest.raises(ckpt_io.CheckpointError):  # evaluating needs a checkpoint: restart does not apply
+        resume_point("checkpoint.on_unreadable=restart", "eval.only=true")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    assert resume_point("checkpoint.on_unreadable=restart") is None
+    (aside,) = tmp_path.glob("superseded-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == before and list(tmp_path.iterdir()) == [aside]
+
+    torch.save(at(6), tmp_path / "last.pt")  # a good checkpoint: resume=never starts over all the same
+    assert resume_point("checkpoint.resume=never") is None
+    assert len(list(tmp_path.glob("superseded-*"))) == 2 and not (tmp_path / "last.pt").exists()
+
+
+def test_a_checkpoint_missing_keys_is_one_line_naming_the_file_and_exit_2(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in complete_checkpoint().items() if k != "config"}, path)
+    proc = run_train(tmp_path, "partial", f"checkpoint.resume={path}", check=False, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {path}: an incomplete checkpoint (no config)"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "partial").exists()
 
 
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):
@@ -254,6 +327,63 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     torch.save({"format_version": ckpt_io.FORMAT_VERSION, "x": Payload()}, path)
     with pytest.raises(ckpt_io.CheckpointError, match="unreadable or corrupt"):
         ckpt_io.load(path)
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+
+def limit_file_size(nbytes: int):
+    """For a child process: files it writes stop at `nbytes` (EFBIG, "File too large"), as a quota would."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return limit
+
+
+def assert_fix_the_environment(proc: subprocess.CompletedProcess, run_dir: Path, reason: str) -> None:
+    """Exit 74, the one line naming last.pt in the console and train.log, no traceback, the fix before the command."""
+    line = f"error: cannot write {run_dir / 'last.pt'}: {reason}"
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    assert line in proc.stderr.splitlines() and "Traceback" not in proc.stderr
+    assert line in (run_dir / "train.log").read_text()
+    hint = proc.stderr.strip().splitlines()[-1]
+    assert hint.startswith(f"run {run_dir.name} stopped at step ") and "a file could not be written" in hint
+    assert f"Free space on {run_dir.parent}" in hint and hint.endswith(f"logging.run_name={run_dir.name}")
+    assert json.loads((run_dir / "summary.json").read_text())["end/reason"] == "io_error"
+    assert not [p.name for p in run_dir.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_checkpoint_that_meets_a_file_size_limit_ends_with_one_line_and_exit_74(tmp_path):
+    """Runs everywhere: RLIMIT_FSIZE makes the checkpoint write fail as a full disk does (EFBIG)."""
+    proc = subprocess.run(train_command() + [*TINY, f"logging.runs_dir={tmp_path}", "logging.run_name=limited",
+                                             "train.epochs=1"],
+                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=240,
+                          preexec_fn=limit_file_size(4 << 20))  # a checkpoint is about 6 MB
+    assert_fix_the_environment(proc, tmp_path / "limited", "File too large")
+    assert not (tmp_path / "limited" / "last.pt").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs: a real ENOSPC. Needs root (or CAP_SYS_ADMIN); skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_says_free_space(small_disk):
+    run_dir = small_disk / "full"
+    # Epoch 1's last.pt (about 6 MB) fits; epoch 2's temporary file beside it does not.
+    proc = run_train(small_disk, "full", "checkpoint.save_best=false", check=False)
+    assert_fix_the_environment(proc, run_dir, "No space left on device")
+    kept = load_ckpt(run_dir / "last.pt")
+    assert kept["counters"]["epoch"] == 1  # the previous checkpoint, whole
 
 
 # ------------------------------------------------------------------------------ non-finite

@@ -239,21 +239,29 @@ def limit_file_size(limit_bytes: int):
 
 
 @pytest.mark.slow
-def test_crash_is_recorded_as_crashed_with_exit_1(tmp_path):
-    """A real failure that is not the input's fault: the first checkpoint cannot be written (a 1 MiB file
-    size limit refuses the 6 MB file, as a full disk or a quota would)."""
+@pytest.mark.parametrize("failure", ["crashed", "io_error"])
+def test_a_failed_checkpoint_write_is_recorded_as_a_crash_or_as_a_file_that_cannot_be_written(tmp_path, failure):
+    """Real failures that are not the input's fault, at the first checkpoint write. crashed: last.pt is a folder,
+    so the rename fails (exit 1, the traceback goes on up); io_error: a 1 MiB file size limit refuses the 6 MB
+    file, as a full disk or a quota would (exit 74, one line)."""
     args = [*TINY, f"logging.runs_dir={tmp_path}", "logging.run_name=crash", "wandb.mode=offline", "train.epochs=1"]
-    proc = subprocess.run(train_command() + args, cwd=REPO, env=run_env(), capture_output=True, text=True,
-                          timeout=240, preexec_fn=limit_file_size(1 << 20))
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Traceback" in proc.stderr and "File too large" in proc.stderr  # the traceback goes on up
     run_dir = tmp_path / "crash"
-    assert not (run_dir / "last.pt").exists()
+    if failure == "crashed":
+        (run_dir / "last.pt").mkdir(parents=True)
+    proc = subprocess.run(train_command() + args, cwd=REPO, env=run_env(), capture_output=True, text=True,
+                          timeout=240, preexec_fn=limit_file_size(1 << 20) if failure == "io_error" else None)
+    code = {"crashed": 1, "io_error": 74}[failure]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    if failure == "crashed":
+        assert "Traceback" in proc.stderr and "IsADirectoryError" in proc.stderr
+    else:
+        assert "Traceback" not in proc.stderr and f"error: cannot write {run_dir / 'last.pt'}: File too large" in proc.stderr
+        assert not (run_dir / "last.pt").exists()
     summary, wb = summary_json(run_dir), offline_run(run_dir)
-    assert wb["exit_code"] == 1 and not wb["preempting"]
+    assert wb["exit_code"] == code and not wb["preempting"]
     for values in (summary, wb["summary"]):
-        assert values["end/reason"] == "crashed" and values["end/exit_code"] == 1
-    assert summary["final/top1"] == read_metrics(run_dir / "metrics.jsonl")[-1]["val/top1"]  # evaluated, then crashed
+        assert values["end/reason"] == failure and values["end/exit_code"] == code
+    assert summary["final/top1"] == read_metrics(run_dir / "metrics.jsonl")[-1]["val/top1"]  # evaluated, then failed
     assert summary["time/wall_seconds"] > 0 and summary["perf/mean_images_per_sec"] > 0
 
 

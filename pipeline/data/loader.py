@@ -94,7 +94,7 @@ def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
     """
     train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
                              data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map,
-                             max_member_bytes=int(data_cfg.max_member_mb * 2**20))
+                             data_cfg.verify_checksums, max_member_bytes=int(data_cfg.max_member_mb * 2**20))
     if data_cfg.check_images != "off":
         train, val = (scan_image_set(s, data_cfg.check_images, data_cfg.max_pixels) for s in (train, val))
     if data_cfg.cache == "auto" and data_cfg.source in ("sample", "imagefolder"):

@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import pickle
 import tarfile
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.constants import SAMPLE_ARCHIVE
+from pipeline.data.cifar10 import read_batches
 from pipeline.data.images import IMAGE_EXTENSIONS, check_encoded
 from pipeline.data.webdataset import (MAX_MEMBER_BYTES, MemberNames, ShardMembers, list_webdataset,
                                       member_too_large)
@@ -382,25 +382,11 @@ def _download_verified(url: str, path: Path, md5: str) -> None:
 # ------------------------------------------------------------------------------------ CIFAR-10
 
 
-def _read_cifar_batches(tar: tarfile.TarFile, names: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-    members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-    images, labels = [], []
-    for name in names:
-        if name not in members:
-            raise DataError(f"{where}: member {name} missing (not the official python-format archive?)")
-        try:
-            batch = pickle.load(tar.extractfile(members[name]), encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        except Exception as exc:  # a damaged pickle can raise almost anything
-            raise DataError(f"{where}:{name}: unreadable CIFAR batch ({exc})") from None
-        # Rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major.
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+def load_cifar10(root: str | Path, download: bool = False, verify_checksums: bool = True) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-10 from the official python-format archive, decoded once to uint8 arrays (N, 32, 32, 3).
 
-
-def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
-    """CIFAR-10 from the official python-format archive, decoded once to uint8 arrays (N, 32, 32, 3)."""
+    Each batch is checked against the official MD5 (unless `verify_checksums` is false) and unpickled
+    with an unpickler that cannot run code (pipeline/data/cifar10.py), a downloaded archive too."""
     root = Path(root).expanduser()
     archive = root / CIFAR10_ARCHIVE if root.suffix != ".gz" else root
     if not archive.is_file():
@@ -409,8 +395,9 @@ def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, Im
         download_once(CIFAR10_URL, archive, CIFAR10_MD5)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            train_x, train_y = _read_cifar_batches(tar, [f"data_batch_{i}" for i in range(1, 6)], str(archive))
-            test_x, test_y = _read_cifar_batches(tar, ["test_batch"], str(archive))
+            train_x, train_y = read_batches(tar, [f"data_batch_{i}" for i in range(1, 6)], str(archive),
+                                            verify_checksums)
+            test_x, test_y = read_batches(tar, ["test_batch"], str(archive), verify_checksums)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{archive}: cannot read the archive ({exc})") from None
 
@@ -434,7 +421,7 @@ def load_webdataset(root: str | Path, train_split: str, eval_split: str,
 
 def open_source(source: str, root: str = "", train_split: str = "train", eval_split: str = "auto",
                 download: bool = False, eval_labels: str = "", eval_label_map: str = "",
-                max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ImageSet, ImageSet]:
+                verify_checksums: bool = True, max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[ImageSet, ImageSet]:
     """(train, eval) image sets of a `data.source` other than synthetic; archive and shard members over
     `max_member_bytes` (data.max_member_mb) are refused before they are read."""
     if source == "sample":
@@ -442,7 +429,7 @@ def open_source(source: str, root: str = "", train_split: str = "train", eval_sp
     if source == "imagefolder":
         return load_imagefolder(root, train_split, eval_split, eval_labels, eval_label_map, max_member_bytes)
     if source == "cifar10":
-        return load_cifar10(root, download)
+        return load_cifar10(root, download, verify_checksums)
     if source == "webdataset":
         return load_webdataset(root, train_split, eval_split, max_member_bytes)
     raise ConfigError(f"data.source: {source!r} has no image set")

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.files import storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,12 @@ NAMING_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
 FREE_KEYS = (
     "name", "logging.", "wandb.", "dist.",
     "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.save_best",
-    "checkpoint.resume",
+    "checkpoint.resume", "checkpoint.on_unreadable",
     "eval.every", "eval.batch_size", "eval.only",
     # How the loader runs, not what it yields (decoding once gives the same batches: tests/test_data.py).
     "data.num_threads", "data.prefetch_queue_depth", "data.hw_decoder_load", "data.preallocate_width_hint",
     "data.preallocate_height_hint", "data.device_memory_padding", "data.host_memory_padding", "data.cache",
-    "data.cache_max_gb", "data.device",
+    "data.cache_max_gb", "data.device", "data.verify_checksums",
     # How a step is computed, and when the run stops early or reports.
     "train.compile", "train.deterministic", "train.tta_thresholds", "train.target_accuracy",
     "train.nonfinite_limit",
@@ -155,7 +156,7 @@ def append_changes(run_dir: Path, changes: list[Change], step: int, epoch: int) 
     if not changes:
         return
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with open(run_dir / CHANGES_FILE, "a") as fh:
+    with storage_errors(run_dir / CHANGES_FILE), open(run_dir / CHANGES_FILE, "a") as fh:
         for change in changes:
             fh.write(json.dumps({"step": step, "epoch": epoch, **asdict(change), "time": stamp}) + "\n")
 

@@ -6,9 +6,10 @@
 
 A run directory's config.yaml says what it trains and summary.json how its latest session ended
 (pipeline/runs/records.py): `finished` and `target_reached` are done; `preempted`, `nonfinite`,
-`bad_input` (once the file is fixed, or with data.check_images=skip: `SKIP_BAD_IMAGES`) and `crashed`
-can continue from the newest checkpoint; no summary.json means a session that was killed (or is
-running: runs/<name>/.lock says which, pipeline/runs/rundir.py RunLock).
+`bad_input` (once the file is fixed, or with data.check_images=skip: `SKIP_BAD_IMAGES`), `io_error`
+(once the disk has room) and `crashed` can continue from the newest checkpoint; no summary.json
+means a session that was killed (or is running: runs/<name>/.lock says which,
+pipeline/runs/rundir.py RunLock).
 
 `./launch.sh CONFIG [key=value ...]` without a run name continues the newest run that launch.sh
 named for the same config and overrides (pipeline/tools/launch.py): "the same command continues".
@@ -34,6 +35,8 @@ from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 
 DONE = ("finished", "target_reached")
+# Keys that say how a run continues, not what it trains: a command that adds one continues the same run.
+HOW_TO_CONTINUE = frozenset({"checkpoint.on_unreadable"})
 # What a run that stopped on a bad image adds to its command to continue without the bad files.
 SKIP_BAD_IMAGES = "data.check_images=skip"
 
@@ -91,7 +94,7 @@ def setup_differences(run_config: dict[str, Any], cfg: Config) -> list[str]:
     run_config = with_later_keys(run_config, here) if run_config else run_config
     diffs = []
     for key in sorted(set(here) | set(run_config)):
-        if key in NAMING_KEYS:
+        if key in NAMING_KEYS or key in HOW_TO_CONTINUE:
             continue
         mine, theirs = here.get(key), run_config.get(key)
         if key == "model.num_classes" and mine == "auto" and isinstance(theirs, int):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import RunDirError
+from pipeline.files import atomic_write_text, storage_errors
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -47,13 +48,14 @@ class MetricsLog:
         if not (self.enabled and self.path.exists()):
             return
         keep = [record for record in read_metrics(self.path) if record.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in keep))
+        # Whole or not at all: a kill (or a full disk) during the rewrite must not lose the run's history.
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"time": round(self.clock.wall_seconds(), 3), **record}
-        with open(self.path, "a") as fh:
+        with storage_errors(self.path), open(self.path, "a") as fh:  # a line cut by a kill is dropped on reading
             fh.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_open
+
 
 def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
     import matplotlib
@@ -34,5 +36,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> N
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path) as fh:  # curves.png is redrawn at every ending: never half a picture
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import Config
-from pipeline.errors import EndReason
+from pipeline.errors import EndReason, StorageError
 from pipeline.files import atomic_write_text
 from pipeline.runs.changes import recorded_config
 from pipeline.runs.clock import RunClock, RunPosition
@@ -160,5 +160,5 @@ class RunRecords:
         """A full disk or a vanished directory must not hide how the run ended (W&B still closes)."""
         try:
             write()
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             log.error("could not write to the run directory: %s", exc)

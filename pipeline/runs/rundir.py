@@ -4,6 +4,7 @@
     ...                                     # the rest of start-up
     save_run_config(cfg.to_dict(), run, dist.is_main, resumed)   # config.yaml once start-up succeeded
     discard_failed_start(run)               # instead, when start-up failed: a directory made for it goes
+    supersede(run.path)                     # a run that starts over: its earlier files move aside, kept
 
 A directory that start-up made and that start-up failed in (bad input found after the directory was
 opened: a model that cannot take the crop, a class count that does not match the data) is removed
@@ -11,7 +12,9 @@ again, so a failed command leaves nothing behind. A directory that existed befor
 session's checkpoints) is never removed, and its config.yaml, written when the run started, is
 kept when the run continues (changes go to config-changes.jsonl). Rank 0 holds an exclusive lock
 on runs/<name>/.lock while it runs, so a second training process cannot write into the same run at
-the same time.
+the same time. A run that starts over in its directory (checkpoint.resume=never, or
+checkpoint.on_unreadable=restart when none of its checkpoints loads) first moves the earlier files
+into runs/<name>/superseded-<date>-<time>/: nothing a user trusted is overwritten.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import yaml
 
 from pipeline.config import Config
 from pipeline.errors import RunDirError
+from pipeline.files import atomic_write_text, fsync_dir
 from pipeline.runs.changes import CHANGES_FILE
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 RUN_NAME_STAMP = "%Y%m%d-%H%M%S"
 FAILURE_PREFIX = ".failed-rank"  # runs/<name>/.failed-rank<k>.json: rank k met bad input (training/failures.py)
 LOCK_FILE = ".lock"
+LOG_FILE = "train.log"
+SUPERSEDED_PREFIX = "superseded-"
 
 
 def default_run_name(experiment: str) -> str:
@@ -205,8 +211,34 @@ def save_run_config(config: dict, run: RunDir, is_main: bool, resumed: bool) -> 
     path = run.path / "config.yaml"
     if resumed and path.is_file():
         return
-    path.write_text(yaml.safe_dump(config, sort_keys=False))  # as Config.to_yaml writes it
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))  # as Config.to_yaml writes it
     (run.path / CHANGES_FILE).unlink(missing_ok=True)
+
+
+def supersede(run_dir: Path) -> Path | None:
+    """Move the files of the run's earlier start into run_dir/superseded-<date>-<time>/ (None: there were none).
+
+    Everything moves but the lock (held now), train.log (one log for every session of the directory,
+    and open now) and earlier superseded folders: checkpoints, config.yaml, metrics.jsonl, summaries,
+    W&B's files (the next start is a new W&B run). Renames within one directory: nothing is copied."""
+    kept = {LOCK_FILE, LOG_FILE}
+    earlier = sorted(p for p in run_dir.iterdir()
+                     if p.name not in kept and not p.name.startswith((SUPERSEDED_PREFIX, SHARED_CHECK_PREFIX)))
+    if not earlier:
+        return None
+    stamp = datetime.datetime.now().strftime(RUN_NAME_STAMP)
+    target, n = run_dir / f"{SUPERSEDED_PREFIX}{stamp}", 1
+    while target.exists():  # two restarts within a second
+        n += 1
+        target = run_dir / f"{SUPERSEDED_PREFIX}{stamp}-{n}"
+    target.mkdir()
+    for path in earlier:
+        path.rename(target / path.name)
+    fsync_dir(target)
+    fsync_dir(run_dir)
+    log.warning("run %s starts over: the files of its earlier start (%s) moved into %s; nothing was deleted",
+                run_dir.name, ", ".join(p.name for p in earlier), target)
+    return target
 
 
 def discard_failed_start(run: RunDir) -> None:

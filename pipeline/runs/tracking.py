@@ -56,6 +56,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_write_text
 from pipeline.runs.resolved import auto_tags, merge_tags
 from pipeline.runs.wandb_files import delivered_step, session_logs
 
@@ -114,7 +115,7 @@ class Tracker:
         os.environ.pop("WANDB_SERVICE", None)
         id_file = run_dir / "wandb-run-id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        atomic_write_text(id_file, run_id)  # a kill mid-write must not leave an empty id: a second W&B run
         earlier_sessions = session_logs(run_dir, "offline-run", run_id)  # read before init adds this one
         resolved = resolved or {}
         self.run = wandb.init(

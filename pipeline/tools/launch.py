@@ -12,7 +12,9 @@ launch.sh calls both (they are not meant to be typed). `name` picks the run dire
 - a new <config name>-<date>-<time> when there is none, or with --new.
 A run that finished is not trained again: `name` says so, prints nothing on stdout (launch.sh then
 exits 0) and shows the command that starts a new one. A run that a live process is training (its
-lock is held) is refused rather than trained twice at once.
+lock is held) is refused rather than trained twice at once. A run whose directory holds checkpoints
+none of which loads (emptied, corrupt, another checkpoint format) is refused too, exit 2, naming
+each file, with the commands that go on; the "continuing run" line says where the run resumes.
 
 `torchrun` runs torchrun's own main() here (so this process is the agent that receives SIGTERM),
 with the workers told that this process reports the ending (LAUNCHER_ENV). A stop by a signal
@@ -22,8 +24,8 @@ checkpoint), so they are summarised in one line, and the agent's own `failed (ex
 is left out for those codes. Other failures keep torchrun's failure report.
 Then, from runs/<name>/summary.json as the workers left it, one line says how the run ended and,
 when it can continue, the exact command that continues it: the same command. Exit status: 0
-finished, 2 bad input, 4 non-finite loss, 75 preempted (checkpoint written), else the workers' or
-torchrun's failure.
+finished, 2 bad input, 4 non-finite loss, 74 a file could not be written (a full disk: free space,
+then continue), 75 preempted (checkpoint written), else the workers' or torchrun's failure.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from pipeline.runs.rundir import default_run_name
 
 PREFIX = "launch.sh:"
 # Worker exit codes that the worker itself explains in its last lines: no torchrun report needed.
-EXPLAINED = {int(ExitCode.BAD_INPUT), int(ExitCode.NONFINITE), int(ExitCode.PREEMPTED)}
+EXPLAINED = {int(ExitCode.BAD_INPUT), int(ExitCode.NONFINITE), int(ExitCode.IO_ERROR), int(ExitCode.PREEMPTED)}
 
 
 def say(message: str) -> None:
@@ -64,7 +66,8 @@ def same_command(words: list[str], env: Mapping[str, str], run_name: str | None 
 def describe_end(state: RunState) -> str:
     """' was preempted at step 157 (1 of 50 epochs done)', ' crashed', ...: how its latest session ended."""
     what = {"preempted": "was preempted", "crashed": "crashed", "nonfinite": "stopped on a non-finite loss",
-            "bad_input": "stopped on bad input", "finished": "finished",
+            "bad_input": "stopped on bad input", "io_error": "stopped on a file it could not write",
+            "finished": "finished",
             "target_reached": "reached its target accuracy"}
     return (f" {what.get(state.end, state.end)}{state.where()}" if state.end
             else " was stopped without a summary (killed, or its node went away)")
@@ -98,6 +101,8 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
         if state.done and not cfg.eval.only and not setup_differences(state.config, cfg):
             report_done(state, words, env, named=True)
             return None
+        if state.path.is_dir() and not state.in_use_by:  # (a run in use: its lock stops the workers)
+            resume_outlook(cfg, state, words, env)  # none of its checkpoints loads: refused here, exit 2
         return given
     if new:
         return default_run_name(cfg.name)
@@ -110,16 +115,47 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
     if latest.done:
         report_done(latest, words, env, named=False)
         return None
-    say(f"continuing run {latest.name}: it{describe_end(latest)}; it resumes from its latest checkpoint "
+    say(f"continuing run {latest.name}: it{describe_end(latest)}; {resume_outlook(cfg, latest, words, env)} "
         f"({same_command(words, env, new=True)} starts a new run instead)")
     return latest.name
 
 
+def resume_outlook(cfg: Config, state: RunState, words: list[str], env: Mapping[str, str]) -> str:
+    """What continuing the run will do ('it resumes from last.pt (step 157)'), as the workers will decide it.
+
+    A run holding checkpoints none of which loads is refused here (CheckpointError, exit 2), with the
+    commands that go on, before torchrun starts and before anything in the run changes."""
+    resume = cfg.checkpoint.resume
+    if resume == "never":
+        return "it starts over (checkpoint.resume=never), its earlier files moved into superseded-<time>/ inside it"
+    if resume != "auto":
+        return f"it resumes from {resume}"
+    from pipeline.training.checkpoint import scan_checkpoints, unreadable_error  # loads torch: only here
+
+    found = scan_checkpoints(state.path)
+    if found.newest is not None:
+        path, ckpt = found.newest
+        return f"it resumes from {path.name} (step {ckpt['counters']['global_step']})"
+    if not found.unreadable:
+        return "it wrote no checkpoint, so it starts from the beginning"
+    if cfg.checkpoint.on_unreadable == "restart" and not cfg.eval.only:
+        return ("none of its checkpoints loads, so it starts over (checkpoint.on_unreadable=restart), its files "
+                "moved into superseded-<time>/ inside it")
+    restart = same_command(with_override(words, "checkpoint.on_unreadable=restart"), env, run_name=state.name)
+    raise unreadable_error(state.path, found, new_run=f"start a new run: {new_run_command(words, env)}",
+                           restart=restart)
+
+
+def new_run_command(words: list[str], env: Mapping[str, str]) -> str:
+    """The command that trains this setup in a new run (any run name dropped)."""
+    return same_command([w for w in words if not w.startswith("logging.run_name=")],
+                        {k: v for k, v in env.items() if k != "RUN_NAME"}, new=True)
+
+
 def report_done(state: RunState, words: list[str], env: Mapping[str, str], named: bool) -> None:
-    again = same_command([w for w in words if not w.startswith("logging.run_name=")], {
-        k: v for k, v in env.items() if k != "RUN_NAME"}, new=True)
     say(f"run {state.name} ({state.path}){describe_end(state)} ({result_of(state)}): nothing to train"
-        f"{'' if named else ' for this command'}. To train this setup again in a new run: {again}")
+        f"{'' if named else ' for this command'}. To train this setup again in a new run: "
+        f"{new_run_command(words, env)}")
 
 
 def name_main(argv: list[str]) -> int:
@@ -130,7 +166,7 @@ def name_main(argv: list[str]) -> int:
         name = choose_run_name(cfg, words, new, os.environ)
     except UserError as exc:
         print(f"{PREFIX} error: {exc}", file=sys.stderr)
-        return int(ExitCode.BAD_INPUT)
+        return int(exc.exit_code)
     if name is not None:
         print(name)
     return 0
@@ -211,6 +247,10 @@ def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str
         skip = where + same_command(with_override(words, SKIP_BAD_IMAGES), env, run_name=named or state.name)
         return int(ExitCode.BAD_INPUT), (f"run {state.name}{describe_end(state)}. Remove or replace the file named "
                                          f"above, then continue it: {command}; or leave bad files out: {skip}")
+    if fresh and state.end == "io_error":  # the environment first: the same command alone meets the same full disk
+        return int(ExitCode.IO_ERROR), (f"run {state.name}{describe_end(state)} (named above; the checkpoints "
+                                        f"written before it are kept). Free space on {state.path.parent} (or raise "
+                                        f"the quota, or move logging.runs_dir), then continue it: {command}")
     if fresh:
         code = {"preempted": ExitCode.PREEMPTED, "nonfinite": ExitCode.NONFINITE}.get(state.end, status or 1)
         tail = ("; resuming replays the same batches at the same learning rate (see the error above)"

@@ -8,7 +8,11 @@ Files are written to a temporary name, fsync'ed and renamed, so a crash never le
 `last.pt`; loading uses `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 
 Names in the run directory: `last.pt` (end of an epoch), `best.pt` (best top-1),
-`step-00001234.pt` (every `checkpoint.every_steps`, the newest `keep_last` kept).
+`step-00001234.pt` (every `checkpoint.every_steps`, the newest `keep_last` kept). A run resumes from
+the one that loads with the most progress, best.pt included (an emptied last.pt falls back to it;
+on equal progress last.pt is the one named). When the directory holds checkpoints and none loads, the run stops (exit 2) naming
+each file and why, before anything in the directory changes; `checkpoint.on_unreadable=restart`
+starts it over instead, its earlier files moved aside (pipeline/runs/rundir.py `supersede`).
 
 `CheckpointManager` is the component the trainer asks to find a resume point, restore it, and
 save; the functions below it are the file-level operations it uses.
@@ -38,12 +42,14 @@ from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, UserError
 from pipeline.files import atomic_copy, atomic_open
 from pipeline.runs.changes import Change, config_changes, flatten, refuse_unaccepted
+from pipeline.runs.envinfo import git_revision
+from pipeline.runs.rundir import supersede
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
 from pipeline.training.tta import tta_summary
 
-__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ModelCard", "ResumePoint", "atomic_save", "load",
-           "model_card"]
+__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ModelCard", "ResumePoint", "RunCheckpoints",
+           "atomic_save", "load", "model_card", "scan_checkpoints", "unreadable_error"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,10 @@ log = logging.getLogger(__name__)
 # drawn at once from (seed, epoch): a format-2 mid-epoch position would resume other batches.
 FORMAT_VERSION = 3
 STEP_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
+LAST, BEST = "last.pt", "best.pt"
+# What every checkpoint holds (CheckpointManager._payload): a file without one of them cannot be resumed.
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "counters", "config", "world_size", "rank_states")
+REQUIRED_COUNTERS = ("epoch", "step_in_epoch", "global_step")
 # Config keys that must match to resume, whatever checkpoint.accept_changes says: they change parameter
 # shapes or what a step means. Other keys may change with consent (pipeline/runs/changes.py).
 MUST_MATCH = ("model", "train.global_batch_size", "data.source", "optim.decay_norm_and_bias")
@@ -66,21 +76,43 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
         torch.save(obj, fh)
 
 
+class UnloadableCheckpoint(CheckpointError):
+    """A checkpoint file that does not load: `path`, `reason` in a few words, and whether it is a checkpoint
+    of another format (which the code that wrote it could still continue)."""
+
+    def __init__(self, path: Path, reason: str, other_format: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.other_format = path, reason, other_format
+
+
 def load(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely; a truncated or corrupt file raises CheckpointError naming it."""
+    """Load a checkpoint safely; an empty, truncated, corrupt, foreign, incomplete or other-format file raises
+    UnloadableCheckpoint naming it and why."""
     try:
+        if path.stat().st_size == 0:
+            raise UnloadableCheckpoint(path, "empty file (0 bytes)")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
+        raise UnloadableCheckpoint(path, "no such checkpoint") from None
+    except UnloadableCheckpoint:
+        raise
     except Exception as exc:  # truncated zip, bad pickle, disallowed global, ...
-        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UnloadableCheckpoint(path, f"unreadable or corrupt checkpoint ({type(exc).__name__}: "
+                                         f"{' '.join(str(exc).split())})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
-        raise CheckpointError(f"{path}: not a checkpoint of this project "
-                              f"({type(ckpt).__name__ if not isinstance(ckpt, dict) else 'no format_version'})")
+        raise UnloadableCheckpoint(path, "not a checkpoint of this project (" + (
+            "no format_version" if isinstance(ckpt, dict) else type(ckpt).__name__) + ")")
     if ckpt["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written in checkpoint format {ckpt['format_version']}; this version reads "
-                              f"format {FORMAT_VERSION}. Start the run afresh (checkpoint.resume=never), or finish "
-                              f"it with the version that wrote it")
+        writer = (f"by git {ckpt['code_revision']}" if isinstance(ckpt.get("code_revision"), str)
+                  else "by an earlier version of this code")
+        raise UnloadableCheckpoint(path, f"written in checkpoint format {ckpt['format_version']} {writer}; this "
+                                         f"code (git {git_revision()}) reads format {FORMAT_VERSION}", other_format=True)
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    counters = ckpt.get("counters")
+    if not missing and isinstance(counters, dict):
+        missing = [f"counters.{key}" for key in REQUIRED_COUNTERS if key not in counters]
+    if missing or not isinstance(counters, dict):
+        raise UnloadableCheckpoint(path, "an incomplete checkpoint (no " + ", ".join(missing or ["counters"]) + ")")
     return ckpt
 
 
@@ -104,23 +136,51 @@ def step_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"step-{step:08d}.pt"
 
 
-def resumable(run_dir: Path) -> list[Path]:
-    """`last.pt` and the step checkpoints of a run directory (best.pt is a result, not a resume point)."""
-    return sorted(p for p in run_dir.glob("*.pt") if p.name == "last.pt" or STEP_PATTERN.match(p.name))
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The run directory's checkpoints: last.pt, the step checkpoints, then best.pt (a result, and a resume
+    point when a later checkpoint does not load; on equal progress the earlier in this list is resumed)."""
+    steps = sorted(p for p in run_dir.glob("step-*.pt") if STEP_PATTERN.match(p.name))
+    return [p for p in (run_dir / LAST, *steps, run_dir / BEST) if p.is_file()]
 
 
-def latest_good(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The loadable checkpoint with the highest global step; corrupt files are reported and skipped."""
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """What a run directory's checkpoints offer: the newest that loads, and why each other one does not."""
+
+    newest: tuple[Path, dict[str, Any]] | None
+    unreadable: tuple[UnloadableCheckpoint, ...]
+
+    @property
+    def none_loads(self) -> bool:
+        """There are checkpoints, and not one of them loads: resuming would silently start over."""
+        return self.newest is None and bool(self.unreadable)
+
+
+def scan_checkpoints(run_dir: Path) -> RunCheckpoints:
+    """Load every checkpoint of `run_dir`: the one with the most progress, and the ones that fail."""
     newest: tuple[Path, dict[str, Any]] | None = None
-    for path in resumable(run_dir):
+    unreadable = []
+    for path in checkpoint_files(run_dir):
         try:
             ckpt = load(path)
-        except CheckpointError as exc:
-            log.warning("skipping a checkpoint: %s", exc)
+        except UnloadableCheckpoint as exc:
+            unreadable.append(exc)
             continue
         if newest is None or _progress(ckpt) > _progress(newest[1]):
             newest = (path, ckpt)
-    return newest
+    return RunCheckpoints(newest, tuple(unreadable))
+
+
+def unreadable_error(run_dir: Path, found: RunCheckpoints, new_run: str, restart: str) -> CheckpointError:
+    """The refusal when none of a run's checkpoints loads: each file and why, and the ways forward.
+
+    `new_run`: how to start a new run instead; `restart`: the command (or key) that starts this one over."""
+    files = "; ".join(f"{exc.path.name}: {exc.reason}" for exc in found.unreadable)
+    older = " or finish it with the code that wrote it;" if any(exc.other_format for exc in found.unreadable) else ""
+    return CheckpointError(
+        f"run {run_dir.name} ({run_dir}) holds checkpoints and none of them loads: {files}. Nothing in the run "
+        f"was changed. To go on: put a good copy of one of these files back;{older} or {new_run}; or start this "
+        f"run over, its files moved into {run_dir.name}/superseded-<time>/ (nothing is deleted): {restart}")
 
 
 def _progress(ckpt: dict[str, Any]) -> tuple[int, bool]:
@@ -348,21 +408,29 @@ class CheckpointManager:
         self.written: tuple[int, bool] | None = None  # Counters.position of the newest checkpoint (restored or written)
         self.plan: Any = None  # train.time_budget's plan (pipeline/training/budget.py), kept in every checkpoint
         self.eval_transform = eval_transform_of(config)  # in every checkpoint's model card
+        self.code_revision = git_revision()  # in every checkpoint: a format mismatch can say which code wrote it
 
     def find_resume(self) -> ResumePoint | None:
-        """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
+        """checkpoint.resume: auto = the run's newest checkpoint that loads; never = start over; a path.
+
+        Rank 0 picks (and with never, or on_unreadable=restart, moves the earlier files aside); every rank
+        then loads the same file, or raises the same refusal."""
         mode = self.cfg.resume
-        if mode == "never":
-            return None
-        if mode == "auto":
-            found = None
+        if mode in ("auto", "never"):
+            picked, refusal = None, ""
             if self.dist.is_main:
-                newest = latest_good(self.run_dir)
-                found = str(newest[0]) if newest else None
-            found = distributed.broadcast_object(found)
-            if found is None:
+                try:
+                    picked = self._pick_in_run_dir()
+                except CheckpointError as exc:
+                    refusal = str(exc)
+            picked, refusal = distributed.broadcast_object((picked, refusal))
+            if refusal:
+                error = CheckpointError(refusal)
+                error.reported = not self.dist.is_main  # type: ignore[attr-defined]  # one line, rank 0's
+                raise error
+            if picked is None:
                 return None
-            path = Path(found)
+            path = Path(picked)
         else:
             path = Path(mode).expanduser()
         ckpt = load(path)
@@ -376,6 +444,22 @@ class CheckpointManager:
                 f"number (this run has {self.dist.world_size}). Resume from an epoch-end checkpoint instead "
                 f"(checkpoint.resume={path.parent / 'last.pt'})")
         return ResumePoint(path, ckpt, tuple(changes))
+
+    def _pick_in_run_dir(self) -> str | None:
+        """Rank 0: the checkpoint to resume from (None: start from the beginning), or the refusal."""
+        if self.cfg.resume == "never":
+            supersede(self.run_dir)
+            return None
+        found = scan_checkpoints(self.run_dir)
+        if found.none_loads and (self.cfg.on_unreadable == "refuse" or self.config["eval"]["only"]):
+            raise unreadable_error(self.run_dir, found, new_run="start a new run (another logging.run_name)",
+                                   restart="checkpoint.on_unreadable=restart")
+        for exc in found.unreadable:
+            log.warning("skipping a checkpoint: %s", exc)
+        if found.none_loads:  # checkpoint.on_unreadable=restart
+            supersede(self.run_dir)
+            return None
+        return str(found.newest[0]) if found.newest else None
 
     def restore(self, resume: ResumePoint, parts: Checkpointable) -> Counters:
         """Load every state_dict strictly into `parts`; returns the saved counters."""
@@ -458,6 +542,7 @@ class CheckpointManager:
         scaler = parts.precision.scaler
         return {
             "format_version": FORMAT_VERSION,
+            "code_revision": self.code_revision,
             "model": parts.model.state_dict(),
             "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(),

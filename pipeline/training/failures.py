@@ -24,6 +24,7 @@ from typing import Any
 from pipeline.distributed import DistInfo
 from pipeline.entry import print_user_error, tell_the_agent
 from pipeline.errors import EndReason, UserError, crash_ending
+from pipeline.files import atomic_write_text
 from pipeline.runs.rundir import FAILURE_PREFIX as PREFIX
 
 log = logging.getLogger("pipeline")
@@ -37,11 +38,12 @@ def report_failure(exc: BaseException, run_dir: Path, dist: DistInfo) -> None:
         return
     print_user_error(exc)
     exc.reported = True  # type: ignore[attr-defined]  # the entry point does not print it again
-    record = {"rank": dist.rank, "error": type(exc).__name__, "message": str(exc), "user_error": True}
+    record = {"rank": dist.rank, "error": type(exc).__name__, "message": str(exc), "user_error": True,
+              "end": crash_ending(exc).value}
     try:
-        (run_dir / f"{PREFIX}{dist.rank}.json").write_text(json.dumps(record))
-    except OSError:
-        pass  # the other ranks then fail as they would without the record: with a traceback
+        atomic_write_text(run_dir / f"{PREFIX}{dist.rank}.json", json.dumps(record))
+    except (OSError, UserError):  # a full disk: the other ranks then fail as they would without the record
+        pass
     tell_the_agent()
 
 
@@ -74,5 +76,5 @@ def failure_ending(exc: BaseException, run_dir: Path, dist: DistInfo) -> tuple[E
     report_failure(exc, run_dir, dist)
     peer = peer_failure(exc, run_dir, dist)
     if peer is not None:
-        return (EndReason.BAD_INPUT if peer.get("user_error") else EndReason.CRASHED), False
+        return EndReason(peer.get("end", EndReason.BAD_INPUT.value)), False
     return crash_ending(exc), True

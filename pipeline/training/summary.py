@@ -23,6 +23,7 @@ from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, EndReason
 from pipeline.constants import LAUNCHER_ENV
+from pipeline.files import atomic_write_text
 from pipeline.runs.continuation import SKIP_BAD_IMAGES, direct_command, with_override
 from pipeline.runs.rundir import default_run_name
 from pipeline.training.checkpoint import Counters
@@ -74,7 +75,7 @@ def evaluate_checkpoint(evaluation: Any, counters: Counters, checkpoint_cfg: Any
         raise CheckpointError(f"eval.only: no checkpoint in {run_dir}")
     metrics = evaluation.run(per_class=True)
     if dist.is_main:
-        (run_dir / "eval.json").write_text(json.dumps({**metrics, "step": counters.global_step}, indent=1))
+        atomic_write_text(run_dir / "eval.json", json.dumps({**metrics, "step": counters.global_step}, indent=1))
         records.per_class(evaluation.class_report, run_dir)
         log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
                  counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
@@ -117,6 +118,10 @@ def announce_continue(end: EndReason, c: Counters, dist: DistInfo, run_dir: Path
         skip = direct_command(name, with_override(list(sys.argv), SKIP_BAD_IMAGES))
         line = (f"run {name} stopped at step {c.global_step} on bad input (named above). Remove or replace the "
                 f"file, then continue it from its latest checkpoint: {command}; or leave bad files out: {skip}")
+    elif end is EndReason.IO_ERROR:  # the environment first: the same command alone meets the same full disk
+        line = (f"run {name} stopped at step {c.global_step}: a file could not be written (named above; the "
+                f"checkpoints written before it are kept). Free space on {run_dir.parent} (or raise the quota, or "
+                f"move logging.runs_dir), then continue it from its latest checkpoint: {command}")
     else:
         why = {EndReason.PREEMPTED: f"stopped at step {c.global_step} (checkpoint written)",
                EndReason.NONFINITE: "stopped on a non-finite loss", EndReason.CRASHED: "crashed"}[end]

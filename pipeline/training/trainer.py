@@ -119,7 +119,7 @@ class Trainer:
             end, code = EndReason.NONFINITE, ExitCode.NONFINITE
         except BaseException as exc:
             end, goes_up = failure_ending(exc, self.run_dir, self.dist)  # a peer's failure ends here, quietly
-            code = end.exit_code  # bad_input (2) or crashed (1)
+            code = end.exit_code  # bad_input (2), io_error (74) or crashed (1)
             if goes_up:
                 raise
         finally:
