@@ -63,6 +63,7 @@ LAST, BEST = "last.pt", "best.pt"
 # What every checkpoint holds (CheckpointManager._payload): a file without one of them cannot be resumed.
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "counters", "config", "world_size", "rank_states")
 REQUIRED_COUNTERS = ("epoch", "step_in_epoch", "global_step")
+WEIGHTS_KEYS = ("model", "config")  # what export, predict and fine-tuning read
 # Config keys that must match to resume, whatever checkpoint.accept_changes says: they change parameter
 # shapes or what a step means. Other keys may change with consent (pipeline/runs/changes.py).
 MUST_MATCH = ("model", "train.global_batch_size", "data.source", "optim.decay_norm_and_bias")
@@ -85,9 +86,10 @@ class UnloadableCheckpoint(CheckpointError):
         self.path, self.reason, self.other_format = path, reason, other_format
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
     """Load a checkpoint safely; an empty, truncated, corrupt, foreign, incomplete or other-format file raises
-    UnloadableCheckpoint naming it and why."""
+    UnloadableCheckpoint naming it and why. `required`: the entries the reader needs (resuming needs all of
+    REQUIRED_KEYS; reading the weights, WEIGHTS_KEYS)."""
     try:
         if path.stat().st_size == 0:
             raise UnloadableCheckpoint(path, "empty file (0 bytes)")
@@ -107,12 +109,13 @@ def load(path: Path) -> dict[str, Any]:
                   else "by an earlier version of this code")
         raise UnloadableCheckpoint(path, f"written in checkpoint format {ckpt['format_version']} {writer}; this "
                                          f"code (git {git_revision()}) reads format {FORMAT_VERSION}", other_format=True)
-    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
-    counters = ckpt.get("counters")
-    if not missing and isinstance(counters, dict):
-        missing = [f"counters.{key}" for key in REQUIRED_COUNTERS if key not in counters]
-    if missing or not isinstance(counters, dict):
-        raise UnloadableCheckpoint(path, "an incomplete checkpoint (no " + ", ".join(missing or ["counters"]) + ")")
+    missing = [key for key in required if key not in ckpt]
+    if not missing and "counters" in required:
+        counters = ckpt["counters"]
+        missing = ([f"counters.{key}" for key in REQUIRED_COUNTERS if key not in counters]
+                   if isinstance(counters, dict) else ["counters"])
+    if missing:
+        raise UnloadableCheckpoint(path, "an incomplete checkpoint (no " + ", ".join(missing) + ")")
     return ckpt
 
 

@@ -25,7 +25,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from models import build_model, list_models
 from pipeline.data.transform import EvalTransform
 from pipeline.errors import CheckpointError
-from pipeline.training.checkpoint import load, model_card
+from pipeline.training.checkpoint import WEIGHTS_KEYS, load, model_card
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP (and WeightEMA's `module`), torch.compile
 
@@ -115,12 +115,12 @@ def recorded_result(ckpt: dict[str, Any], weights: str, headline: str) -> dict[s
     if f"{prefix}top1" not in final:
         return {}
     return {"top1": final[f"{prefix}top1"], "top5": final.get(f"{prefix}top5", float("nan")),
-            "epoch": final.get("epoch", -1), "step": ckpt["counters"].get("global_step", -1)}
+            "epoch": final.get("epoch", -1), "step": (ckpt.get("counters") or {}).get("global_step", -1)}
 
 
 def read_weights(path: Path, weights: str = "ema") -> WeightsSource:
     """The `weights` ("ema", or "raw") of checkpoint `path`; "ema" of a run without an EMA gives its raw ones."""
-    ckpt = load(path)
+    ckpt = load(path, WEIGHTS_KEYS)
     config = ckpt.get("config")
     if not isinstance(config, dict) or "model" not in config or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: not a model checkpoint of this project (no model weights or config)")
