@@ -73,10 +73,16 @@ def _f(default: Any, doc: str, **constraints: Any) -> Any:
 # --------------------------------------------------------------------------------------- model
 
 
+# The networks of the model registry (models/__init__.py; tests/test_models.py checks that the two agree):
+# the schema is where docs/configuration.md, docs/training.md and `bench model --help` read them from.
+ModelName = Literal["squeezenet_bypass", "squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "resnet50"]
+MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
+
+
 class ModelConfig(Section):
     """The network (a registry name from `models`)."""
 
-    name: str = _f("squeezenet_bypass", "registry name: squeezenet_bypass | squeezenet1_0 | squeezenet1_1")
+    name: ModelName = _f("squeezenet_bypass", "the network (docs/training.md#models)")
     num_classes: Annotated[int, Field(gt=1)] | Literal["auto"] = _f(
         10, "number of output classes; auto = the classes of the training data (not with data.source=synthetic)"
     )

@@ -94,7 +94,10 @@ def test_every_bench_kind_has_its_own_help(kind, capsys):
     if kind == "loader":
         assert "dali-cpu = DALI, CPU operators" in out and "--stages" in out and "--models" not in out
     if kind == "model":
+        from pipeline.config import MODEL_NAMES
+
         assert "--batch-sizes" in out and "--backends" not in out
+        assert f"networks, from {', '.join(MODEL_NAMES)}" in out  # the schema's names, every one
 
 
 def loader_rows() -> list[dict]:

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 import pipeline.bench as package
-from models import list_models
-from pipeline.config import Config, split_args
+from pipeline.config import MODEL_NAMES, Config, split_args
 from pipeline.constants import BENCH_RESULTS_DIR
 from pipeline.distributed import DistInfo
 from pipeline.entry import exit_now, run_entry
@@ -59,7 +58,8 @@ def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name:
                                                f"{backends}")),
         "stages": (["--stages"], dict(action="store_true", help="also time each DALI graph prefix (read, decode, "
                                                                  "resize, full) of the DALI backends")),
-        "models": (["--models"], dict(type=_csv(), help=f"networks, from {','.join(list_models())}")),
+        "models": (["--models"], dict(type=_csv(allowed=dict.fromkeys(MODEL_NAMES)), metavar="M1,M2",
+                                      help=f"networks, from {', '.join(MODEL_NAMES)}")),
         "precisions": (["--precisions"], dict(type=_csv(), help="fp32,bf16,fp16 (default fp32,bf16)")),
         "formats": (["--formats"], dict(type=_csv(), help="contiguous,channels_last (default both)")),
         "compile": (["--compile"], dict(type=_csv(), help="off,default,reduce-overhead,max-autotune "

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import build_model, list_models
+from models import build_model
 from pipeline import distributed
 from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
@@ -150,8 +150,6 @@ def check_input_sizes(model: nn.Module, sizes: dict[str, int], num_classes: int)
 
 def build_network(model_cfg: Any, data_cfg: Any, dist: DistInfo, sync_bn: bool) -> nn.Module:
     """The raw model, checked against the input sizes; SyncBatchNorm when asked for under DDP."""
-    if model_cfg.name not in list_models():
-        raise ConfigError(f"model.name: unknown model {model_cfg.name!r}; choose one of {', '.join(list_models())}")
     model = build_model(model_cfg.name, num_classes=model_cfg.num_classes, dropout=model_cfg.dropout)
     sizes = {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop}
     if data_cfg.train.progressive_start_crop:  # the smallest training size (the network takes every larger one)
