@@ -19,6 +19,7 @@ from pipeline.bench.loader import backend_loader
 from pipeline.bench.report import compared_to_torchvision, draw_chart, format_table
 from pipeline.config import MODEL_NAMES, load_config
 from pipeline.data import load_image_sets
+from figures import texts_outside
 from runs import REPO, run_env
 
 FAST = ["--steps=2", "--warmup=1", "--repeats=2", "wandb.mode=disabled", "data.num_threads=1",
@@ -137,35 +138,6 @@ def test_loader_chart_keeps_every_bar_readable_beside_synthetic_input():
 # A machine's description as a GPU host gives it (envinfo.describe): the title every chart carries.
 LONG_TITLE = ("model: Intel(R) Xeon(R) Platinum 8480+ (112 cores), 8x NVIDIA H200 (driver 570.86.15, 139 GiB); "
               "torch 2.14.1+cu130, CUDA 13.0, cuDNN 91002, DALI 2.4.0, git 6816d0730043-dirty")
-
-
-def drawn_texts(fig) -> list:
-    """The text a figure shows: its titles, every axes' title, axis labels, tick labels in view, bar labels and
-    legend entries (tick labels outside the view exist but are not drawn)."""
-    texts = list(fig.texts)
-    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
-        if legend is not None:
-            texts += [legend.get_title(), *legend.get_texts()]
-    for ax in fig.axes:
-        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
-        for axis in (ax.xaxis, ax.yaxis):
-            low, high = sorted(axis.get_view_interval())
-            texts += [tick.label1 for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]
-                      if low <= tick.get_loc() <= high]
-    return texts
-
-
-def texts_outside(fig) -> list[str]:
-    """Every piece of text a drawn figure shows that does not lie wholly inside the figure."""
-    fig.canvas.draw()
-    renderer, box = fig.canvas.get_renderer(), fig.bbox
-    outside = []
-    for text in drawn_texts(fig):
-        if text.get_visible() and text.get_text().strip():
-            extent = text.get_window_extent(renderer)
-            if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y0 < box.y0 - 1 or extent.y1 > box.y1 + 1:
-                outside.append(text.get_text())
-    return outside
 
 
 def chart_rows(kind: str) -> list[dict]:
