@@ -2,6 +2,7 @@
 
     changes = config_changes(saved, current)         # [Change(key, old, new, kind)], saved = the checkpoint's config
     refuse_unaccepted(changes, accepted, run_name)   # ConfigError: each key old -> new, and the ways forward
+    unaccepted(changes, accepted)                    # the refused ones alone (launch.sh: its way forward)
     append_changes(run_dir, changes, step, epoch)    # runs/<name>/config-changes.jsonl, one line per key
     config = effective_config(run_dir)               # config.yaml with every recorded change applied
 
@@ -117,9 +118,14 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[Chang
     return changes
 
 
+def unaccepted(changes: list[Change], accepted: list[str]) -> list[Change]:
+    """The changes of experiment keys that `accepted` (checkpoint.accept_changes) does not accept."""
+    return [c for c in changes if c.kind == "experiment" and c.key not in accepted and "all" not in accepted]
+
+
 def refuse_unaccepted(changes: list[Change], accepted: list[str], run_name: str) -> None:
     """ConfigError unless every experiment key that changed is in `accepted` (checkpoint.accept_changes)."""
-    refused = [c for c in changes if c.kind == "experiment" and c.key not in accepted and "all" not in accepted]
+    refused = unaccepted(changes, accepted)
     if not refused:
         return
     keys = ",".join(c.key for c in refused)

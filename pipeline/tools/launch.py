@@ -39,8 +39,12 @@ from typing import Mapping
 
 from pipeline.config import Config, load_config_args
 from pipeline.errors import ExitCode, LaunchError, UserError
-from pipeline.constants import LAUNCHER_ENV
-from pipeline.runs.continuation import (SKIP_BAD_IMAGES, RunState, latest_run_of, read_run_state, setup_differences,
+from pipeline.constants import LAUNCHER_ENV, REPO_ROOT
+import yaml
+
+from pipeline.runs.changes import Change, config_changes, unaccepted, unflatten
+from pipeline.runs.continuation import (SKIP_BAD_IMAGES, RunState, differing_keys, latest_run_of, read_run_state,
+                                        setup_differences,
                                         with_override)
 from pipeline.runs.rundir import default_run_name
 
@@ -53,12 +57,41 @@ def say(message: str) -> None:
     print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
 
 
+# The variables launch.sh reads that shape the job (README, `./launch.sh --help`): a command that continues
+# a run keeps those that are set, so that it resumes with as many processes and nodes. NODE_RANK and
+# LOCAL_ADDR differ from node to node and are left to each; scripts/slurm.sbatch (LAUNCH_AS) derives
+# NNODES, MASTER_ADDR and MASTER_PORT from its allocation, which a requeued job may change.
+LAUNCH_VARIABLES = ("NPROC", "NNODES", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS", "RDZV_ID", "VENV")
+DERIVED_UNDER_SLURM = ("NNODES", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_DEFAULTS = {"NNODES": "1", "MAX_RESTARTS": "0", "MASTER_PORT": "29500", "VENV": str(REPO_ROOT / ".venv")}
+
+
+def launch_variables(env: Mapping[str, str]) -> list[str]:
+    """`["NPROC=2", ...]`: the variables of LAUNCH_VARIABLES that `env` sets to other than launch.sh's default."""
+    def default(name: str) -> bool:
+        value, usual = env[name], LAUNCH_DEFAULTS.get(name)
+        return usual is not None and (value == usual or (name == "VENV" and os.path.realpath(value)
+                                                          == os.path.realpath(usual)))
+
+    return [f"{name}={shlex.quote(env[name])}" for name in LAUNCH_VARIABLES if env.get(name) and not default(name)
+            and not ("LAUNCH_AS" in env and name in DERIVED_UNDER_SLURM)]
+
+
 def same_command(words: list[str], env: Mapping[str, str], run_name: str | None = None, new: bool = False) -> str:
-    """The command as the user typed it (its RUN_NAME too), or with --new to start another run."""
+    """The command as the user typed it, with its RUN_NAME and the launcher's variables that are set
+    (NPROC=2, ...), or with --new to start another run."""
     launcher = env.get("LAUNCH_AS", "./launch.sh")  # scripts/slurm.sbatch: its own command line
     words = [w for w in words if w != "--new"]
-    prefix = f"RUN_NAME={shlex.quote(run_name)} " if run_name else ""
-    return prefix + " ".join([launcher, *(["--new"] if new else []), *map(shlex.quote, words)])
+    prefix = ([f"RUN_NAME={shlex.quote(run_name)}"] if run_name else []) + launch_variables(env)
+    return " ".join([*prefix, launcher, *(["--new"] if new else []), *map(shlex.quote, words)])
+
+
+def every_node(env: Mapping[str, str]) -> str:
+    """What a command for several nodes is prefixed with (nothing on one node, or under LAUNCH_AS)."""
+    if int(env.get("NNODES", "1")) <= 1 or "LAUNCH_AS" in env:
+        return ""
+    own = "NODE_RANK and LOCAL_ADDR" if env.get("LOCAL_ADDR") else "NODE_RANK"
+    return f"on every node, with its own {own}: "
 
 
 def describe_end(state: RunState) -> str:
@@ -103,7 +136,9 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
         return default_run_name(cfg.name)
     latest = latest_run_of(cfg, matching=lambda state: not setup_differences(state.config, cfg))
     if latest is None:
-        return default_run_name(cfg.name)
+        name = default_run_name(cfg.name)
+        note_unfinished_run(cfg, words, env, name)
+        return name
     if latest.in_use_by:
         raise LaunchError(f"run {latest.name}, of this same setup, is being trained now ({latest.in_use_by}); "
                           f"wait for it to end, or start another run beside it: {same_command(words, env, new=True)}")
@@ -113,6 +148,26 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
     say(f"continuing run {latest.name}: it{describe_end(latest)}; it resumes from its latest checkpoint "
         f"({same_command(words, env, new=True)} starts a new run instead)")
     return latest.name
+
+
+def note_unfinished_run(cfg: Config, words: list[str], env: Mapping[str, str], name: str) -> None:
+    """A new run of a config that has an unfinished run of other settings: say so, with the command that
+    continues that one (these words with its values of the keys that differ, and its name)."""
+    other = latest_run_of(cfg, matching=lambda state: not state.done and not state.in_use_by)
+    if other is None:
+        return
+    changed = [key for key in differing_keys(other.config, cfg) if key in other.config]
+    shown = ", ".join(f"{key}={yaml_value(other.config[key])}" for key in changed)
+    restored = words
+    for key in changed:
+        restored = with_override(restored, f"{key}={yaml_value(other.config[key])}")
+    say(f"starting a new run {name}: run {other.name} of this config is unfinished (it{describe_end(other)}) and "
+        f"was trained with {shown}; to continue it instead: {same_command(restored, env, run_name=other.name)}")
+
+
+def yaml_value(value: object) -> str:
+    """A config value as a key=value override writes it (YAML, on one line)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip().removesuffix("...").strip()
 
 
 def report_done(state: RunState, words: list[str], env: Mapping[str, str], named: bool) -> None:
@@ -199,11 +254,38 @@ def run_torchrun(args: list[str]) -> tuple[int, str | None]:
     return 0, None
 
 
-def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str], started: float) -> tuple[int, str]:
-    """(exit status, the line that says how the run ended) from what the workers left in the run directory."""
+def refused_changes(state: RunState, cfg: Config) -> list[Change]:
+    """The changed experiment keys that the workers refuse when this config continues the run from its
+    latest checkpoint (checkpoint.accept_changes does not accept them); [] when there is no such checkpoint."""
+    resumable = [p for p in state.path.glob("*.pt") if p.name == "last.pt" or p.name.startswith("step-")]
+    if cfg.checkpoint.resume != "auto" or not resumable or not state.config:
+        return []
+    here = cfg.to_dict()
+    if here["model"]["num_classes"] == "auto":  # the run saved the number it found (setup_differences)
+        here["model"]["num_classes"] = state.config.get("model.num_classes")
+    return unaccepted(config_changes(unflatten(state.config), here), cfg.checkpoint.accept_changes)
+
+
+def way_forward(state: RunState, refused: list[Change], cfg: Config, words: list[str], env: Mapping[str, str]) -> str:
+    """After the workers refused to continue a run with other values: the two commands that go on."""
+    accept = [*cfg.checkpoint.accept_changes, *(c.key for c in refused)]
+    accepting = same_command(with_override(words, f"checkpoint.accept_changes=[{','.join(accept)}]"), env,
+                             run_name=state.name)
+    fresh = same_command([w for w in words if not w.startswith("logging.run_name=")],
+                         {k: v for k, v in env.items() if k != "RUN_NAME"}, new=True)
+    keys = ", ".join(c.key for c in refused)
+    return (f"run {state.name} was not continued: it was trained with other values of {keys} (above). To continue "
+            f"it with the new values, recording the change: {every_node(env)}{accepting}; to train them in a new "
+            f"run instead: {every_node(env)}{fresh}")
+
+
+def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str], started: float,
+           cfg: Config | None = None) -> tuple[int, str]:
+    """(exit status, the line that says how the run ended) from what the workers left in the run directory.
+    `cfg`: this launch's config, to give the way forward when the workers refused to continue the run."""
     fresh = state.end is not None and (state.path / "summary.json").stat().st_mtime >= started - 1
     named = env.get("RUN_NAME") or None
-    where = "on every node: " if int(env.get("NNODES", "1")) > 1 and "LAUNCH_AS" not in env else ""
+    where = every_node(env)
     command = where + same_command(words, env, run_name=named)
     if fresh and state.done:
         return 0, ""
@@ -222,6 +304,12 @@ def ending(state: RunState, status: int, words: list[str], env: Mapping[str, str
                                          f"latest checkpoint: {command}")
     if not state.path.is_dir():
         return status, "nothing was trained: the workers stopped at start-up (the error is above)"
+    if status == ExitCode.BAD_INPUT and (state.path / "config.yaml").is_file():  # an earlier session's run
+        refused = refused_changes(state, cfg) if cfg is not None else []
+        if refused:
+            return status, way_forward(state, refused, cfg, words, env)
+        return status, (f"run {state.name} was not continued: its workers stopped at start-up on the error above; "
+                        f"once that is fixed, the same command continues it: {command}")
     if any(state.path.glob("*.pt")):
         return status, (f"run {state.name} stopped before writing its summary; to continue it from its latest "
                         f"checkpoint: {command}")
@@ -239,7 +327,7 @@ def torchrun_main(argv: list[str]) -> int:
     status, summary = run_torchrun(args)
     if summary:
         say(summary)
-    status, line = ending(read_run_state(run_dir), status, words, os.environ, started)
+    status, line = ending(read_run_state(run_dir), status, words, os.environ, started, cfg)
     if line and os.environ.get("NODE_RANK", "0") in ("", "0"):  # once: the node that hosts the rendezvous
         say(line)
     return status
