@@ -30,9 +30,13 @@ def stop_now(signum: int, frame: object) -> None:
 
 
 def train(cfg, dist) -> int:
-    from pipeline.training.trainer import Trainer  # torch loads after the config check
-
     try:
+        if cfg.eval.only:  # a checkpoint's evaluation: no run is started or continued
+            from pipeline.training.eval_only import evaluate_only
+
+            return evaluate_only(cfg, dist)
+        from pipeline.training.trainer import Trainer  # torch loads after the config check
+
         return Trainer(cfg, dist).fit()
     finally:
         # The run has ended (or is ending on an error it has reported): a late stop request, such as

@@ -302,7 +302,9 @@ class EvalConfig(Section):
         "val/*, best, final, time to accuracy) and raw, also logged as val_ema/* and val_raw/*. "
         "The former eval.use_ema=true/false still means ema/raw"
     )
-    only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
+    only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (auto: the latest of logging.run_name's "
+                           "run) into <run>/eval/<checkpoint>-<split>-<time>/eval.json, then exit; trains nothing "
+                           "and changes none of the run's records")
     tta: Literal["none", "flip"] = _f(
         "none", "test-time augmentation: flip = the mean of the logits of each image and its mirror, the headline "
         "val/*, with the plain figures as val/*_noflip (not time to accuracy: that is train.tta_thresholds, tta/*)")

@@ -97,6 +97,15 @@ def test_given_names_and_several_nodes(tmp_path):
         choose(tmp_path, new=True, RUN_NAME="mine")
 
 
+def test_an_evaluation_starts_no_run_and_needs_the_run_or_the_checkpoint_named(tmp_path, capsys):
+    make_run(tmp_path, "quickstart-20260101-000000", "preempted", "eval.only=true")  # nothing to continue for it
+    with pytest.raises(LaunchError, match=r"eval.only: name the run whose latest checkpoint to evaluate \(RUN_NAME="):
+        choose(tmp_path, "eval.only=true")
+    assert choose(tmp_path, "eval.only=true", f"checkpoint.resume={tmp_path}/qs-1/best.pt") == "qs-1"
+    assert choose(tmp_path, "eval.only=true", RUN_NAME="qs-2") == "qs-2"
+    assert capsys.readouterr().err == ""  # no "continuing run" and no "starting a new run"
+
+
 def test_a_run_being_trained_is_not_trained_twice(tmp_path):
     run = make_run(tmp_path, "quickstart-20260101-000000", None)
     lock = RunLock(run)

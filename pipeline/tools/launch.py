@@ -126,6 +126,11 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
             raise LaunchError("NNODES > 1: give RUN_NAME=... (or logging.run_name=...), the same on every node, so "
                               "that all nodes train into one run directory")
         given = f"{cfg.name}-{job}"
+    if cfg.eval.only:  # nothing is trained: the evaluation writes into the run it evaluates (training/eval_only.py)
+        if not given and cfg.checkpoint.resume == "auto":
+            raise LaunchError("eval.only: name the run whose latest checkpoint to evaluate (RUN_NAME=<run>) or the "
+                              "checkpoint (checkpoint.resume=<file>)")
+        return given or Path(cfg.checkpoint.resume).expanduser().resolve().parent.name
     if given:
         state = read_run_state(Path(cfg.logging.runs_dir).expanduser() / given)
         if state.done and not cfg.eval.only and not setup_differences(state.config, cfg):
@@ -327,6 +332,8 @@ def torchrun_main(argv: list[str]) -> int:
     status, summary = run_torchrun(args)
     if summary:
         say(summary)
+    if cfg.eval.only:  # an evaluation: its own lines said what it evaluated and where the result went
+        return status
     status, line = ending(read_run_state(run_dir), status, words, os.environ, started, cfg)
     if line and os.environ.get("NODE_RANK", "0") in ("", "0"):  # once: the node that hosts the rendezvous
         say(line)

@@ -1,8 +1,7 @@
-"""How a run ends on the console and in its summary: final/*, best/*, mean throughput; and eval.only.
+"""How a run ends on the console and in its summary: final/*, best/*, mean throughput.
 
     summary = final_summary(counters, meter, dist, all_ranks=True)   # records.summary(summary)
     report_final(counters, cfg.train, dist, summary.get("perf/mean_images_per_sec", 0.0), run_dir)
-    metrics = evaluate_checkpoint(evaluate, counters, cfg.checkpoint, run_dir, dist)   # eval.only: eval.json
     announce_continue(end, counters, dist, run_dir)   # a resumable ending: the command that continues it
     report_done_before(counters, cfg, dist, run_dir, stopped_at_target)   # the same command after the end
 """
@@ -10,18 +9,17 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from pipeline import distributed
 from pipeline.distributed import DistInfo
-from pipeline.errors import CheckpointError, EndReason
+from pipeline.errors import EndReason
 from pipeline.constants import LAUNCHER_ENV
 from pipeline.runs.continuation import SKIP_BAD_IMAGES, direct_command, with_override
 from pipeline.runs.rundir import default_run_name
@@ -64,20 +62,6 @@ def report_final(c: Counters, train_cfg: Any, dist: DistInfo, total: float, run_
     else:
         log.info("%.1f s of training (evaluation and checkpoints excluded)", c.train_seconds)
     log.info("run directory: %s", run_dir)
-
-
-def evaluate_checkpoint(evaluate: Callable[[], dict[str, float]], counters: Counters, checkpoint_cfg: Any,
-                        run_dir: Path, dist: DistInfo) -> dict[str, float]:
-    """eval.only: evaluate the restored weights, write eval.json, print the figures."""
-    if counters.global_step == 0 and checkpoint_cfg.resume == "auto":
-        raise CheckpointError(f"eval.only: no checkpoint in {run_dir}")
-    metrics = evaluate()
-    if dist.is_main:
-        (run_dir / "eval.json").write_text(json.dumps({**metrics, "step": counters.global_step}, indent=1))
-        log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
-                 counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], metrics["val/images"])
-    return metrics
 
 
 def report_nonfinite(exc: Exception, run_dir: Path, lr: float) -> None:
