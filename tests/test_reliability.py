@@ -161,6 +161,21 @@ def test_second_signal_exits_at_once(tmp_path):
     assert "exiting now without a checkpoint" in err
 
 
+@pytest.mark.slow
+def test_a_sigterm_in_an_evaluation_says_it_stops_the_evaluation(tmp_path):
+    """It said 'stopping after the current step' while an evaluation was running."""
+    proc = start_train(tmp_path, "evaluating", *RESUMABLE, "eval.every=1", "eval.batch_size=2")  # 500 batches
+    wait_for_text(tmp_path / "evaluating" / "train.log", "epoch 1/3: evaluating (500 batches per process)", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-3000:]
+    assert ("SIGTERM received: stopping the evaluation after its current batch and writing a checkpoint (the "
+            "evaluation is redone when the run continues)") in err
+    assert "stopping after the current step" not in err
+    pending = load_ckpt(tmp_path / "evaluating" / ckpt_io.step_path(Path(), 12).name)["counters"]  # epoch 1's end
+    assert pending["eval_pending"] and pending["global_step"] == 12
+
+
 def test_a_repeated_sigterm_is_the_same_stop_request():
     """Under SLURM + torchrun one stop arrives twice (scancel, then the agent): it must not skip the checkpoint."""
     from pipeline.training.preemption import StopRequest

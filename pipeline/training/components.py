@@ -34,6 +34,7 @@ from pipeline.training.ema import WeightEMA, Weights, evaluated_models
 from pipeline.training.mixing import BatchMixer
 from pipeline.training.optim import build_optimizer, scaled_lr
 from pipeline.training.precision import Precision, build_precision
+from pipeline.training.recipe import recipe_in_force
 from pipeline.training.schedule import build_scheduler, total_steps
 from pipeline.training.step import TrainingStep, wrap_model
 
@@ -90,7 +91,7 @@ def build_training_step(parts: Components, train_cfg: Any) -> TrainingStep:
     return TrainingStep(parts.model, parts.wrapped, parts.optimizer, parts.scheduler, parts.precision, parts.ema,
                         label_smoothing=train_cfg.label_smoothing, debug_nan_step=train_cfg.debug_nan_step,
                         mixer=BatchMixer.from_config(train_cfg), num_classes=parts.num_classes,
-                        report_sizes=len(parts.train_sides) > 1)
+                        report_sizes=len(parts.train_sides) > 1, compiled=train_cfg.compile != "off")
 
 
 def train_sides(data_cfg: Any) -> tuple[int, ...]:
@@ -270,4 +271,6 @@ def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[
         "resolved/effective_lr": scaled_lr(cfg.optim, cfg.train.global_batch_size),
         "resolved/steps_per_epoch": parts.steps_per_epoch,
         "resolved/data_fingerprint": data_fingerprint(cfg.data),
+        **recipe_in_force(cfg, total_steps(cfg.train.epochs, parts.steps_per_epoch, cfg.train.max_steps),
+                          parts.train_sides),
     }

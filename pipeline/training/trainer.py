@@ -36,6 +36,7 @@ from pipeline.training.evaluation import EpochEvaluation
 from pipeline.training.failures import failure_ending
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
+from pipeline.training.recipe import describe_recipe
 from pipeline.training.schedule import total_steps
 from pipeline.training.summary import (announce_continue, final_summary, report_done_before, report_final,
                                       report_nonfinite)
@@ -96,9 +97,11 @@ class Trainer:
         save_run_config(self.checkpoints.config, self.run, dist.is_main, resumed=resume is not None)  # as asked
         if resume is not None and dist.is_main:  # config.yaml keeps the original; what changed is appended
             note_changes(self.run_dir, resume.changes, self.counters.global_step, self.counters.epoch)
+        resolved = resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {}
+        if resolved:
+            log.info("%s", describe_recipe(resolved))  # the schedule and every augmentation option, on and off
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
-                                  environment=env,
-                                  resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
+                                  environment=env, resolved=resolved)
         record_plan(plan, self.records, first_session=resume is None)
         # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
         self.checkpoints.observers += [self.clock, self.records]
