@@ -208,6 +208,20 @@ def test_torchrun_restarts_a_killed_worker_and_finishes(tmp_path, uninterrupted)
     assert_same_tensors(uninterrupted[2]["model"], state["model"], "model")
 
 
+@pytest.mark.slow
+def test_a_run_continued_on_another_number_of_processes_says_so_and_records_it(tmp_path):
+    """Two processes wrote the epoch-end checkpoint, one continues: a line in the log and `dist/world_size` in
+    metrics.jsonl from the session's first step (a run that continued with 1 process said nothing of it)."""
+    run_train(tmp_path, "shrunk", "train.epochs=1", nproc=2)
+    resumed = run_train(tmp_path, "shrunk", "train.epochs=2", "checkpoint.accept_changes=[train.epochs]")
+    assert ("continuing with 1 process(es); the checkpoint was written by 2: the global batch stays 32 (32 per "
+            "process, was 16)") in resumed.stderr
+    records = read_metrics(tmp_path / "shrunk" / "metrics.jsonl")
+    (noted,) = [r for r in records if "dist/world_size" in r]
+    assert noted["dist/world_size"] == 1 and noted["step"] == 7  # epoch 1 ended at step 6
+    assert load_ckpt(tmp_path / "shrunk" / "last.pt")["world_size"] == 1
+
+
 # ---------------------------------------------------------------------- checkpoint integrity
 
 

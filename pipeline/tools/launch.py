@@ -35,11 +35,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from pipeline.config import Config, load_config_args
 from pipeline.errors import ExitCode, LaunchError, UserError
-from pipeline.constants import LAUNCHER_ENV, REPO_ROOT
+from pipeline.constants import LAUNCHER_ENV, LAUNCHER_STOP_SIGNAL, RANK_ERROR_LOG, REPO_ROOT
 import yaml
 
 from pipeline.runs.changes import Change, config_changes, unaccepted, unflatten
@@ -199,24 +199,75 @@ def name_main(argv: list[str]) -> int:
 # -------------------------------------------------------------------------------- torchrun
 
 
-def handle_sigterm_once() -> None:
+class AgentLog(logging.Filter):
+    """torchrun's agent's lines about its workers (torch.distributed.elastic.multiprocessing.api), as the
+    launcher tells the story instead.
+
+    When a worker ends with a failure (a crash, a kill), the agent stops the others with SIGTERM: before
+    each of them gets it (its `Sending process N closing signal SIGTERM` line), this sends the worker
+    LAUNCHER_STOP_SIGNAL, so that it takes the SIGTERM for what it is (no stop request to announce or to
+    pass back here: pipeline/entry.py LAUNCHER_STOP), and `stopping` makes this agent ignore a SIGTERM
+    that comes back anyway. The agent's own `failed (exitcode: N)` line goes: the launcher names the
+    process that died and how (`who_ended`), or, when a restart follows (MAX_RESTARTS), says so here.
+    """
+
+    def __init__(self, max_restarts: int) -> None:
+        super().__init__()
+        self.max_restarts = max_restarts
+        self.failures = 0  # failed worker groups so far: the first max_restarts are restarted
+        self.stopping = False  # stopping the workers after a failure: a SIGTERM now is their echo
+        self.stop_requested = False  # a SIGTERM reached this agent from outside: it stops the workers itself
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message, args = str(record.msg), record.args if isinstance(record.args, tuple) else ()
+        if message.startswith("Sending process") and len(args) == 2:  # (pid, signal name), then torchrun signals it
+            if args[1] == "SIGTERM" and not self.stop_requested:
+                self.stopping = True
+                try:
+                    os.kill(int(args[0]), LAUNCHER_STOP_SIGNAL)
+                except OSError:
+                    pass  # it has just ended
+            return False
+        if message.startswith("failed (exitcode: ") and len(args) >= 3:  # (exit code, local rank, pid, binary)
+            self.stopping = False  # the workers have stopped
+            self.failures += 1
+            if self.failures <= self.max_restarts and args[0] not in EXPLAINED:
+                say(f"local rank {args[1]} (pid {args[2]}) {how_it_ended(int(args[0]))}; restarting the workers "
+                    f"(restart {self.failures} of MAX_RESTARTS={self.max_restarts}): they resume from the run's "
+                    "latest checkpoint")
+            return False
+        return True
+
+
+def how_it_ended(exitcode: int) -> str:
+    """'was killed by signal 9 (SIGKILL)', 'exited with status 1': a worker's ending, as torchrun saw it."""
+    if exitcode < 0:
+        try:
+            name = f" ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-exitcode}{name}"
+    return f"exited with status {exitcode}"
+
+
+def handle_sigterm_once(agent: AgentLog) -> None:
     """SIGTERM stops the job once, whoever sends it: the user, SLURM, or a worker passing its own on.
 
     A worker asked to stop passes the request to this agent (pipeline/training/preemption.py
     `tell_the_agent`), so that the agent stops the whole job instead of restarting the worker under
     --max-restarts. The agent then signals every worker, and each of them passes that on too: the
     first SIGTERM raises torchrun's SignalException (the agent stops its workers and waits for their
-    checkpoints), later ones are the same request and must not cut that wait short. torchrun is told
-    to leave SIGTERM to this handler (--signals-to-handle without it; its other signals stay its own).
+    checkpoints), later ones are the same request and must not cut that wait short. A SIGTERM while
+    the agent stops its workers after one of them failed (`agent.stopping`) is no request at all.
+    torchrun is told to leave SIGTERM to this handler (--signals-to-handle without it; its other
+    signals stay its own).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    received: list[int] = []
-
     def on_sigterm(signum: int, frame: object) -> None:
-        if received:
+        if agent.stop_requested or agent.stopping:
             return
-        received.append(signum)
+        agent.stop_requested = True
         raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
 
     # torchrun --signals-to-handle (its PET_ variable; torch >= 2.9), which it copies to the variable its
@@ -225,25 +276,35 @@ def handle_sigterm_once() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-class ExplainedExitFilter(logging.Filter):
-    """Drops the elastic agent's `E... api.py:...] failed (exitcode: N) local_rank: ...` line when N is a code
-    the workers explain themselves (EXPLAINED): their one-line message and the launcher's summary say it all."""
+def who_ended(failures: Mapping[int, Any], run_dir: Path, started: float) -> str:
+    """The one line that names the worker whose ending stopped the job, and how it ended; the others' folded
+    tracebacks (runs/<name>/rank<k>-error.log, written by those whose collective broke for want of it)."""
+    def folded(rank: int) -> Path | None:
+        path = run_dir / RANK_ERROR_LOG.format(rank=rank)
+        return path if path.is_file() and path.stat().st_mtime >= started - 1 else None
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        explained = bool(args) and args[0] in EXPLAINED
-        return not (explained and str(record.msg).startswith("failed (exitcode: "))
+    logs = {rank: path for rank in failures if (path := folded(rank)) is not None}
+    others = f" (their tracebacks: {', '.join(map(str, logs.values()))})" if logs else ""
+    causes = {rank: failure for rank, failure in failures.items() if rank not in logs}
+    if not causes:  # every worker here stopped for want of a peer: it was on another node
+        return f"the workers on this node stopped: a process of the job on another node went away{others}"
+    rank, failure = min(causes.items(), key=lambda item: (item[1].exitcode >= 0, item[1].timestamp, item[0]))
+    traceback = " (its traceback is above)" if failure.exitcode == ExitCode.ERROR else ""
+    return (f"rank {rank} (pid {failure.pid}) {how_it_ended(failure.exitcode)}{traceback}; the other workers were "
+            f"stopped{others}")
 
 
-def run_torchrun(args: list[str]) -> tuple[int, str | None]:
-    """torchrun's main() on `args`: (exit status, a one-line summary when its own report was left out)."""
+def run_torchrun(args: list[str], run_dir: Path, started: float) -> tuple[int, str | None]:
+    """torchrun's main() on `args`: (exit status, the line that says how it ended, when the workers do not)."""
     from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    handle_sigterm_once()
-    logging.getLogger(api.__name__).addFilter(ExplainedExitFilter())
+    restarts = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--max-restarts=")), 0)
+    agent = AgentLog(restarts)
+    handle_sigterm_once(agent)
+    logging.getLogger(api.__name__).addFilter(agent)
     try:
         torchrun_main(args)
     except SignalException as exc:  # the agent was signalled: it has stopped its workers, whatever they did
@@ -254,8 +315,7 @@ def run_torchrun(args: list[str]) -> tuple[int, str | None]:
         if set(codes.values()) <= EXPLAINED:
             shown = ", ".join(f"rank {rank}: {code}" for rank, code in codes.items())
             return max(codes.values(), key=lambda c: (c == ExitCode.PREEMPTED, c)), f"workers exited ({shown})"
-        print(exc.format_msg(), file=sys.stderr)  # a crash: torchrun's report, beside the worker's traceback
-        return int(ExitCode.ERROR), None
+        return int(ExitCode.ERROR), who_ended(exc.failures, run_dir, started)
     return 0, None
 
 
@@ -329,7 +389,7 @@ def torchrun_main(argv: list[str]) -> int:
     run_dir = Path(cfg.logging.runs_dir).expanduser() / cfg.logging.run_name
     os.environ[LAUNCHER_ENV] = "launch.sh"  # the workers inherit it: they leave the ending to this process
     started = time.time()
-    status, summary = run_torchrun(args)
+    status, summary = run_torchrun(args, run_dir, started)
     if summary:
         say(summary)
     if cfg.eval.only:  # an evaluation: its own lines said what it evaluated and where the result went

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any, Iterator
 
 from pipeline import distributed
-from pipeline.entry import tell_the_agent
+from pipeline.entry import LAUNCHER_STOP, tell_the_agent
 from pipeline.errors import Interrupted
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,10 @@ class StopRequest:
         self.signum = signum
         tell_the_agent()
         name = signal.Signals(signum).name
+        if LAUNCHER_STOP.is_set():  # the launcher stops the job because another worker ended: it says so itself
+            if self.at_once:
+                raise Interrupted(signum, f"{name} from the launcher: stopping now")
+            return
         if self.at_once:
             raise Interrupted(signum, f"{name} received during {self.phase}: stopping now")
         what = ("stopping the evaluation after its current batch and writing a checkpoint (the evaluation is redone "

@@ -26,7 +26,7 @@ from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
-from pipeline.runs.changes import note_changes
+from pipeline.runs.changes import note_changes, note_world_size
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.budget import budget_run, plan_from, record_plan
 from pipeline.training.checkpoint import CheckpointManager, Counters
@@ -103,6 +103,10 @@ class Trainer:
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
                                   environment=env, resolved=resolved)
         record_plan(plan, self.records, first_session=resume is None)
+        if resume is not None and resume.ckpt["world_size"] != dist.world_size and dist.is_main:
+            step = self.counters.global_step
+            note_world_size(self.records.log, resume.ckpt["world_size"], dist.world_size, cfg.train.global_batch_size,
+                            step, round((step + 1) / self.parts.steps_per_epoch, 4))
         # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
         self.checkpoints.observers += [self.clock, self.records]
 
