@@ -17,7 +17,7 @@ from pipeline.bench.__main__ import main as bench_main
 from pipeline.bench.__main__ import parse_args
 from pipeline.bench.loader import backend_loader
 from pipeline.bench.report import compared_to_torchvision, draw_chart, format_table
-from pipeline.config import MODEL_NAMES, load_config
+from pipeline.config import load_config
 from pipeline.data import load_image_sets
 from figures import texts_outside
 from runs import REPO, run_env
@@ -96,6 +96,8 @@ def test_every_bench_kind_has_its_own_help(kind, capsys):
     if kind == "loader":
         assert "dali-cpu = DALI, CPU operators" in out and "--stages" in out and "--models" not in out
     if kind == "model":
+        from pipeline.config import MODEL_NAMES
+
         assert "--batch-sizes" in out and "--backends" not in out
         assert f"networks, from {', '.join(MODEL_NAMES)}" in out  # the schema's names, every one
         assert "By default the config's own" in out and "--all measures every model" in out
@@ -199,6 +201,7 @@ def test_model_benchmark_measures_the_configs_own_step_and_first_says_what_and_h
 
 def test_model_benchmark_settings_the_config_all_and_each_dimension():
     from pipeline.bench.model import describe_settings, settings
+    from pipeline.config import MODEL_NAMES
 
     def chosen(*options: str, config: tuple[str, ...] = ()) -> list:
         args, cfg_path, overrides = parse_args(["model", *options, *config])
