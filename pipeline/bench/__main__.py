@@ -30,7 +30,7 @@ KINDS = {
               "model.name, train.precision, channels_last (as the trainer wraps it), train.compile and "
               "train.global_batch_size at data.train.crop; --all measures every model x fp32,bf16 x both memory "
               "formats; --models, --precisions, --formats, --compile, --batch-sizes and --size set one dimension "
-              "each. It first times one step of each setting and says what it will measure and about how long",
+              "each. It first times a few steps of each setting and says what it will measure and about how long",
               ("all", "models", "precisions", "formats", "compile", "batch_sizes", "size")),
     "train": ("end to end: training steps fed by synthetic input, the configured DALI loader (real) and the "
               "torchvision baseline", ("feeds",)),

@@ -5,9 +5,10 @@
     python -m pipeline.bench model configs/quickstart.yaml --all    # every model x fp32,bf16 x both layouts
     python -m pipeline.bench model --models squeezenet1_0,resnet50 --precisions bf16   # one dimension each
 
-Before measuring, each setting is built and one eager step of it is timed (after an untimed one), and
-one line says what will be measured and about how long: the timed step x the steps each setting runs
-(warm-up + repeats x steps), summed. Compilation (`--compile` other than off) is not in the estimate.
+Before measuring, each setting is built and a few eager steps of it are timed (after an untimed one),
+and one line says what will be measured and about how long: their median step x the steps each
+setting runs (warm-up + repeats x steps), summed. Compilation (`--compile` other than off) is not in
+the estimate.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import gc
 import itertools
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -104,18 +106,26 @@ def build(setting: Setting, cfg: Config, side: int, device: torch.device, compil
     return step_runner(wrapped, optimizer, precision, images, labels)
 
 
+# Steps timed one by one (after an untimed one) for the estimate; their median is the step it uses, so one
+# step slowed by a neighbour's burst on a shared machine does not turn seconds into minutes.
+PROBE_STEPS = 3
+
+
 def timed_step(setting: Setting, cfg: Config, side: int, device: torch.device) -> float:
-    """Seconds of one eager training step of `setting`, after an untimed first one (allocation, autotuning)."""
+    """Seconds of an eager training step of `setting`: the median of PROBE_STEPS steps timed one by one, after
+    an untimed first one (allocation, autotuning)."""
     run = build(setting, cfg, side, device, compile=False)
     run(1)
-    synchronize(device)
-    started = time.perf_counter()
-    run(1)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    times = []
+    for _ in range(PROBE_STEPS):
+        synchronize(device)
+        started = time.perf_counter()
+        run(1)
+        synchronize(device)
+        times.append(time.perf_counter() - started)
     del run
     gc.collect()
-    return seconds
+    return statistics.median(times)
 
 
 def describe_duration(seconds: float) -> str:
@@ -154,7 +164,7 @@ def announce(chosen: list[Setting], cfg: Config, args: argparse.Namespace, side:
     step_seconds = [timed_step(s, cfg, side, device) for s in chosen]
     estimate = steps * sum(step_seconds)
     compiled = sum(s.compile_mode != "off" for s in chosen)
-    log.info("bench model: %s; %d steps each (%d warm-up + %d x %d): about %s, from one timed step of each "
+    log.info("bench model: %s; %d steps each (%d warm-up + %d x %d): about %s, from a timed step of each "
              "(%s)%s%s", describe_settings(chosen, side), steps, args.warmup, args.repeats, args.steps,
              describe_duration(estimate), ", ".join(f"{1000 * t:.0f} ms" for t in step_seconds[:6])
              + (", ..." if len(step_seconds) > 6 else ""),
