@@ -9,21 +9,25 @@ launch.sh calls both (they are not meant to be typed). `name` picks the run dire
 - otherwise the newest run that launch.sh named <config name>-<date>-<time> for the same setup
   (the same config and overrides, pipeline/runs/continuation.py), if it has not finished: so the
   same command continues a preempted, crashed or killed run from its latest checkpoint;
-- a new <config name>-<date>-<time> when there is none, or with --new.
+- a new <config name>-<date>-<time> when there is none, or with --new; one line then names an
+  unfinished run of the same config (other settings) and the command that continues it.
 A run that finished is not trained again: `name` says so, prints nothing on stdout (launch.sh then
 exits 0) and shows the command that starts a new one. A run that a live process is training (its
-lock is held) is refused rather than trained twice at once.
+lock is held) is refused rather than trained twice at once. An evaluation (eval.only) trains no
+run: `name` passes it through.
 
 `torchrun` runs torchrun's own main() here (so this process is the agent that receives SIGTERM),
 with the workers told that this process reports the ending (LAUNCHER_ENV). A stop by a signal
 ends in torchrun's 25-line SignalException traceback and workers that exited 2, 4 or 75 in a
 ChildFailedError one; both have already said why (bad input, a non-finite loss, a preemption
-checkpoint), so they are summarised in one line, and the agent's own `failed (exitcode: N)` log line
-is left out for those codes. Other failures keep torchrun's failure report.
+checkpoint), so they are summarised in one line. A worker that crashed or was killed is named in
+one line with how it ended (`who_ended`); the agent's own lines about it are left out (`AgentLog`,
+which also tells the other workers that the agent, not the user, is stopping them).
 Then, from runs/<name>/summary.json as the workers left it, one line says how the run ended and,
-when it can continue, the exact command that continues it: the same command. Exit status: 0
-finished, 2 bad input, 4 non-finite loss, 75 preempted (checkpoint written), else the workers' or
-torchrun's failure.
+when it can continue, the exact command that continues it: the same command, with the launcher's
+variables it was given (NPROC=2, ...); after the workers refused to continue a run with other
+values, the two commands that go on instead. Exit status: 0 finished, 2 bad input, 4 non-finite
+loss, 75 preempted (checkpoint written), else the workers' or torchrun's failure.
 """
 
 from __future__ import annotations
@@ -37,15 +41,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config import Config, load_config_args
-from pipeline.errors import ExitCode, LaunchError, UserError
-from pipeline.constants import LAUNCHER_ENV, LAUNCHER_STOP_SIGNAL, RANK_ERROR_LOG, REPO_ROOT
 import yaml
 
+from pipeline.config import Config, load_config_args
+from pipeline.constants import LAUNCHER_ENV, LAUNCHER_STOP_SIGNAL, RANK_ERROR_LOG, REPO_ROOT
+from pipeline.errors import ExitCode, LaunchError, UserError
 from pipeline.runs.changes import Change, config_changes, unaccepted, unflatten
 from pipeline.runs.continuation import (SKIP_BAD_IMAGES, RunState, differing_keys, latest_run_of, read_run_state,
-                                        setup_differences,
-                                        with_override)
+                                        setup_differences, with_override)
 from pipeline.runs.rundir import default_run_name
 
 PREFIX = "launch.sh:"
@@ -133,7 +136,7 @@ def choose_run_name(cfg: Config, words: list[str], new: bool, env: Mapping[str, 
         return given or Path(cfg.checkpoint.resume).expanduser().resolve().parent.name
     if given:
         state = read_run_state(Path(cfg.logging.runs_dir).expanduser() / given)
-        if state.done and not cfg.eval.only and not setup_differences(state.config, cfg):
+        if state.done and not setup_differences(state.config, cfg):
             report_done(state, words, env, named=True)
             return None
         return given
@@ -289,8 +292,8 @@ def who_ended(failures: Mapping[int, Any], run_dir: Path, started: float) -> str
     if not causes:  # every worker here stopped for want of a peer: it was on another node
         return f"the workers on this node stopped: a process of the job on another node went away{others}"
     rank, failure = min(causes.items(), key=lambda item: (item[1].exitcode >= 0, item[1].timestamp, item[0]))
-    traceback = " (its traceback is above)" if failure.exitcode == ExitCode.ERROR else ""
-    return (f"rank {rank} (pid {failure.pid}) {how_it_ended(failure.exitcode)}{traceback}; the other workers were "
+    above = " (its traceback is above)" if failure.exitcode == ExitCode.ERROR else ""
+    return (f"rank {rank} (pid {failure.pid}) {how_it_ended(failure.exitcode)}{above}; the other workers were "
             f"stopped{others}")
 
 

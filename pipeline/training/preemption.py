@@ -16,7 +16,9 @@ and exiting on the second would skip the checkpoint the first one asked for.
 
 Stop means stop: under ./launch.sh (pipeline/tools/launch.py is torchrun's agent) a worker that is
 asked to stop passes the request on to the agent, which stops the whole job instead of restarting
-the worker (`--max-restarts` is for crashes).
+the worker (`--max-restarts` is for crashes). When the agent itself stops the workers because one
+of them ended (it says so first: pipeline/entry.py LAUNCHER_STOP), their SIGTERM is neither announced
+nor passed back.
 """
 
 from __future__ import annotations
