@@ -10,7 +10,8 @@
 # <config>-<date>-<time>, and the same command later continues the newest such run of the same config
 # and overrides if it did not finish (preempted, crashed, killed), from its latest checkpoint. After
 # a run finished, the same command trains nothing and says so; --new starts a new run. When a run
-# stops early, the last line printed is the command that continues it.
+# stops early, the last line printed is the command that continues it (with NPROC and the other
+# variables below that were set); a worker that crashed or was killed is named first.
 #
 # Environment:
 #   NPROC         processes on this node (default: the number of visible GPUs, 1 without a GPU)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from pipeline.entry import exit_now, run_entry, tell_the_agent
+from pipeline.entry import exit_now, listen_for_the_launcher, run_entry, tell_the_agent
 from pipeline.errors import Interrupted
 
 
@@ -26,14 +26,18 @@ def stop_now(signum: int, frame: object) -> None:
     """Until the trainer can checkpoint (pipeline/training/preemption.py), a stop signal ends the start-up."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the request is taken: a repeat must not interrupt the exit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tell_the_agent()
+    tell_the_agent()  # (not when it is the launcher stopping the job: pipeline/entry.py LAUNCHER_STOP)
     raise Interrupted(signum, f"{signal.Signals(signum).name} received during start-up: stopping now")
 
 
 def train(cfg, dist) -> int:
-    from pipeline.training.trainer import Trainer  # torch loads after the config check
-
     try:
+        if cfg.eval.only:  # a checkpoint's evaluation: no run is started or continued
+            from pipeline.training.eval_only import evaluate_only
+
+            return evaluate_only(cfg, dist)
+        from pipeline.training.trainer import Trainer  # torch loads after the config check
+
         return Trainer(cfg, dist).fit()
     finally:
         # The run has ended (or is ending on an error it has reported): a late stop request, such as
@@ -61,6 +65,7 @@ def resolve(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    listen_for_the_launcher()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_now)
     if argv[:1] in (["-h"], ["--help"]):

@@ -75,10 +75,16 @@ def _f(default: Any, doc: str, **constraints: Any) -> Any:
 # --------------------------------------------------------------------------------------- model
 
 
+# The networks of the model registry (models/__init__.py; tests/test_models.py checks that the two agree):
+# the schema is where docs/configuration.md, docs/training.md and `bench model --help` read them from.
+ModelName = Literal["squeezenet_bypass", "squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "resnet50"]
+MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
+
+
 class ModelConfig(Section):
     """The network (a registry name from `models`)."""
 
-    name: str = _f("squeezenet_bypass", "registry name: squeezenet_bypass | squeezenet1_0 | squeezenet1_1")
+    name: ModelName = _f("squeezenet_bypass", "the network (docs/training.md#models)")
     num_classes: Annotated[int, Field(gt=1)] | Literal["auto"] = _f(
         10, "number of output classes; auto = the classes of the training data (not with data.source=synthetic)"
     )
@@ -312,7 +318,9 @@ class EvalConfig(Section):
         "val/*, best, final, time to accuracy) and raw, also logged as val_ema/* and val_raw/*. "
         "The former eval.use_ema=true/false still means ema/raw"
     )
-    only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (or the run's latest), then exit")
+    only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (auto: the latest of logging.run_name's "
+                           "run) into <run>/eval/<checkpoint>-<split>-<time>/eval.json, then exit; trains nothing "
+                           "and changes none of the run's records")
     tta: Literal["none", "flip"] = _f(
         "none", "test-time augmentation: flip = the mean of the logits of each image and its mirror, the headline "
         "val/*, with the plain figures as val/*_noflip (not time to accuracy: that is train.tta_thresholds, tta/*)")

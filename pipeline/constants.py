@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -14,6 +15,12 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # Set by pipeline/tools/launch.py (./launch.sh's torchrun agent) for the workers it starts: it prints
 # the ending and the continue command itself, and a worker asked to stop passes the request on to it.
 LAUNCHER_ENV = "PIPELINE_LAUNCHER"
+# What that agent sends a worker right before torchrun's SIGTERM when it stops the job because another
+# worker ended (a crash, a kill): the worker then stops quietly instead of reporting a stop request.
+LAUNCHER_STOP_SIGNAL = signal.SIGUSR1
+# In the run directory: the traceback of rank k's collective that broke because another process of the
+# job died (pipeline/training/failures.py); the launcher names the files after naming the process.
+RANK_ERROR_LOG = "rank{rank}-error.log"
 
 # The training-only augmentation levers (pipeline/data/levers.py): the choices the config offers.
 AUTO_AUGMENTS = ("none", "trivial_augment", "rand_augment", "auto_augment")

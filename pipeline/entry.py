@@ -17,10 +17,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.config import Config, load_config_args
-from pipeline.constants import LAUNCHER_ENV
+from pipeline.constants import LAUNCHER_ENV, LAUNCHER_STOP_SIGNAL
 from pipeline.errors import ExitCode, Interrupted, UserError
 
 if TYPE_CHECKING:
@@ -60,19 +61,33 @@ def run_entry(argv: list[str], body: Callable[[Config, DistInfo], int]) -> int:
             print_user_error(exc)
         return int(exc.exit_code)
     except Interrupted as exc:  # a stop signal during start-up: nothing new to checkpoint
-        print(f"{exc.message}; nothing new to checkpoint (exit status {int(ExitCode.PREEMPTED)}): the same "
-              "command continues", file=sys.stderr)
+        if not LAUNCHER_STOP.is_set():  # else the launcher tells why it stopped the job (another worker ended)
+            print(f"{exc.message}; nothing new to checkpoint (exit status {int(ExitCode.PREEMPTED)}): the same "
+                  "command continues", file=sys.stderr)
         return int(ExitCode.PREEMPTED)
     finally:
         distributed.destroy()
+
+
+# Set in a worker when ./launch.sh's agent says it is stopping the job because another worker ended
+# (LAUNCHER_STOP_SIGNAL, sent right before torchrun's own SIGTERM to each worker still running): that
+# SIGTERM is then no stop request of the user's, to announce or to pass back to the agent, and a
+# collective that fails now failed because a peer is gone (pipeline/training/failures.py).
+LAUNCHER_STOP = threading.Event()
+
+
+def listen_for_the_launcher() -> None:
+    """Install the handler of LAUNCHER_STOP_SIGNAL (train_dist.py, first thing)."""
+    signal.signal(LAUNCHER_STOP_SIGNAL, lambda signum, frame: LAUNCHER_STOP.set())
 
 
 def tell_the_agent() -> None:
     """Under ./launch.sh's torchrun agent (pipeline/tools/launch.py): ask it to stop the whole job.
 
     A worker that was asked to stop (a signal) or cannot go on (bad input) calls this once: the
-    agent then signals every worker and does not restart any (--max-restarts is for crashes)."""
-    if os.environ.get(LAUNCHER_ENV) and "TORCHELASTIC_RUN_ID" in os.environ:
+    agent then signals every worker and does not restart any (--max-restarts is for crashes). Not
+    when the agent is stopping the job already (LAUNCHER_STOP): its SIGTERM is not to be echoed."""
+    if os.environ.get(LAUNCHER_ENV) and "TORCHELASTIC_RUN_ID" in os.environ and not LAUNCHER_STOP.is_set():
         try:
             os.kill(os.getppid(), signal.SIGTERM)
         except OSError:

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from pipeline.bench.__main__ import main as bench_main
+from pipeline.bench.__main__ import parse_args
 from pipeline.bench.loader import backend_loader
 from pipeline.bench.report import compared_to_torchvision, draw_chart, format_table
 from pipeline.config import load_config
 from pipeline.data import load_image_sets
+from figures import texts_outside
 from runs import REPO, run_env
 
 FAST = ["--steps=2", "--warmup=1", "--repeats=2", "wandb.mode=disabled", "data.num_threads=1",
@@ -94,7 +96,12 @@ def test_every_bench_kind_has_its_own_help(kind, capsys):
     if kind == "loader":
         assert "dali-cpu = DALI, CPU operators" in out and "--stages" in out and "--models" not in out
     if kind == "model":
+        from pipeline.config import MODEL_NAMES
+
         assert "--batch-sizes" in out and "--backends" not in out
+        assert f"networks, from {', '.join(MODEL_NAMES)}" in out  # the schema's names, every one
+        assert "By default the config's own" in out and "--all measures every model" in out
+        assert "says what it will measure and about how long" in out
 
 
 def loader_rows() -> list[dict]:
@@ -130,6 +137,39 @@ def test_loader_chart_keeps_every_bar_readable_beside_synthetic_input():
         plt.close(fig)
 
 
+# A machine's description as a GPU host gives it (envinfo.describe): the title every chart carries.
+LONG_TITLE = ("model: Intel(R) Xeon(R) Platinum 8480+ (112 cores), 8x NVIDIA H200 (driver 570.86.15, 139 GiB); "
+              "torch 2.14.1+cu130, CUDA 13.0, cuDNN 91002, DALI 2.4.0, git 6816d0730043-dirty")
+
+
+def chart_rows(kind: str) -> list[dict]:
+    """Rows of each chart kind, with the longest labels the kind draws."""
+    stat = {"median": 1200.0, "min": 1100.0, "max": 1300.0, "repeats": [1200.0] * 2}
+    if kind == "loader":
+        return loader_rows()
+    if kind == "model":
+        return [{"model": name, "precision": "bf16", "memory_format": "channels_last", "compile": "max-autotune",
+                 "batch_size": 1024, "size": 224, "images_per_sec": stat} for name in ("squeezenet1_0_bypass",
+                                                                                          "resnet50")]
+    return [{"model": "squeezenet_bypass", "processes": n, "source": "imagefolder", **{
+        f"{feed}_images_per_sec": stat for feed in ("real", "torchvision", "synthetic")}} for n in (1, 8)]
+
+
+@pytest.mark.parametrize("kind", ["loader", "model", "train"])
+def test_every_bench_chart_fits_its_title_and_labels(kind):
+    """The title names the machine and versions, wider than the figure: it is wrapped, not cut off
+    (`...; git ...` ran past the picture's edges)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_chart(kind, chart_rows(kind), LONG_TITLE)
+    try:
+        assert texts_outside(fig) == []
+        title = " ".join(fig.texts[0].get_text().split()) if fig.texts else ""
+        assert title == LONG_TITLE  # every word of it, on as many lines as it takes
+    finally:
+        plt.close(fig)
+
+
 def test_loader_table_keeps_its_columns_aligned_beside_synthetic_input():
     lines = format_table("loader", loader_rows()).splitlines()
     assert len({len(line.rsplit("  ", 1)[0]) for line in lines}) == 1, "\n".join(lines)
@@ -144,6 +184,39 @@ def test_model_benchmark_matrix(tmp_path):
     for row in result["results"]:
         assert row["size"] == 32 and row["compile"] == "off"
         assert_rate(row["images_per_sec"])
+
+
+def test_model_benchmark_measures_the_configs_own_step_and_first_says_what_and_how_long(tmp_path, capsys):
+    result = run_bench(tmp_path, "model", "model.name=squeezenet1_1", "train.precision=bf16")
+    (row,) = result["results"]  # not the matrix: the config's model, precision, layout, compile and batch
+    assert (row["model"], row["precision"], row["memory_format"], row["compile"], row["batch_size"], row["size"]) == (
+        "squeezenet1_1", "bf16", "channels_last", "off", 16, 32)
+    log = capsys.readouterr().err
+    line = next(line for line in log.splitlines() if "bench model: " in line)
+    assert ("bench model: squeezenet1_1 bf16 channels_last, compile off, batch 16, 32 px; 5 steps each "
+            "(1 warm-up + 2 x 2): about ") in line and "--all measures every model" in line
+    step_ms = float(re.search(r"from a timed step of each \((\d+) ms\)", line)[1])
+    assert step_ms > 0 and log.index("bench model: ") < log.index("model squeezenet1_1 ")  # up front
+
+
+def test_model_benchmark_settings_the_config_all_and_each_dimension():
+    from pipeline.bench.model import describe_settings, settings
+    from pipeline.config import MODEL_NAMES
+
+    def chosen(*options: str, config: tuple[str, ...] = ()) -> list:
+        args, cfg_path, overrides = parse_args(["model", *options, *config])
+        return settings(load_config(cfg_path, overrides), args, torch.device("cpu"))
+
+    (own,) = chosen(config=("configs/quickstart.yaml",))
+    assert (own.model, own.precision, own.memory_format, own.compile, own.batch_size) == (
+        "squeezenet_bypass", "fp32", "channels_last", "off", 64)  # precision auto is fp32 on a CPU
+    every = chosen("--all", config=("configs/quickstart.yaml",))
+    assert len(every) == 5 * 2 * 2 and {s.model for s in every} == set(MODEL_NAMES)
+    assert describe_settings(every, 32) == ("20 settings (5 models x 2 precisions x 2 memory formats, compile off, "
+                                            "batch 64, 32 px)")
+    two = chosen("--models=resnet50,squeezenet1_0", "--compile=default", config=("train.precision=bf16",))
+    assert [(s.model, s.precision, s.memory_format, s.compile) for s in two] == [
+        ("resnet50", "bf16", "channels_last", "default"), ("squeezenet1_0", "bf16", "channels_last", "default")]
 
 
 def test_train_benchmark_reports_the_data_stall_and_the_torchvision_baseline(tmp_path):

@@ -204,6 +204,46 @@ def test_the_augmentation_levers_are_columns_when_they_differ(tmp_path, capsys):
     assert plain["data.train.auto_augment"] == "none" and plain["eval.tta"] == "none"
 
 
+def hand_made_runs(root: Path, count: int) -> list[compare.Run]:
+    """`count` runs with long names, differing in two keys, each with a few evaluations and loss records."""
+    runs = []
+    for i in range(count):
+        run = root / f"quickstart-lr-sweep-20261207-1136{i:02d}"
+        run.mkdir(parents=True)
+        config = load_config(None, ["name=quickstart", f"optim.lr={0.01 * (i + 1):g}",
+                                    f"train.label_smoothing={0.1 * (i % 2):g}"])
+        (run / "config.yaml").write_text(config.to_yaml())
+        records = [{"step": 10 * e, "epoch": e, "time": 3.0 * e, "train/loss": 2.3 - 0.1 * e - 0.01 * i,
+                    **({"val/top1": 0.1 * e + 0.004 * i} if e % 2 == 0 else {})} for e in range(1, 7)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(compare.load_run(run))
+    return runs
+
+
+@pytest.mark.parametrize("count", [2, 7, 20])
+def test_plot_names_the_runs_in_a_legend_inside_the_picture_and_tables_the_differing_keys(tmp_path, count):
+    import matplotlib.pyplot as plt
+
+    from figures import texts_outside
+
+    runs = hand_made_runs(tmp_path, count)
+    fig = compare.draw_runs(runs)
+    try:
+        assert texts_outside(fig) == []
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [run.name for run in runs]  # names, not key=value
+        (table,) = [table for ax in fig.axes for table in ax.tables]
+        cells = table.get_celld()
+        assert [cells[0, c].get_text().get_text() for c in range(3)] == ["run", "optim.lr", "train.label_smoothing"]
+        assert [cells[r, 1].get_text().get_text() for r in range(1, count + 1)] == [run.shown("optim.lr")
+                                                                                     for run in runs]
+        line_colors = [line.get_color() for line in fig.axes[0].get_lines()]
+        assert len(set(line_colors)) == count  # no two runs share a colour
+        assert [cells[r, 0].get_text().get_color() for r in range(1, count + 1)] == line_colors
+    finally:
+        plt.close(fig)
+
+
 def test_not_a_run_directory_exits_2_naming_the_path(tmp_path):
     (tmp_path / "no-metrics").mkdir()
     (tmp_path / "no-metrics" / "config.yaml").write_text("name: x\n")

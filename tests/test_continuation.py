@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import CheckpointError, LaunchError, RunDirError
+from pipeline.constants import REPO_ROOT as REPO
 from pipeline.runs.continuation import direct_command, latest_run_of, read_run_state, setup_differences
 from pipeline.runs.envinfo import git_revision
 from pipeline.runs.rundir import RunDir, RunLock, discard_failed_start, is_default_run_name, supersede
@@ -157,6 +159,15 @@ def test_given_names_and_several_nodes(tmp_path):
         choose(tmp_path, new=True, RUN_NAME="mine")
 
 
+def test_an_evaluation_starts_no_run_and_needs_the_run_or_the_checkpoint_named(tmp_path, capsys):
+    make_run(tmp_path, "quickstart-20260101-000000", "preempted", "eval.only=true")  # nothing to continue for it
+    with pytest.raises(LaunchError, match=r"eval.only: name the run whose latest checkpoint to evaluate \(RUN_NAME="):
+        choose(tmp_path, "eval.only=true")
+    assert choose(tmp_path, "eval.only=true", f"checkpoint.resume={tmp_path}/qs-1/best.pt") == "qs-1"
+    assert choose(tmp_path, "eval.only=true", RUN_NAME="qs-2") == "qs-2"
+    assert capsys.readouterr().err == ""  # no "continuing run" and no "starting a new run"
+
+
 def test_a_run_being_trained_is_not_trained_twice(tmp_path):
     run = make_run(tmp_path, "quickstart-20260101-000000", None)
     lock = RunLock(run)
@@ -217,12 +228,82 @@ def test_the_ending_line_and_status_come_from_summary_json(tmp_path):
     status, line = ending(state, 143, ARGS, {"RUN_NAME": "quickstart-20260101-000000"}, started=0.0)
     assert line.endswith("To continue it: RUN_NAME=quickstart-20260101-000000 ./launch.sh configs/quickstart.yaml "
                          "train.epochs=3")
-    stale = ending(state, 2, ARGS, {}, started=(run / "summary.json").stat().st_mtime + 60)  # an earlier session's
-    assert stale[0] == 2 and "stopped before its first checkpoint" in stale[1]
+    stale = ending(state, 1, ARGS, {}, started=(run / "summary.json").stat().st_mtime + 60)  # an earlier session's
+    assert stale[0] == 1 and "stopped before its first checkpoint" in stale[1]
     assert ending(read_run_state(tmp_path / "never-made"), 2, ARGS, {}, started=0.0) == (
         2, "nothing was trained: the workers stopped at start-up (the error is above)")
     done = read_run_state(make_run(tmp_path, "quickstart-20260102-000000", "finished"))
     assert ending(done, 0, ARGS, {}, started=0.0) == (0, "")
+
+
+def test_after_a_refusal_the_last_line_is_its_way_forward_not_the_refused_command(tmp_path):
+    """RUN_NAME=X ./launch.sh ... optim.lr=0.05 on a run trained with 0.1: the workers refuse (exit 2), and the
+    launcher's last line gives the two commands that go on, never the one that was just refused."""
+    from pipeline.tools.launch import refused_changes
+
+    run = make_run(tmp_path, "quickstart-20260101-000000", "preempted")
+    write_checkpoint(run / "last.pt", 42)  # a checkpoint to continue from
+    words, env = [*ARGS, "optim.lr=0.05"], {"RUN_NAME": run.name, "NPROC": "2"}
+    cfg = config(tmp_path, "optim.lr=0.05", f"logging.run_name={run.name}")  # as the launcher's torchrun step sees it
+    status, line = ending(read_run_state(run), 2, words, env, started=time.time() + 60, cfg=cfg)
+    assert status == 2
+    accept = ("RUN_NAME=quickstart-20260101-000000 NPROC=2 ./launch.sh configs/quickstart.yaml train.epochs=3 "
+              "optim.lr=0.05 'checkpoint.accept_changes=[optim.lr]'")
+    new = "NPROC=2 ./launch.sh --new configs/quickstart.yaml train.epochs=3 optim.lr=0.05"
+    assert line == ("run quickstart-20260101-000000 was not continued: it was trained with other values of optim.lr "
+                    f"(above). To continue it with the new values, recording the change: {accept}; to train them in "
+                    f"a new run instead: {new}")
+    assert not line.endswith(shlex.join(["./launch.sh", *words]))  # what main's launcher offered: the refused one
+    # The first command continues the run without a refusal; the second is a new run.
+    accepted = shlex.split(accept)[3:]
+    accepted_cfg = config(tmp_path, *accepted[2:], f"logging.run_name={run.name}")
+    assert refused_changes(read_run_state(run), accepted_cfg) == []
+    assert choose(tmp_path, *accepted[2:], RUN_NAME=run.name) == run.name
+    assert is_default_run_name(choose(tmp_path, "optim.lr=0.05", new=True), "quickstart")
+    # Another start-up error of an existing run (its data gone, say): the same command, once fixed.
+    status, line = ending(read_run_state(run), 2, ARGS, {"RUN_NAME": run.name}, started=time.time() + 60,
+                          cfg=config(tmp_path, f"logging.run_name={run.name}"))
+    assert line == ("run quickstart-20260101-000000 was not continued: its workers stopped at start-up on the error "
+                    "above; once that is fixed, the same command continues it: RUN_NAME=quickstart-20260101-000000 "
+                    "./launch.sh configs/quickstart.yaml train.epochs=3")
+
+
+def test_a_new_run_beside_an_unfinished_run_of_the_config_says_so_and_how_to_continue_that_one(tmp_path, capsys):
+    old = make_run(tmp_path, "quickstart-20260101-000000", "preempted", "schedule.milestones=[1]")
+    name = choose(tmp_path, "optim.lr=0.05")  # the changed command, without a run name: a new run
+    assert is_default_run_name(name, "quickstart") and name != old.name
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    prefix = (f"launch.sh: starting a new run {name}: run {old.name} of this config is unfinished (it was preempted "
+              "at step 42 (1 of 3 epochs done)) and was trained with optim.lr=0.1, schedule.milestones=[1.0]; to "
+              "continue it instead: ")
+    assert line.startswith(prefix), line
+    command = shlex.split(line[len(prefix):])
+    assert command[:2] == [f"RUN_NAME={old.name}", "./launch.sh"]
+    continued = load_config(command[2], command[3:] + [f"logging.runs_dir={tmp_path}"])
+    assert setup_differences(read_run_state(old).config, continued) == []  # that command continues it as it was
+    assert choose(tmp_path, *command[4:], RUN_NAME=old.name) == old.name
+    capsys.readouterr()
+    for quiet in (lambda: choose(tmp_path, "optim.lr=0.05", new=True),  # --new: a new run is what was asked
+                  lambda: choose(tmp_path, "schedule.milestones=[1]")):  # the same setup: it is continued
+        quiet()
+        assert "starting a new run" not in capsys.readouterr().err
+    (old / "summary.json").write_text(json.dumps({"end/reason": "finished"}))  # a finished run: nothing to say
+    choose(tmp_path, "optim.lr=0.07")
+    assert "starting a new run" not in capsys.readouterr().err
+
+
+def test_the_continue_command_keeps_the_launchers_variables():
+    """NPROC=2 ./launch.sh ...: the command that continues the run has NPROC=2 (and NNODES, MASTER_ADDR, ...);
+    launch.sh's defaults and the variables each node sets for itself are left out."""
+    env = {"NPROC": "2", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+           "LOCAL_ADDR": "10.0.0.2", "MAX_RESTARTS": "0", "VENV": str(REPO / ".venv"), "OMP_NUM_THREADS": "4"}
+    assert same_command(["train.epochs=2"], env, run_name="r") == (
+        "RUN_NAME=r NPROC=2 NNODES=2 MASTER_ADDR=10.0.0.1 ./launch.sh train.epochs=2")
+    slurm = {**env, "LAUNCH_AS": "sbatch scripts/slurm.sbatch", "MAX_RESTARTS": "3"}  # it derives the rendezvous
+    assert same_command(["a=1"], slurm, run_name="r") == "RUN_NAME=r NPROC=2 MAX_RESTARTS=3 sbatch scripts/slurm.sbatch a=1"
+    state = read_run_state(Path("/nonexistent"))
+    assert ending(state, 1, ["a=1"], {**env, "RUN_NAME": "r"}, started=0.0)[1] == (
+        "nothing was trained: the workers stopped at start-up (the error is above)")
 
 
 def test_a_run_stopped_on_bad_input_ends_with_the_fix_not_the_same_command(tmp_path):

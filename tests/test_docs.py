@@ -270,6 +270,19 @@ def _readme_check():
     return module
 
 
+def test_every_model_the_schema_offers_is_described_once_in_the_training_guide():
+    """docs/training.md's model table names exactly the schema's model.name values (the configuration page is
+    generated from the schema, and `bench model --help` reads it there)."""
+    from pipeline.config import MODEL_NAMES
+
+    text = (REPO / "docs" / "training.md").read_text()
+    table = text.split("| `model.name` | what |", 1)[1].split("\n\n", 1)[0]
+    described = re.findall(r"`(\w+)`", "".join(line.split(" | ")[0] for line in table.splitlines()[2:]))
+    assert sorted(described) == sorted(MODEL_NAMES)
+    reference = configuration_page().split("| `model.name` |", 1)[1].splitlines()[0]
+    assert all(name in reference for name in MODEL_NAMES)
+
+
 def test_every_readme_command_block_is_run_by_ci_or_marked_as_not_for_a_cpu():
     """CI runs the README's CPU commands (scripts/readme_check.py); a block marked neither way would escape it."""
     check = _readme_check()

@@ -4,6 +4,7 @@ rendezvous, train exactly what one node with two processes trains."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import socket
@@ -150,19 +151,97 @@ def test_an_input_error_the_workers_find_is_the_error_line_and_the_launchers_sum
         "launch.sh: nothing was trained: the workers stopped at start-up (the error is above)"]
 
 
-def test_torchruns_failure_line_is_left_out_only_for_codes_the_workers_explain():
+def test_the_agents_own_lines_about_its_workers_are_told_by_the_launcher(capsys):
+    """torchrun's `failed (exitcode: N)` line goes (the launcher names the worker and how it ended); before the agent
+    stops the other workers after a failure, each is told (LAUNCHER_STOP_SIGNAL) so that it takes torchrun's
+    SIGTERM for what it is, and a SIGTERM the agent receives meanwhile is no stop request."""
     import logging
 
-    from pipeline.tools.launch import ExplainedExitFilter
+    from pipeline.constants import LAUNCHER_STOP_SIGNAL
+    from pipeline.tools.launch import AgentLog
 
-    def record(code: int) -> logging.LogRecord:  # as torch/distributed/elastic/multiprocessing/api.py logs it
+    def record(message: str, *args) -> logging.LogRecord:  # as torch/distributed/elastic/multiprocessing/api.py logs
         return logging.LogRecord("torch.distributed.elastic.multiprocessing.api", logging.ERROR, "api.py", 1002,
-                                 "failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", (code, 0, 1, "py"),
-                                 None)
+                                 message, args, None)
 
-    keep = ExplainedExitFilter().filter
-    assert not keep(record(2)) and not keep(record(4)) and not keep(record(75))
-    assert keep(record(1)) and keep(record(-11))  # a crash keeps torchrun's report
+    failed = "failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s"
+    agent = AgentLog(max_restarts=1)
+    survivor = subprocess.Popen(["sleep", "60"])  # a worker still running: the signal's default ends it
+    try:
+        assert not agent.filter(record("Sending process %s closing signal %s", survivor.pid, "SIGTERM"))
+        assert survivor.wait(timeout=10) == -LAUNCHER_STOP_SIGNAL and agent.stopping
+    finally:
+        survivor.kill()
+    assert not agent.filter(record(failed, -9, 1, 4242, "python")) and not agent.stopping
+    assert capsys.readouterr().err == ("launch.sh: local rank 1 (pid 4242) was killed by signal 9 (SIGKILL); "
+                                       "restarting the workers (restart 1 of MAX_RESTARTS=1): they resume from the "
+                                       "run's latest checkpoint\n")
+    assert not agent.filter(record(failed, 1, 0, 4243, "python"))  # the second failure: no restart left
+    assert capsys.readouterr().err == ""  # the launcher's last lines say it (who_ended)
+    agent.stop_requested = True  # a stop request: the agent stops its workers, no one ended
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not agent.filter(record("Sending process %s closing signal %s", other.pid, "SIGTERM"))
+        assert other.poll() is None and not agent.stopping  # not told: its SIGTERM is the user's stop request
+    finally:
+        other.kill()
+    assert agent.filter(record("Unable to shutdown process %s via %s, forcefully exiting via %s", 1, "SIGTERM", "SIGKILL"))
+
+
+def worker_pid(agent: int, local_rank: int, timeout: float = 60) -> int:
+    """The pid of the agent's worker process of `local_rank` (its environment says LOCAL_RANK)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in subprocess.run(["pgrep", "-P", str(agent)], capture_output=True, text=True).stdout.split():
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"LOCAL_RANK={local_rank}".encode() in env:
+                return int(child)
+        time.sleep(0.1)
+    raise AssertionError(f"no worker of local rank {local_rank} under {agent}")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_named_first_its_peers_errors_folded_and_the_continue_command_keeps_nproc(tmp_path):
+    """NPROC=2 ./launch.sh ..., then SIGKILL to rank 1: one line naming rank 1 and signal 9 before the ending, no
+    gloo traceback and no SIGTERM nobody sent, rank 0's traceback in the run directory, a continue command with
+    NPROC=2 that resumes the run with two processes."""
+    runs = tmp_path / "runs"
+    args = [*TINY, "train.epochs=2", "train.max_steps_per_epoch=40", "checkpoint.every_steps=4",
+            f"logging.runs_dir={runs}"]
+    console = tmp_path / "console.txt"
+    with open(console, "w") as out:
+        job = subprocess.Popen(["./launch.sh", *args], cwd=REPO, env=launch_env(NPROC="2"), stdout=out,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(runs.glob("*/step-00000004.pt")):
+            assert job.poll() is None and time.monotonic() < deadline, console.read_text()[-3000:]
+            time.sleep(0.05)
+        rank1 = worker_pid(job.pid, 1)
+        os.kill(rank1, signal.SIGKILL)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    out = console.read_text()
+    assert job.returncode == 1, out[-3000:]
+    (run,) = runs.iterdir()
+    tail = out[out.index(f"launch.sh: rank 1 (pid {rank1})"):].strip().splitlines()
+    assert tail[0] == (f"launch.sh: rank 1 (pid {rank1}) was killed by signal 9 (SIGKILL); the other workers were "
+                       f"stopped (their tracebacks: {run / 'rank0-error.log'})"), out[-3000:]
+    assert len(tail) == 2 and tail[1].startswith(f"launch.sh: run {run.name} crashed at step "), out[-3000:]
+    assert "Traceback" not in out and "Connection reset" not in out and "SIGTERM" not in out, out[-3000:]
+    assert "Traceback" in (run / "rank0-error.log").read_text()
+    command = tail[1].split("To continue it: ", 1)[1]
+    assert shlex.split(command) == ["NPROC=2", "./launch.sh", *args]
+    again = subprocess.run(["bash", "-c", command], cwd=REPO, env=launch_env(), capture_output=True, text=True,
+                           timeout=240)  # NPROC only from the command
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 process(es) on cpu" in again.stderr and "resumed from" in again.stderr
+    assert load_ckpt(run / "last.pt")["world_size"] == 2
 
 
 def test_launch_sh_refuses_a_run_none_of_whose_checkpoints_loads_with_one_line_and_exit_2(tmp_path):
@@ -204,7 +283,7 @@ def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_
     last = out.strip().splitlines()[-1]
     assert last.startswith("launch.sh: run quickstart-") and " was preempted at step " in last, out[-2000:]
     command = last.split("To continue it: ", 1)[1]
-    assert shlex.split(command) == ["./launch.sh", *args]  # the same command, word for word
+    assert shlex.split(command) == ["NPROC=1", "./launch.sh", *args]  # the same command, word for word
     (name,) = [p.name for p in runs.iterdir()]
 
     again = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -218,7 +297,8 @@ def test_the_same_command_continues_a_preempted_run_and_then_trains_nothing(tmp_
     assert third.returncode == 0, third.stderr[-3000:]
     message = third.stderr.strip().splitlines()[-1]
     assert message.startswith(f"launch.sh: run {name} (") and "finished at step 24" in message
-    assert "nothing to train for this command" in message and message.endswith(shlex.join(["./launch.sh", "--new",
+    assert "nothing to train for this command" in message and message.endswith(shlex.join(["NPROC=1", "./launch.sh",
+                                                                                           "--new",
                                                                                            "configs/quickstart.yaml",
                                                                                            *args]))
     assert "run directory:" not in third.stderr and [p.name for p in runs.iterdir()] == [name]  # no training

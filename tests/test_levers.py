@@ -304,3 +304,75 @@ def test_sigkill_then_resume_is_bit_identical_with_every_lever_on(tmp_path):
     assert any("perf/first_step_seconds_12px" in r for r in records)
     (last,) = [r for r in records if "val/top1" in r]
     assert "val/top1_noflip" in last and "averages each image with its mirror" in log
+
+
+# ------------------------------------------------------------------------ what the run says is on
+
+
+def test_the_recipe_line_names_every_option_on_and_off():
+    from pipeline.training.recipe import describe_recipe, recipe_in_force
+
+    plain = recipe_in_force(load_config("configs/quickstart.yaml"), 1170, (32,))
+    assert describe_recipe(plain) == (
+        "recipe: onecycle schedule over 1,170 steps; reference augmentation at 32 px, flip 0.5; on: none; off: "
+        "automatic augmentation, random erasing, mixup/CutMix, progressive resizing, flip evaluation, EMA, "
+        "label smoothing")
+    levers = load_config("configs/quickstart.yaml", [
+        "data.train.auto_augment=rand_augment", "data.train.erase_prob=0.25", "train.mixup_alpha=0.8",
+        "train.cutmix_alpha=1.0", "eval.tta=flip", "train.ema_decay=0.999", "train.label_smoothing=0.1",
+        "schedule.name=cosine", "schedule.warmup_epochs=2"])
+    assert describe_recipe(recipe_in_force(levers, 600, (24, 32))) == (
+        "recipe: cosine schedule over 600 steps (2 warm-up epochs); reference augmentation at 32 px, flip 0.5; on: "
+        "automatic augmentation rand_augment (n=2, m=9), random erasing p 0.25, mixup alpha 0.8 + CutMix alpha 1, "
+        "progressive sizes 24, 32 px, flip evaluation, EMA 0.999, label smoothing 0.1; off: none")
+    never_mixed = recipe_in_force(load_config(None, ["train.mixup_alpha=0.8", "train.mix_prob=0"]), 10, (122,))
+    assert never_mixed["resolved/mixup_alpha"] == 0.0 and "off: automatic augmentation, random erasing, mixup/CutMix" \
+        in describe_recipe(never_mixed)
+
+
+def test_the_first_step_at_a_size_says_what_its_time_includes(caplog):
+    """'(under train.compile: its compilation)' was printed with compile off: the line says what is true."""
+    from pipeline.training.step import TrainingStep
+
+    def first_step_lines(compiled: bool) -> list[str]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        step = TrainingStep(model, model, optimizer, scheduler, build_precision("fp32", torch.device("cpu")), None,
+                            num_classes=3, report_sizes=True, compiled=compiled)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline"):
+            for n, side in enumerate((8, 8, 12)):
+                step(torch.randn(2, 3, side, side), torch.tensor([0, 2]), n)
+        return [r.getMessage() for r in caplog.records if "first training step" in r.getMessage()]
+
+    eager = first_step_lines(compiled=False)
+    assert [line.split(":")[0] for line in eager] == ["first training step at 8x8 px", "first training step at 12x12 px"]
+    assert not any("compil" in line or "(" in line for line in eager), eager  # nothing else in a CPU's eager step
+    assert all(line.endswith("(its compilation for this size included: train.compile)")
+               for line in first_step_lines(compiled=True))
+
+
+@pytest.mark.slow
+def test_the_start_up_log_and_resolved_json_list_the_options_in_force(tmp_path):
+    import json
+
+    from runs import run_train
+
+    proc = run_train(tmp_path, "levers", "train.epochs=1", "data.train.auto_augment=trivial_augment",
+                     "data.train.erase_prob=0.5", "train.mixup_alpha=0.4", "train.ema_decay=0.9", "eval.tta=flip",
+                     "data.train.progressive_start_crop=8", "data.train.progressive_multiple=4")
+    (line,) = [line for line in proc.stderr.splitlines() if " recipe: " in line]
+    assert line.split(" ", 1)[1] == (
+        "recipe: multistep schedule over 6 steps; reference augmentation at 16 px, flip 0.5; on: automatic "
+        "augmentation trivial_augment, random erasing p 0.5, mixup alpha 0.4, progressive sizes 8, 12, 16 px, flip "
+        "evaluation, EMA 0.9; off: label smoothing"), line
+    resolved = json.loads((tmp_path / "levers" / "resolved.json").read_text())
+    assert {key: resolved[key] for key in ("resolved/auto_augment", "resolved/random_erasing", "resolved/mixup_alpha",
+                                            "resolved/cutmix_alpha", "resolved/train_sides", "resolved/eval_flip",
+                                            "resolved/ema_decay", "resolved/label_smoothing",
+                                            "resolved/schedule_steps")} == {
+        "resolved/auto_augment": "trivial_augment", "resolved/random_erasing": 0.5, "resolved/mixup_alpha": 0.4,
+        "resolved/cutmix_alpha": 0.0, "resolved/train_sides": [8, 12, 16], "resolved/eval_flip": True,
+        "resolved/ema_decay": 0.9, "resolved/label_smoothing": 0.0, "resolved/schedule_steps": 6}

@@ -22,6 +22,18 @@ def test_registry_lists_the_family():
         build_model("resnet9000", num_classes=10)
 
 
+def test_the_schema_offers_exactly_the_registered_models():
+    """model.name's values come from the schema (docs/configuration.md, docs/training.md and `bench model
+    --help` read them there): it offers every registered network and nothing else."""
+    from pipeline.config import MODEL_NAMES, ConfigError, load_config
+
+    assert sorted(MODEL_NAMES) == list_models()
+    for name in MODEL_NAMES:
+        assert load_config(None, [f"model.name={name}"]).model.name == name
+    with pytest.raises(ConfigError, match=r"^model.name: Input should be 'squeezenet_bypass', .*'resnet50' "):
+        load_config(None, ["model.name=resnet9000"])
+
+
 def test_reference_parameter_count(bypass):
     assert count_params(bypass) == 747_146
 

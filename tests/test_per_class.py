@@ -106,7 +106,10 @@ def test_eval_only_writes_the_per_class_report_beside_eval_json(finished, tmp_pa
     run = tmp_path / "pc"
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns("per_class.csv", "confusion.*", "wandb*"))
     run_train(tmp_path, "pc", "eval.only=true")
-    assert (run / "eval.json").is_file() and (run / "per_class.csv").is_file() and (run / "confusion.png").is_file()
+    assert not (run / "per_class.csv").exists()  # the run's own report is not the evaluation's
+    (folder,) = (run / "eval").iterdir()  # <run>/eval/<checkpoint>-<split>-<time>/
+    assert (folder / "eval.json").is_file() and (folder / "per_class.csv").is_file()
+    assert (folder / "confusion.png").is_file()
 
 
 @pytest.mark.slow

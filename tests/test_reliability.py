@@ -165,6 +165,21 @@ def test_second_signal_exits_at_once(tmp_path):
     assert "exiting now without a checkpoint" in err
 
 
+@pytest.mark.slow
+def test_a_sigterm_in_an_evaluation_says_it_stops_the_evaluation(tmp_path):
+    """It said 'stopping after the current step' while an evaluation was running."""
+    proc = start_train(tmp_path, "evaluating", *RESUMABLE, "eval.every=1", "eval.batch_size=2")  # 500 batches
+    wait_for_text(tmp_path / "evaluating" / "train.log", "epoch 1/3: evaluating (500 batches per process)", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-3000:]
+    assert ("SIGTERM received: stopping the evaluation after its current batch and writing a checkpoint (the "
+            "evaluation is redone when the run continues)") in err
+    assert "stopping after the current step" not in err
+    pending = load_ckpt(tmp_path / "evaluating" / ckpt_io.step_path(Path(), 12).name)["counters"]  # epoch 1's end
+    assert pending["eval_pending"] and pending["global_step"] == 12
+
+
 def test_a_repeated_sigterm_is_the_same_stop_request():
     """Under SLURM + torchrun one stop arrives twice (scancel, then the agent): it must not skip the checkpoint."""
     from pipeline.training.preemption import StopRequest
@@ -195,6 +210,20 @@ def test_torchrun_restarts_a_killed_worker_and_finishes(tmp_path, uninterrupted)
     assert "resumed from" in err
     state = final_state(tmp_path / "elastic")
     assert_same_tensors(uninterrupted[2]["model"], state["model"], "model")
+
+
+@pytest.mark.slow
+def test_a_run_continued_on_another_number_of_processes_says_so_and_records_it(tmp_path):
+    """Two processes wrote the epoch-end checkpoint, one continues: a line in the log and `dist/world_size` in
+    metrics.jsonl from the session's first step (a run that continued with 1 process said nothing of it)."""
+    run_train(tmp_path, "shrunk", "train.epochs=1", nproc=2)
+    resumed = run_train(tmp_path, "shrunk", "train.epochs=2", "checkpoint.accept_changes=[train.epochs]")
+    assert ("continuing with 1 process(es); the checkpoint was written by 2: the global batch stays 32 (32 per "
+            "process, was 16)") in resumed.stderr
+    records = read_metrics(tmp_path / "shrunk" / "metrics.jsonl")
+    (noted,) = [r for r in records if "dist/world_size" in r]
+    assert noted["dist/world_size"] == 1 and noted["step"] == 7  # epoch 1 ended at step 6
+    assert load_ckpt(tmp_path / "shrunk" / "last.pt")["world_size"] == 1
 
 
 # ---------------------------------------------------------------------- checkpoint integrity

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import pytest
 import yaml
 
 from pipeline.config import load_config
 from pipeline.runs.metrics import read_metrics
-from runs import REPO, assert_same_tensors, load_ckpt, run_train
+from runs import REPO, TINY, assert_same_tensors, load_ckpt, run_env, run_train, train_command
 from wandb_log import offline_run
 
 TRAIN_KEYS = {"train/loss", "train/lr", "perf/images_per_sec", "perf/images_per_sec_per_device", "perf/data_wait_frac"}
@@ -95,15 +96,69 @@ def test_torchrun_two_processes_agree_and_evaluate_exactly(tmp_path):
     # The same weights evaluated by one and by two processes give the same figures.
     results = {}
     for nproc in (1, 2):
-        name = f"eval{nproc}"
-        run_train(tmp_path, name, "eval.only=true", f"checkpoint.resume={tmp_path / 'ddp' / 'last.pt'}", nproc=nproc)
-        results[nproc] = json.loads((tmp_path / name / "eval.json").read_text())
+        run_train(tmp_path, "ddp", "eval.only=true", f"checkpoint.resume={tmp_path / 'ddp' / 'last.pt'}", nproc=nproc)
+        results[nproc] = newest_evaluation(tmp_path / "ddp")
     one, two = results[1], results[2]
     assert one["val/images"] == two["val/images"] == 1000
     assert one["val/top1"] == two["val/top1"] and one["val/top5"] == two["val/top5"]
     assert one["val/loss"] == pytest.approx(two["val/loss"], rel=1e-5)
     records = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
     assert records[-1]["val/top1"] == pytest.approx(one["val/top1"])  # the run's own final evaluation
+
+
+def newest_evaluation(run_dir) -> dict:
+    """The eval.json of the run's newest evaluation (eval.only writes each into <run>/eval/<its own folder>)."""
+    return json.loads(max(run_dir.glob("eval/*/eval.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
+@pytest.mark.slow
+def test_eval_only_says_what_it_evaluates_and_writes_into_the_runs_eval_folder_rewriting_nothing(single_run):
+    """`train_dist.py CONFIG eval.only=true checkpoint.resume=<run>/best.pt`: no "continuing" lines, no new run
+    directory, no W&B run; the result sits in the evaluated run's eval/ folder and its record stays as it was."""
+    run_dir, _ = single_run
+    record = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "summary.json")}
+    runs_before, wandb_before = sorted(run_dir.parent.iterdir()), sorted((run_dir / "wandb").iterdir())
+    best = run_dir / "best.pt"
+    proc = subprocess.run(train_command() + [*TINY, f"logging.runs_dir={run_dir.parent}", "eval.only=true",
+                                             f"checkpoint.resume={best}", "wandb.mode=offline"],
+                          cwd=REPO, capture_output=True, text=True, timeout=240, env=run_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "continuing" not in proc.stderr and "run directory" not in proc.stderr
+    step = load_ckpt(best)["counters"]["global_step"]
+    (folder,) = run_dir.glob("eval/best-test-*")
+    assert (f"evaluating {best} (step {step}, epoch {load_ckpt(best)['counters']['epoch']}; raw weights) on the test "
+            f"split of data.source=sample (1000 images); the result goes to {folder / 'eval.json'}") in proc.stderr
+    result = json.loads((folder / "eval.json").read_text())
+    assert (result["checkpoint"], result["step"], result["split"], result["weights"]) == (str(best), step, "test", "raw")
+    summary = json.loads(record["summary.json"])
+    assert result["val/top1"] == pytest.approx(summary["best/top1"]) and result["val/images"] == 1000
+    assert f"written to {folder / 'eval.json'}" in proc.stderr.strip().splitlines()[-1]
+    assert sorted(run_dir.parent.iterdir()) == runs_before and sorted((run_dir / "wandb").iterdir()) == wandb_before
+    assert {name: (run_dir / name).read_bytes() for name in record} == record
+    assert not (run_dir / "config-changes.jsonl").exists() and [p.name for p in folder.iterdir()] == ["eval.json"]
+
+
+def test_evaluation_folder_and_split_name(tmp_path, tiny_tree):
+    """Inside the evaluated run's directory; a checkpoint outside any run gets a folder of its own in runs_dir.
+    The split is the one the evaluation reads (data.eval_split=auto: the folder it found)."""
+    import datetime
+
+    from pipeline.data import load_image_sets
+    from pipeline.training.eval_only import evaluation_folder, split_name
+
+    when = datetime.datetime(2026, 12, 7, 11, 36, 6)
+    run = tmp_path / "runs" / "qs-1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: qs\n")
+    assert evaluation_folder(run / "best.pt", "test", str(tmp_path / "runs"), when) == (
+        run / "eval" / "best-test-20261207-113606")
+    (run / "eval" / "best-test-20261207-113606").mkdir(parents=True)  # a second evaluation within the second
+    assert evaluation_folder(run / "best.pt", "test", "runs", when).name == "best-test-20261207-113606-2"
+    assert evaluation_folder(tmp_path / "downloads" / "sq.pt", "val", str(tmp_path / "runs"), when) == (
+        tmp_path / "runs" / "eval-sq-val-20261207-113606")
+    cfg = load_config(None, ["data.source=imagefolder", f"data.root={tiny_tree}", "model.num_classes=3"])
+    assert split_name(cfg.data, load_image_sets(cfg.data)[1]) == "val"
+    assert split_name(load_config(None, []).data, None) == "test"  # the sample's test split
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Throughput benchmarks: how many images per second each part delivers, and where the time goes.
 
     python -m pipeline.bench loader  [CONFIG] [key=value ...]   # input pipeline alone, per backend
-    python -m pipeline.bench model   [CONFIG] [key=value ...]   # training step on synthetic input
+    python -m pipeline.bench model   [CONFIG] [key=value ...]   # the config's training step on synthetic input (--all: every model)
     python -m pipeline.bench train   [CONFIG] [key=value ...]   # end to end, real vs synthetic input
     python -m pipeline.bench scaling [CONFIG] [key=value ...]   # `train` at 1..N processes (torchrun)
     python -m pipeline.bench doctor  [CONFIG] [key=value ...]   # where the bottleneck is, and the knob to turn
@@ -11,7 +11,7 @@
 
 Options (before or after the overrides): --steps N, --warmup N, --repeats N, --out DIR, and each
 kind's own (`python -m pipeline.bench KIND --help`): loader --backends/--stages, model
---models/--precisions/--formats/--compile/--batch-sizes/--size, train --feeds, scaling --nproc.
+--all/--models/--precisions/--formats/--compile/--batch-sizes/--size, train --feeds, scaling --nproc.
 
 Method: warm-up steps are run and discarded (DALI buffer growth, cudnn autotuning, compilation);
 each repeat times `steps` steps between two device synchronizations; images/sec = images

@@ -6,13 +6,13 @@ import argparse
 import datetime
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import torch
 
 import pipeline.bench as package
-from models import list_models
-from pipeline.config import Config, split_args
+from pipeline.config import MODEL_NAMES, Config, CompileMode, split_args
 from pipeline.constants import BENCH_RESULTS_DIR
 from pipeline.distributed import DistInfo
 from pipeline.entry import exit_now, run_entry
@@ -20,13 +20,18 @@ from pipeline.runs.envinfo import describe, environment
 
 log = logging.getLogger(__name__)
 
+COMPILE_MODES = tuple(mode for mode in typing.get_args(CompileMode) if mode != "off")
+
 # Each kind: what it measures (its --help), and the options it reads besides the common ones.
 KINDS = {
     "loader": ("the input pipeline alone, per backend; --stages adds DALI's graph cut after read, decode, "
                "resize and the full augmentation", ("backends", "stages")),
-    "model": ("the training step alone on device-resident synthetic input, over a matrix of models, "
-              "precisions, memory formats, compile modes and batch sizes",
-              ("models", "precisions", "formats", "compile", "batch_sizes", "size")),
+    "model": ("the training step alone on device-resident synthetic input. By default the config's own: its "
+              "model.name, train.precision, channels_last (as the trainer wraps it), train.compile and "
+              "train.global_batch_size at data.train.crop; --all measures every model x fp32,bf16 x both memory "
+              "formats; --models, --precisions, --formats, --compile, --batch-sizes and --size set one dimension "
+              "each. It first times a few steps of each setting and says what it will measure and about how long",
+              ("all", "models", "precisions", "formats", "compile", "batch_sizes", "size")),
     "train": ("end to end: training steps fed by synthetic input, the configured DALI loader (real) and the "
               "torchvision baseline", ("feeds",)),
     "scaling": ("`train` under torchrun at 1..N processes, with the scaling efficiency", ("nproc",)),
@@ -61,11 +66,19 @@ def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name:
                                                f"{backends}")),
         "stages": (["--stages"], dict(action="store_true", help="also time each DALI graph prefix (read, decode, "
                                                                  "resize, full) of the DALI backends")),
-        "models": (["--models"], dict(type=_csv(), help=f"networks, from {','.join(list_models())}")),
-        "precisions": (["--precisions"], dict(type=_csv(), help="fp32,bf16,fp16 (default fp32,bf16)")),
-        "formats": (["--formats"], dict(type=_csv(), help="contiguous,channels_last (default both)")),
-        "compile": (["--compile"], dict(type=_csv(), help="off,default,reduce-overhead,max-autotune "
-                                                          "(default off; on = default)")),
+        "all": (["--all"], dict(action="store_true", help="every model x fp32,bf16 x contiguous,channels_last "
+                                                          "(the default: the config's own setting alone)")),
+        "models": (["--models"], dict(type=_csv(allowed=dict.fromkeys(MODEL_NAMES)), metavar="M1,M2",
+                                      help=f"networks, from {', '.join(MODEL_NAMES)}")),
+        "precisions": (["--precisions"], dict(type=_csv(allowed=dict.fromkeys(("fp32", "bf16", "fp16"))),
+                                              metavar="P1,P2", help="fp32,bf16,fp16 (default: train.precision; "
+                                                                    "--all: fp32,bf16)")),
+        "formats": (["--formats"], dict(type=_csv(allowed=dict.fromkeys(("contiguous", "channels_last"))),
+                                        metavar="F1,F2", help="contiguous,channels_last (default channels_last; "
+                                                              "--all: both)")),
+        "compile": (["--compile"], dict(type=_csv(allowed=dict.fromkeys(("off", "on", *COMPILE_MODES))),
+                                        metavar="C1,C2", help=f"{','.join(('off', *COMPILE_MODES))} "
+                                                              "(default: train.compile; on = default)")),
         "batch_sizes": (["--batch-sizes"], dict(type=_csv(int), help="batch sizes (default train.global_batch_size)")),
         "size": (["--size"], dict(type=int, help="input side (default data.train.crop)")),
         "nproc": (["--nproc"], dict(type=_csv(int), help="process counts (default 1,2)")),
@@ -115,7 +128,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, str | None, list[st
         args.__dict__.setdefault(name, None)
     for _, options in KINDS.values():  # a kind's code may read its neighbours' options: absent = default
         for option in options:
-            args.__dict__.setdefault(option, False if option == "stages" else None)
+            args.__dict__.setdefault(option, False if option in ("stages", "all") else None)
     cfg_path, overrides = split_args(args.rest)
     return args, cfg_path, overrides
 

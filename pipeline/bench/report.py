@@ -7,6 +7,7 @@ import datetime
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -172,17 +173,31 @@ def draw_chart(kind: str, rows: list[dict[str, Any]], title: str) -> Any:
     ax.invert_yaxis()
     unit = "host microseconds per step" if kind == "overhead" else "images / second"
     ax.set_xlabel(f"{unit} (median, min-max{'; log scale' if log else ''})")
-    ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
+    fit_title(fig, title)
     fig.tight_layout()
     return fig
+
+
+def fit_title(fig: Any, title: str, fontsize: float = 9) -> None:
+    """The figure's title, wrapped onto as many lines as it takes to fit the figure's width.
+
+    A chart's title names the machine and versions (envinfo.describe), wider than the figure: set on
+    one line over the axes it ran past both edges ("...; git ..." cut off). Centred on the figure and
+    wrapped at the width that fits, it stays whole; tight_layout then leaves room for its lines."""
+    renderer = fig.canvas.get_renderer()
+    limit = 0.96 * fig.bbox.width
+    for width in range(len(title), 0, -4):
+        text = fig.suptitle(textwrap.fill(title, width=max(width, 20)), fontsize=fontsize)
+        if text.get_window_extent(renderer).width <= limit or width <= 20:
+            return
 
 
 def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig = draw_chart(kind, rows, title)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # whatever tight_layout could not fit (a long label) stays in
     plt.close(fig)
 
 

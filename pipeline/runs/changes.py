@@ -2,7 +2,9 @@
 
     changes = config_changes(saved, current)         # [Change(key, old, new, kind)], saved = the checkpoint's config
     refuse_unaccepted(changes, accepted, run_name)   # ConfigError: each key old -> new, and the ways forward
+    unaccepted(changes, accepted)                    # the refused ones alone (launch.sh: its way forward)
     append_changes(run_dir, changes, step, epoch)    # runs/<name>/config-changes.jsonl, one line per key
+    note_world_size(records.log, 2, 1, 64, step, epoch)   # another process count: a log line, a metrics record
     config = effective_config(run_dir)               # config.yaml with every recorded change applied
 
 A run's config.yaml is what it started with and is never rewritten once the run has trained; a
@@ -31,7 +33,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -134,9 +136,14 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[Chang
     return changes
 
 
+def unaccepted(changes: list[Change], accepted: list[str]) -> list[Change]:
+    """The changes of experiment keys that `accepted` (checkpoint.accept_changes) does not accept."""
+    return [c for c in changes if c.kind == "experiment" and c.key not in accepted and "all" not in accepted]
+
+
 def refuse_unaccepted(changes: list[Change], accepted: list[str], run_name: str) -> None:
     """ConfigError unless every experiment key that changed is in `accepted` (checkpoint.accept_changes)."""
-    refused = [c for c in changes if c.kind == "experiment" and c.key not in accepted and "all" not in accepted]
+    refused = unaccepted(changes, accepted)
     if not refused:
         return
     keys = ",".join(c.key for c in refused)
@@ -171,6 +178,15 @@ def note_changes(run_dir: Path, changes: Iterable[Change], step: int, epoch: int
         else:
             log.info("continuing with %s (changes nothing trained)", change.describe())
     append_changes(run_dir, changes, step, epoch)
+
+
+def note_world_size(log_record: Callable[[dict[str, Any]], None], before: int, now: int, global_batch: int, step: int,
+                    epoch: float) -> None:
+    """A run continued on another number of processes than the one that wrote its checkpoint: one log line,
+    and `dist/world_size` in metrics.jsonl (and W&B) from this session's first step (`step` + 1) on."""
+    log.warning("continuing with %d process(es); the checkpoint was written by %d: the global batch stays %d "
+                "(%d per process, was %d)", now, before, global_batch, global_batch // now, global_batch // before)
+    log_record({"step": step + 1, "epoch": epoch, "dist/world_size": now})
 
 
 def read_changes(run_dir: Path) -> list[dict[str, Any]]:

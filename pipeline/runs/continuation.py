@@ -86,13 +86,20 @@ def read_run_state(run_dir: Path) -> RunState:
 
 
 def setup_differences(run_config: dict[str, Any], cfg: Config) -> list[str]:
-    """`["optim.lr: 0.1 there, 0.2 here", ...]`: where a run's saved config and `cfg` train different things.
+    """`["optim.lr: 0.1 there, 0.2 here", ...]`: where a run's saved config and `cfg` train different things."""
+    here = flatten(cfg.to_dict())
+    return [f"{key}: {run_config.get(key)!r} there, {here.get(key)!r} here" for key in differing_keys(run_config, cfg)]
+
+
+def differing_keys(run_config: dict[str, Any], cfg: Config) -> list[str]:
+    """The keys whose values differ between a run's saved config (flattened) and `cfg`, sorted; the keys that
+    only name the run are not compared.
 
     A run saves model.num_classes resolved; `auto` here matches the number it found (the data keys,
     compared too, say whether the data is the same)."""
     here = flatten(cfg.to_dict())
     run_config = with_later_keys(run_config, here) if run_config else run_config
-    diffs = []
+    keys = []
     for key in sorted(set(here) | set(run_config)):
         if key in NAMING_KEYS or key in HOW_TO_CONTINUE:
             continue
@@ -100,8 +107,8 @@ def setup_differences(run_config: dict[str, Any], cfg: Config) -> list[str]:
         if key == "model.num_classes" and mine == "auto" and isinstance(theirs, int):
             continue
         if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
-            diffs.append(f"{key}: {theirs!r} there, {mine!r} here")
-    return diffs
+            keys.append(key)
+    return keys
 
 
 def latest_run_of(cfg: Config, matching: Callable[[RunState], bool] = lambda state: True) -> RunState | None:

@@ -266,36 +266,64 @@ def _is_number(cell: str) -> bool:
 # ---------------------------------------------------------------------------------- figure
 
 
-def legend_label(run: Run, keys: list[str]) -> str:
-    values = ", ".join(f"{key}={run.shown(key)}" for key in keys)
-    return f"{run.name} ({values})" if values else run.name
-
-
 def plot_runs(runs: list[Run], path: str | Path) -> None:
-    """One figure: validation top-1 and training loss against epoch and against wall time."""
+    """draw_runs' figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_runs(runs)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_runs(runs: list[Run]) -> Any:
+    """The matplotlib Figure of validation top-1 and training loss against epoch and against wall time.
+
+    The legend names the runs, beside the panels (constrained layout makes room for it, whatever the
+    names' length, for 2 to 20 runs); the keys that differ between them are a table below, one row per
+    run, its name in the colour of its lines."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     keys = differing_keys(runs)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
+    rows = len(runs) + 1 if keys else 0
+    fig = plt.figure(figsize=(12, 7.5 + 0.24 * rows), layout="constrained")
+    grid = fig.add_gridspec(3 if keys else 2, 2, height_ratios=[3.5, 3.5, 0.24 * rows] if keys else [1, 1])
     panels = [("val/top1", 100.0, "validation top-1 (%)"), ("train/loss", 1.0, "training loss")]
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors  # a colour of its own for each of 20
+    colors = {run.name: palette[i % len(palette)] for i, run in enumerate(runs)}
     for row, (metric, scale, ylabel) in enumerate(panels):
+        first = None
         for col, (x, xlabel) in enumerate([("epoch", "epoch"), ("time", "wall time (s)")]):
-            ax = axes[row][col]
+            ax = fig.add_subplot(grid[row, col], sharey=first)
+            first = first or ax
             for run in runs:
                 xs = [r[x] for r in run.records if metric in r and x in r]
                 ys = [scale * r[metric] for r in run.records if metric in r and x in r]
                 style = {"marker": "o", "ms": 3} if metric.startswith("val/") else {}
-                ax.plot(xs, ys, lw=1.2, label=legend_label(run, keys), **style)  # empty too: colours stay aligned
+                ax.plot(xs, ys, lw=1.2, label=run.name, color=colors[run.name], **style)
             ax.set(xlabel=xlabel, ylabel=ylabel if col == 0 else None)
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=1, frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0.02 + 0.028 * len(runs), 1, 1))  # room for the legend: a line per run
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper", title="run",
+               fontsize=8 if len(runs) > 10 else 9)
+    if keys:
+        key_table(fig.add_subplot(grid[2, :]), runs, keys, colors)
+    return fig
+
+
+def key_table(ax: Any, runs: list[Run], keys: list[str], colors: dict[str, Any]) -> None:
+    """The config keys that differ between the runs, a row per run (as the text table shows them)."""
+    ax.axis("off")
+    table = ax.table(cellText=[[run.name, *(run.shown(key) for key in keys)] for run in runs],
+                     colLabels=["run", *keys], cellLoc="left", colLoc="left", loc="upper center", edges="horizontal")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(keys) + 1)))
+    for (row, col), cell in table.get_celld().items():
+        cell.set_edgecolor("0.8")
+        if row and col == 0:  # the run's name, in the colour of its lines
+            cell.get_text().set_color(colors[runs[row - 1].name])
 
 
 # ------------------------------------------------------------------------------------ main

@@ -12,7 +12,8 @@
     ema.py, optim.py, schedule.py, precision.py   the weight EMA, SGD, learning-rate schedules, AMP
     meters.py       on-device loss statistics and throughput windows
     preemption.py   SIGTERM/SIGINT: finish the step, checkpoint, exit 75
-    summary.py      final/*, best/*, the last console lines, eval.only
+    summary.py      final/*, best/*, the last console lines
+    eval_only.py    eval.only: evaluate a checkpoint into <run>/eval/<checkpoint>-<split>-<time>/ (evaluation_folder)
     tta.py          time to accuracy
 
 Imports go to pipeline.data, pipeline.runs and the root; nothing here imports pipeline.bench or

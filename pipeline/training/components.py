@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import build_model, list_models
+from models import build_model
 from pipeline import distributed
 from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
@@ -35,6 +35,7 @@ from pipeline.training.finetune import check_continuation, freeze, initialize_fr
 from pipeline.training.mixing import BatchMixer
 from pipeline.training.optim import build_optimizer, scaled_lr
 from pipeline.training.precision import Precision, build_precision
+from pipeline.training.recipe import recipe_in_force
 from pipeline.training.schedule import build_scheduler, total_steps
 from pipeline.training.step import TrainingStep, wrap_model
 
@@ -100,7 +101,7 @@ def build_training_step(parts: Components, train_cfg: Any) -> TrainingStep:
     return TrainingStep(parts.model, parts.wrapped, parts.optimizer, parts.scheduler, parts.precision, parts.ema,
                         label_smoothing=train_cfg.label_smoothing, debug_nan_step=train_cfg.debug_nan_step,
                         mixer=BatchMixer.from_config(train_cfg), num_classes=parts.num_classes,
-                        report_sizes=len(parts.train_sides) > 1)
+                        report_sizes=len(parts.train_sides) > 1, compiled=train_cfg.compile != "off")
 
 
 def train_sides(data_cfg: Any) -> tuple[int, ...]:
@@ -160,8 +161,6 @@ def check_input_sizes(model: nn.Module, sizes: dict[str, int], num_classes: int)
 
 def build_network(model_cfg: Any, data_cfg: Any, dist: DistInfo, sync_bn: bool) -> nn.Module:
     """The raw model, checked against the input sizes; SyncBatchNorm when asked for under DDP."""
-    if model_cfg.name not in list_models():
-        raise ConfigError(f"model.name: unknown model {model_cfg.name!r}; choose one of {', '.join(list_models())}")
     model = build_model(model_cfg.name, num_classes=model_cfg.num_classes, dropout=model_cfg.dropout)
     sizes = {"data.train.crop": data_cfg.train.crop, "data.eval.crop": data_cfg.eval.crop}
     if data_cfg.train.progressive_start_crop:  # the smallest training size (the network takes every larger one)
@@ -288,4 +287,6 @@ def resolved_settings(cfg: Config, dist: DistInfo, parts: Components, env: dict[
         "resolved/steps_per_epoch": parts.steps_per_epoch,
         "resolved/data_fingerprint": data_fingerprint(cfg.data),
         **({"resolved/init_from_sha256": parts.init_from["sha256"]} if parts.init_from else {}),
+        **recipe_in_force(cfg, total_steps(cfg.train.epochs, parts.steps_per_epoch, cfg.train.max_steps),
+                          parts.train_sides),
     }

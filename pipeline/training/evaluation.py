@@ -9,7 +9,7 @@
 The evaluation that may end the run (the last epoch's; every one when train.target_accuracy may stop
 it early) also counts each class's predictions (confusion.py): the one that does end it leaves
 per_class.csv, confusion.csv and confusion.png in the run directory and W&B (pipeline/runs/per_class.py).
-eval.only asks for them too (`run(per_class=True)`; pipeline/training/summary.py writes them beside eval.json).
+eval.only asks for them too (`run(per_class=True)`; pipeline/training/eval_only.py writes them beside eval.json).
 """
 
 from __future__ import annotations

@@ -16,32 +16,39 @@ and exiting on the second would skip the checkpoint the first one asked for.
 
 Stop means stop: under ./launch.sh (pipeline/tools/launch.py is torchrun's agent) a worker that is
 asked to stop passes the request on to the agent, which stops the whole job instead of restarting
-the worker (`--max-restarts` is for crashes).
+the worker (`--max-restarts` is for crashes). When the agent itself stops the workers because one
+of them ended (it says so first: pipeline/entry.py LAUNCHER_STOP), their SIGTERM is neither announced
+nor passed back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 from types import FrameType
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline import distributed
-from pipeline.entry import tell_the_agent
+from pipeline.entry import LAUNCHER_STOP, tell_the_agent
 from pipeline.errors import Interrupted
 
 log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Set by the first SIGTERM/SIGINT; the training loop polls `requested` between steps."""
+    """Set by the first SIGTERM/SIGINT; the training loop polls `requested` between steps.
+
+    `phase` is where the run is (start-up, training, the evaluation): what a signal stops, which its
+    message says."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, phase: str = "start-up") -> None:
         self.signum: int | None = None
         self.at_once = False
+        self.phase = phase
         self._previous: dict[int, Any] = {}
 
     def install(self, at_once: bool = False) -> "StopRequest":
@@ -53,7 +60,16 @@ class StopRequest:
 
     def defer(self) -> None:
         """From here on a signal only sets `requested`: the run can checkpoint, and stops at the next boundary."""
-        self.at_once = False
+        self.at_once, self.phase = False, "training"
+
+    @contextlib.contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """`phase` for the length of the block (`with stop.during("the evaluation"): ...`)."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -75,10 +91,16 @@ class StopRequest:
         self.signum = signum
         tell_the_agent()
         name = signal.Signals(signum).name
+        if LAUNCHER_STOP.is_set():  # the launcher stops the job because another worker ended: it says so itself
+            if self.at_once:
+                raise Interrupted(signum, f"{name} from the launcher: stopping now")
+            return
         if self.at_once:
-            raise Interrupted(signum, f"{name} received during start-up: stopping now")
-        log.warning("%s received: stopping after the current step and writing a checkpoint "
-                    "(press Ctrl-C again to exit at once)", name)
+            raise Interrupted(signum, f"{name} received during {self.phase}: stopping now")
+        what = ("stopping the evaluation after its current batch and writing a checkpoint (the evaluation is redone "
+                "when the run continues)" if self.phase == "the evaluation"
+                else "stopping after the current step and writing a checkpoint")
+        log.warning("%s received: %s (press Ctrl-C again to exit at once)", name, what)
 
     @property
     def requested(self) -> bool:

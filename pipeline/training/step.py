@@ -123,18 +123,19 @@ class TrainingStep:
     `section` is the host-overhead ledger's hook (pipeline/sections.py); a no-op otherwise.
     `mixer` (train.mixup_alpha, train.cutmix_alpha; pipeline/training/mixing.py) mixes each batch
     and trains on soft targets of `num_classes`. `report_sizes` (progressive resizing): the first
-    step at each new input size is timed (one device synchronization per size, so the figure
-    includes its compilation under train.compile), logged, and kept for `pop_size_reports`.
+    step at each new input size is timed (one device synchronization per size), logged, and kept for
+    `pop_size_reports`; its log line says what the figure includes: the compilation for that size
+    when `compiled` (train.compile), cuDNN's autotuning on a GPU otherwise.
     """
 
     def __init__(self, model: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: Precision, ema: WeightEMA | None, *,
                  label_smoothing: float = 0.0, debug_nan_step: int = -1, mixer: BatchMixer | None = None,
-                 num_classes: int = 0, report_sizes: bool = False) -> None:
+                 num_classes: int = 0, report_sizes: bool = False, compiled: bool = False) -> None:
         self.model, self.wrapped, self.optimizer, self.scheduler = model, wrapped, optimizer, scheduler
         self.precision, self.ema = precision, ema
         self.label_smoothing, self.debug_nan_step = label_smoothing, debug_nan_step
-        self.mixer, self.num_classes, self.report_sizes = mixer, num_classes, report_sizes
+        self.mixer, self.num_classes, self.report_sizes, self.compiled = mixer, num_classes, report_sizes, compiled
         self.stats = StepStats()
         self.section = no_section
         self.side = 0  # the input side of the last step (report_sizes)
@@ -165,12 +166,14 @@ class TrainingStep:
             self.first_step_at(images.shape[-1], started)
 
     def first_step_at(self, side: int, started: float) -> None:
-        """Record how long the first step at input side `side` took (compilation included)."""
+        """Record how long the first step at input side `side` took (and what that includes)."""
         synchronize(self.precision.device)
         seconds = time.perf_counter() - started
         self.side = side
         self.size_reports[f"perf/first_step_seconds_{side}px"] = seconds
-        log.info("first training step at %dx%d px: %.2f s (under train.compile: its compilation)", side, side, seconds)
+        included = (" (its compilation for this size included: train.compile)" if self.compiled
+                    else " (cuDNN's autotuning for this size included)" if self.precision.device.type == "cuda" else "")
+        log.info("first training step at %dx%d px: %.2f s%s", side, side, seconds, included)
 
     def pop_size_reports(self) -> dict[str, float]:
         """The first-step times of the sizes seen since the last call (for the next metrics record)."""

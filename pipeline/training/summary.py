@@ -1,8 +1,7 @@
-"""How a run ends on the console and in its summary: final/*, best/*, mean throughput; and eval.only.
+"""How a run ends on the console and in its summary: final/*, best/*, mean throughput.
 
     summary = final_summary(counters, meter, dist, all_ranks=True)   # records.summary(summary)
     report_final(counters, cfg.train, dist, summary.get("perf/mean_images_per_sec", 0.0), run_dir)
-    metrics = evaluate_checkpoint(evaluation, counters, cfg.checkpoint, run_dir, dist, records)   # eval.only
     announce_continue(end, counters, dist, run_dir)   # a resumable ending: the command that continues it
     report_done_before(counters, cfg, dist, run_dir, stopped_at_target)   # the same command after the end
 """
@@ -10,7 +9,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import sys
@@ -21,7 +19,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.distributed import DistInfo
-from pipeline.errors import CheckpointError, EndReason
+from pipeline.errors import EndReason
 from pipeline.constants import LAUNCHER_ENV
 from pipeline.files import atomic_write_text
 from pipeline.runs.continuation import SKIP_BAD_IMAGES, direct_command, with_override
@@ -65,22 +63,6 @@ def report_final(c: Counters, train_cfg: Any, dist: DistInfo, total: float, run_
     else:
         log.info("%.1f s of training (evaluation and checkpoints excluded)", c.train_seconds)
     log.info("run directory: %s", run_dir)
-
-
-def evaluate_checkpoint(evaluation: Any, counters: Counters, checkpoint_cfg: Any, run_dir: Path, dist: DistInfo,
-                        records: Any) -> dict[str, float]:
-    """eval.only: evaluate the restored weights (`evaluation`: EpochEvaluation), write eval.json and the per-class
-    report beside it (`records`: RunRecords), print the figures."""
-    if counters.global_step == 0 and checkpoint_cfg.resume == "auto":
-        raise CheckpointError(f"eval.only: no checkpoint in {run_dir}")
-    metrics = evaluation.run(per_class=True)
-    if dist.is_main:
-        atomic_write_text(run_dir / "eval.json", json.dumps({**metrics, "step": counters.global_step}, indent=1))
-        records.per_class(evaluation.class_report, run_dir)
-        log.info("evaluation of step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images",
-                 counters.global_step, 100 * metrics["val/top1"], 100 * metrics["val/top5"],
-                 metrics["val/loss"], metrics["val/images"])
-    return metrics
 
 
 def report_nonfinite(exc: Exception, run_dir: Path, lr: float) -> None:

@@ -26,7 +26,7 @@ from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
-from pipeline.runs.changes import note_changes
+from pipeline.runs.changes import note_changes, note_world_size
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.budget import budget_run, plan_from, record_plan
 from pipeline.training.checkpoint import CheckpointManager, Counters
@@ -36,9 +36,10 @@ from pipeline.training.evaluation import EpochEvaluation
 from pipeline.training.failures import failure_ending
 from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
+from pipeline.training.recipe import describe_recipe
 from pipeline.training.schedule import total_steps
-from pipeline.training.summary import (announce_continue, evaluate_checkpoint, final_summary, report_done_before,
-                                      report_final, report_nonfinite)
+from pipeline.training.summary import (announce_continue, final_summary, report_done_before, report_final,
+                                      report_nonfinite)
 
 log = logging.getLogger("pipeline")
 
@@ -77,7 +78,7 @@ class Trainer:
         self.cfg = cfg = plan.apply(cfg) if plan else cfg
         self.parts = build_components(cfg, dist, resume, data=data)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
-        if cfg.train.time_budget != "off" and plan is None and not cfg.eval.only:
+        if cfg.train.time_budget != "off" and plan is None:
             self.cfg, plan = cfg, plan = budget_run(cfg, self.parts, dist, self.run_dir, data, resume)
         self.checkpoints.plan, self.checkpoints.epochs = plan, cfg.train.epochs
         self.clock = RunClock(self.counters, dist.device, started)
@@ -96,18 +97,22 @@ class Trainer:
         save_run_config(self.checkpoints.config, self.run, dist.is_main, resumed=resume is not None)  # as asked
         if resume is not None and dist.is_main:  # config.yaml keeps the original; what changed is appended
             note_changes(self.run_dir, resume.changes, self.counters.global_step, self.counters.epoch)
+        resolved = resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {}
+        if resolved:
+            log.info("%s", describe_recipe(resolved))  # the schedule and every augmentation option, on and off
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
-                                  environment=env,
-                                  resolved=resolved_settings(cfg, dist, self.parts, env) if dist.is_main else {})
+                                  environment=env, resolved=resolved)
         record_plan(plan, self.records, first_session=resume is None)
+        if resume is not None and resume.ckpt["world_size"] != dist.world_size and dist.is_main:
+            step = self.counters.global_step
+            note_world_size(self.records.log, resume.ckpt["world_size"], dist.world_size, cfg.train.global_batch_size,
+                            step, round((step + 1) / self.parts.steps_per_epoch, 4))
         # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
         self.checkpoints.observers += [self.clock, self.records]
 
     # ------------------------------------------------------------------------------- fit
 
     def fit(self) -> ExitCode:
-        if self.cfg.eval.only:
-            return self.evaluate_only()
         if self.done_before:
             report_done_before(self.counters, self.cfg, self.dist, self.run_dir, self.stopped_at_target)
         end, code = EndReason.CRASHED, ExitCode.ERROR  # unless the loop ends on its own
@@ -150,7 +155,8 @@ class Trainer:
         """The finished epoch's evaluation (when due) and checkpoint; False when a stop request came first."""
         c, metrics = self.counters, None
         if self.evaluation.due(c.epoch):
-            metrics = self.evaluation.run(should_stop=lambda: self.stop.requested, epoch=c.epoch)
+            with self.stop.during("the evaluation"):  # a signal now stops the evaluation (its message says so)
+                metrics = self.evaluation.run(should_stop=lambda: self.stop.requested, epoch=c.epoch)
             if metrics is None:  # interrupted: checkpointed as pending by preempted(), redone on resume
                 return False
             self.evaluation.record(metrics, c, self.records, self.clock)
@@ -167,20 +173,6 @@ class Trainer:
         log.warning("preempted at step %d: checkpoint written to %s; exit status %d", self.counters.global_step,
                     self.run_dir, ExitCode.PREEMPTED)
         return EndReason.PREEMPTED
-
-    def evaluate_only(self) -> ExitCode:
-        """eval.only: evaluate the restored weights (eval.json), then close W&B with the exit code."""
-        code = ExitCode.ERROR
-        self.stop.install(at_once=True)  # nothing to checkpoint: a signal ends the evaluation now
-        try:
-            evaluate_checkpoint(self.evaluation, self.counters, self.cfg.checkpoint, self.run_dir, self.dist, self.records)
-            code = ExitCode.OK
-            return code
-        except BaseException as exc:
-            code = crash_exit_code(exc)
-            raise
-        finally:
-            self.records.finish(None, code, plot=False)  # W&B's exit state only: the training run did not end
 
     # ---------------------------------------------------------------------------- train
 
