@@ -284,7 +284,9 @@ class CheckpointManager:
         self.epochs = epochs
         self.observers: list[SaveObserver] = []
         self.written: tuple[int, bool] | None = None  # Counters.position of the newest checkpoint (restored or written)
-        self.plan: Any = None  # train.time_budget's plan (pipeline/training/budget.py), kept in every checkpoint
+        # train.time_budget's plans and pace (pipeline/training/budget_run.py RunBudget): its state_dict() is
+        # kept in every checkpoint
+        self.budget: Any = None
 
     def find_resume(self) -> ResumePoint | None:
         """checkpoint.resume: auto = the run's newest good checkpoint (rank 0 picks); never; a path."""
@@ -404,5 +406,5 @@ class CheckpointManager:
             "config": self.config,
             "world_size": self.dist.world_size,
             "rank_states": rank_states,
-            "plan": asdict(self.plan) if self.plan is not None else None,
+            "budget": self.budget.state_dict() if self.budget is not None else None,
         }

@@ -1,6 +1,6 @@
 """The evaluation at an epoch's end: when it is due, running it (a stop signal may cut it short), recording it.
 
-    evaluation = EpochEvaluation(cfg, parts)
+    evaluation = EpochEvaluation(cfg, parts, timed=budget.timed)        # timed("evaluation"): a context manager
     if evaluation.due(counters.epoch):
         metrics = evaluation.run(should_stop=lambda: stop.requested)   # None: interrupted, redo it on resume
         evaluation.record(metrics, counters, records, clock)            # metrics.jsonl, W&B, the log line
@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 from pipeline.config import Config
 from pipeline.runs.clock import RunClock
@@ -25,8 +26,10 @@ log = logging.getLogger("pipeline")
 
 
 class EpochEvaluation:
-    def __init__(self, cfg: Config, parts: Components) -> None:
+    def __init__(self, cfg: Config, parts: Components,
+                 timed: Callable[[str], ContextManager[None]] = lambda kind: nullcontext()) -> None:
         self.cfg, self.parts = cfg, parts
+        self.timed = timed  # a time budget measures every evaluation (pipeline/training/budget_run.py)
 
     def due(self, epochs_done: int) -> bool:
         every = self.cfg.eval.every
@@ -38,14 +41,15 @@ class EpochEvaluation:
         if epoch is not None:  # a long evaluation (50,000 ImageNet images) is not a hang
             log.info("epoch %d/%d: evaluating (%d batches per process)", epoch, self.cfg.train.epochs,
                      len(self.parts.eval_loader))
-        self.parts.sync_buffers()
         results = {}
-        for name, model in self.parts.eval_models(self.cfg.eval.weights).items():
-            result = evaluate(model, self.parts.eval_loader, self.parts.precision, self.cfg.eval.tta == "flip",
-                              should_stop)
-            if result is None:
-                return None
-            results[name] = result
+        with self.timed("evaluation"):
+            self.parts.sync_buffers()
+            for name, model in self.parts.eval_models(self.cfg.eval.weights).items():
+                result = evaluate(model, self.parts.eval_loader, self.parts.precision, self.cfg.eval.tta == "flip",
+                                  should_stop)
+                if result is None:
+                    return None
+                results[name] = result
         return name_evaluations(results)
 
     def target_reached(self, evaluation: dict[str, Any]) -> bool:
