@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from pipeline.bench.__main__ import main as bench_main
 from pipeline.config import load_config
+from pipeline.constants import REPO_ROOT as REPO
 from pipeline.errors import ConfigError
 from pipeline.runs.metrics import read_metrics
 from pipeline.training.budget import (SAFETY, BudgetPlan, Cadence, Costs, cost_ahead, make_plan, position, replan,
@@ -21,7 +28,7 @@ from pipeline.training.budget_measure import measure_costs
 from pipeline.training.budget_run import REPLAN_TOLERANCE, RunBudget, SimulatedClock, minutes, restored_budget
 from pipeline.training.checkpoint import Counters, ResumePoint
 from pipeline.training.schedule import build_scheduler
-from runs import assert_same_tensors, load_ckpt, run_train
+from runs import TINY, assert_same_tensors, load_ckpt, run_train
 from test_reliability import kill_job, start_train, wait_for_file
 
 
@@ -504,3 +511,73 @@ def test_a_real_budget_too_short_to_train_refuses_in_one_line_after_measuring_st
     assert len(error_lines) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "short").exists()  # a failed start leaves no run directory
 
+
+# ------------------------------------------------------------------------------- the benchmark
+
+
+LOAD_HOLDER = """
+import sys, time
+from pipeline.bench.budget import CompetingLoad
+with CompetingLoad(2) as load:
+    load.start()
+    print(" ".join(str(p.pid) for p in load.procs), flush=True)
+    time.sleep(120)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only not yet reaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_the_competing_load_dies_with_the_benchmark(how):
+    holder = subprocess.Popen([sys.executable, "-c", LOAD_HOLDER], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in holder.stdout.readline().split()]
+    try:
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        holder.send_signal(how)  # SIGINT: Ctrl-C (the with block stops them); SIGKILL: the parent-death signal
+        holder.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids)
+    finally:
+        holder.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_budget_benchmark_is_a_kind_with_its_own_options(capsys):
+    with pytest.raises(SystemExit):
+        bench_main(["budget", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m pipeline.bench budget ") and "--load-at SECONDS" in out
+    assert "--steps" not in out  # it times whole runs
+    assert bench_main(["budget", "--budget", "1m", "train.epochz=3"]) == 2  # bad config: one line, before any run
+    assert "config error: train.epochz: unknown key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["budget", "--budget", "soon"])
+    assert "--budget: 'soon' is not a duration" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_budget_benchmark_runs_a_budgeted_run_under_load_and_reports_it(tmp_path, capsys):
+    out = tmp_path / "bench"
+    # The run plans on a simulated clock (its plan does not depend on how busy the test machine is); the load and
+    # the report are real.
+    code = bench_main(["budget", *TINY, "train.debug_budget_clock=[0.5,1,0.1,0]", "--budget", "20s", "--load", "1",
+                       "--load-at", "3", f"--out={out}"])
+    assert code == 0
+    row = json.loads((out / "results.json").read_text())["results"][0]
+    assert row["exit"] == 0 and row["load"] == 1 and row["load_at_s"] == 3.0
+    assert row["ratio"] == round(row["wall_s"] / 20.0, 4) and row["plans"][0]["at_step"] == 0
+    assert row["used_s"] > 0 and row["predicted_s"] > 0 and row["steps"] == row["plans"][-1]["total_steps"]
+    table = capsys.readouterr().out
+    assert "wall/budget" in table and "1 at 3s" in table
+    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+                .splitlines() if line.strip() == f"{sys.executable} -c while True: pass"]  # the load is gone
