@@ -9,12 +9,15 @@ times it from the spawn to the exit (interpreter start-up included, as the budge
 `--load N` starts N competing CPU-bound processes (a Python busy loop each) `--load-at` seconds
 after the spawn and stops them when the run exits: on a 2-core machine, 2 of them halve the run's
 speed. They die with the benchmark whatever ends it (Ctrl-C, SIGTERM, SIGKILL: a parent-death
-signal). Reported per repeat: the wall time and its ratio to the budget; the budget seconds the run
-counted itself (`time/budget_used_s`); the plans it made (how many; steps and measured step of the
-first and of the last) and the end the last one predicted; the final top-1. Targets: within 5% of
-the budget on a quiet machine, within 10% when the machine's speed halves mid-run. A benchmark, not
-a test (tests/test_budget.py checks the planning with a fake clock). Results: a table on the
-console and results.json in --out (default bench-results/budget-<time>/).
+signal), and the run is stopped with SIGTERM (it checkpoints and exits).
+
+Reported per repeat: the wall time and its ratio to the budget; the budget seconds the run counted
+itself (`time/budget_used_s`); the plans it made (how many; steps and measured step of the first
+and of the last) and the end the last one predicted; the final top-1. results.json (in --out,
+default bench-results/budget-<time>/) also holds every plan and the run's budget lines (plans,
+warnings, the end line). Targets: within 5% of the budget on a quiet machine, within 10% when the
+machine's speed halves mid-run. A benchmark, not a test (tests/test_budget.py checks the planning
+with a fake clock).
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ BUSY_LOOP = "while True: pass"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
-def _die_with(parent: int) -> None:
-    """In a child before exec: SIGKILL when `parent` dies (Linux), or now if it already has."""
+def _die_with(parent: int, sig: int = signal.SIGKILL) -> None:
+    """In a child before exec: `sig` when `parent` dies (Linux), or exit now if it already has."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):  # not Linux: Ctrl-C still reaches the process group
         return
     if os.getppid() != parent:
@@ -82,8 +85,10 @@ class CompetingLoad:
 def one_run(command: list[str], run_dir: Path, load: int, load_at: float) -> dict[str, Any]:
     """Run `command` (a budgeted training run writing to `run_dir`) with `load` competing processes from
     `load_at` s on; what it did against its budget."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0, parent = time.monotonic(), os.getpid()
+    # A benchmark that is killed stops its run too (SIGTERM: the run checkpoints and exits).
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: _die_with(parent, signal.SIGTERM))
     with CompetingLoad(load) as competing:
         try:
             _, err = proc.communicate(timeout=load_at if load else None)
@@ -98,9 +103,10 @@ def one_run(command: list[str], run_dir: Path, load: int, load_at: float) -> dic
     metrics = run_dir / "metrics.jsonl"
     plans = [{key: row[f"plan/{key}"] for key in ("at_step", "total_steps", "step_s", "spent_s", "predicted_s")}
              for row in (read_metrics(metrics) if metrics.exists() else []) if "plan/total_steps" in row]
+    said = [line for line in err.splitlines() if "train.time_budget" in line or " plan: " in line]
     return {"exit": 0, "wall_s": round(wall, 1), "used_s": summary.get("time/budget_used_s"),
             "predicted_s": summary.get("plan/predicted_s"), "steps": summary.get("end/global_step"),
-            "plans": plans, "final_top1": summary.get("final/top1")}
+            "plans": plans, "final_top1": summary.get("final/top1"), "log": said}
 
 
 def bench_budget(args: argparse.Namespace, cfg_path: str | None, overrides: list[str]) -> int:
@@ -127,9 +133,15 @@ def bench_budget(args: argparse.Namespace, cfg_path: str | None, overrides: list
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n" + format_table(rows))
+    from pipeline.runs.envinfo import environment  # torch: only once the runs are over
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"kind": "budget", "command": " ".join(sys.argv), "results": rows},
-                                                 indent=1) + "\n")
+    result = {"kind": "budget", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python -m pipeline.bench budget", *([cfg_path] if cfg_path else []), *overrides,
+                                   f"--budget {args.budget}", f"--repeats {args.repeats}"]
+                                  + ([f"--load {args.load} --load-at {args.load_at:g}"] if args.load else [])),
+              "environment": environment(), "results": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out / 'results.json'}")
     return 0 if all(r["exit"] == 0 for r in rows) else 1
 
