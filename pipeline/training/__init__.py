@@ -11,6 +11,8 @@
     preemption.py   SIGTERM/SIGINT: finish the step, checkpoint, exit 75
     summary.py      final/*, best/*, the last console lines, eval.only
     tta.py          time to accuracy
+    budget.py, budget_measure.py, budget_run.py   train.time_budget: the plan (pure arithmetic), measuring
+                    at start-up, and keeping the budget during the run (pace, re-plans, what is recorded)
 
 Imports go to pipeline.data, pipeline.runs and the root; nothing here imports pipeline.bench or
 pipeline.tools.
