@@ -13,11 +13,12 @@ during the run: pipeline/training/budget_run.py.
 
 **The measurement is bounded:** at most `MEASURE_SHARE` of the budget. The timed block stops at
 60% of that bound (fewer steps, at least one), and an evaluation still running at 90% of it is
-stopped and extrapolated from the batches it did (the evaluation loader is then rebuilt). When the
-steps alone show that not one step with its evaluation and checkpoint fits, the run refuses then,
-in one line, without measuring the rest. (A budget under load once spent 260 s measuring before
-refusing.) A measurement cut short is less exact; the run's re-plans correct the plan from the
-pace they measure.
+stopped and extrapolated from the batches it did (the evaluation loader is then rebuilt). A step,
+an evaluation batch and a checkpoint write are not interrupted: one of each is measured whatever
+the bound. When the steps alone show that not one step with its evaluation and checkpoint fits,
+the run refuses then, in one line, without measuring the rest. (A budget under load once spent
+260 s measuring before refusing.) A measurement cut short is less exact; the run's re-plans
+correct the plan from the pace they measure.
 """
 
 from __future__ import annotations
