@@ -16,9 +16,8 @@ during the run: pipeline/training/budget_run.py.
 stopped and extrapolated from the batches it did (the evaluation loader is then rebuilt). A step,
 an evaluation batch and a checkpoint write are not interrupted: one of each is measured whatever
 the bound. When the steps alone show that not one step with its evaluation and checkpoint fits,
-the run refuses then, in one line, without measuring the rest. (A budget under load once spent
-260 s measuring before refusing.) A measurement cut short is less exact; the run's re-plans
-correct the plan from the pace they measure.
+the run refuses then, in one line, without measuring the rest. A measurement cut short is less
+exact; the run's re-plans correct the plan from the pace they measure.
 """
 
 from __future__ import annotations
