@@ -109,7 +109,7 @@ def test_the_measurement_stops_at_its_share_of_the_budget_and_may_refuse_before_
 
 
 class TimedBatches:
-    """An evaluation loader whose every batch takes `seconds` on `clock` (a WallLike)."""
+    """An evaluation loader whose batches take `seconds` (one per batch) on `clock` (a WallLike)."""
 
     def __init__(self, clock, batches, seconds):
         self.clock, self.batches, self.seconds = clock, batches, seconds
@@ -118,8 +118,8 @@ class TimedBatches:
         return len(self.batches)
 
     def __iter__(self):
-        for batch in self.batches:
-            self.clock.seconds += self.seconds
+        for batch, seconds in zip(self.batches, self.seconds):
+            self.clock.seconds += seconds
             yield batch
 
 
@@ -133,7 +133,7 @@ def test_an_evaluation_past_the_measuring_bound_is_cut_short_and_extrapolated():
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 10, (4,))) for _ in range(10)]
     clock = WallLike(100.0)
     parts = SimpleNamespace(sync_buffers=lambda: None, eval_models=lambda weights: {"raw": model},
-                            eval_loader=TimedBatches(clock, batches, 1.0),
+                            eval_loader=TimedBatches(clock, batches, [1.0] * 10),
                             precision=build_precision("fp32", torch.device("cpu")))
     cfg = load_config(None, [])
     seconds, cut = measure_evaluation(parts, cfg, clock, deadline=103.5)
@@ -142,6 +142,11 @@ def test_an_evaluation_past_the_measuring_bound_is_cut_short_and_extrapolated():
     clock.seconds = 200.0
     seconds, cut = measure_evaluation(parts, cfg, clock, deadline=math.inf)
     assert not cut and seconds == 10.0
+    # The first batch also starts the loader's pipeline: it is not the pace of the others.
+    parts.eval_loader = TimedBatches(clock, batches, [5.0] + [1.0] * 9)
+    clock.seconds = 300.0
+    seconds, cut = measure_evaluation(parts, cfg, clock, deadline=307.5)
+    assert cut and seconds == pytest.approx(5.0 + 9 * 1.0)
 
 
 # ------------------------------------------------------------------------------------- planning

@@ -134,8 +134,9 @@ def cadence_of(cfg: Config, steps_per_epoch: int) -> Cadence:
 
 
 def measure_evaluation(parts: Any, cfg: Config, clock: BudgetClock, deadline: float) -> tuple[float, bool]:
-    """(the seconds of one evaluation, whether it was cut short at `deadline` and extrapolated from the
-    batches done). Cut short, the evaluation loader is left mid-pass: the caller rebuilds it."""
+    """(the seconds of one evaluation, whether it was cut short at `deadline`, after two batches at least, and
+    extrapolated from the batches done). Cut short, the evaluation loader is left mid-pass: the caller
+    rebuilds it."""
     started = clock.now()
     clock.charge("evaluation")
     parts.sync_buffers()
@@ -153,10 +154,12 @@ def measure_evaluation(parts: Any, cfg: Config, clock: BudgetClock, deadline: fl
                 yield batch
 
         result = evaluate(model, counted(), parts.precision, cfg.eval.tta == "flip",
-                          should_stop=lambda: len(done_at) > 2 and clock.now() > deadline)
-        if result is None:  # stopped (on some rank) after one batch or more: extrapolate from those
-            done = max(len(done_at) - 1, 1)
-            per_model = (done_at[done] - model_started) * len(parts.eval_loader) / done
+                          should_stop=lambda: len(done_at) > 3 and clock.now() > deadline)
+        if result is None:  # stopped (on some rank): the first batch as measured (it also starts the loader's
+            done = len(done_at) - 1  # pipeline), every other one at the pace of those done after it
+            first = done_at[1] - model_started
+            rest = (done_at[done] - done_at[1]) / (done - 1) if done > 1 else first
+            per_model = first + rest * (len(parts.eval_loader) - 1)
             return model_started - started + per_model * (len(models) - done_models), True
     return clock.now() - started, False
 
