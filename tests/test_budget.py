@@ -286,10 +286,10 @@ class WallLike:
 
 
 def simulate(budget_s, spe, step_s, evaluation_s=1.0, checkpoint_s=0.2, eval_every=1, slow_at=None, slowdown=2.0,
-             loop_pace=1.0, mid_epoch_points=True, start_s=5.0):
+             loop_pace=1.0, mid_epoch_points=True, start_s=5.0, speed=None):
     """A run as the trainer drives it, on a clock that moves by the work's costs: steps take `loop_pace` times what
-    was measured, and everything `slowdown` times longer once `slow_at` budget seconds have passed. Returns the
-    end / budget and the budget."""
+    was measured, and everything `slowdown` times longer once `slow_at` budget seconds have passed (or `speed(t)`
+    times longer at budget second t). Returns the end / budget, the budget and the records."""
     measured = Costs(spent=start_s, step=step_s, evaluation=evaluation_s, checkpoint=checkpoint_s)
     cadence = Cadence(spe, 10, eval_every, 1)
     plan = make_plan(budget_s, measured, spe, 10, eval_every, 1)
@@ -298,6 +298,9 @@ def simulate(budget_s, spe, step_s, evaluation_s=1.0, checkpoint_s=0.2, eval_eve
     records, c, total = Records(), Counters(), plan.total_steps
 
     def spend(seconds):
+        if speed is not None:
+            clock.seconds += seconds * speed(clock.seconds)
+            return
         slowed = slow_at is not None and clock.seconds >= slow_at
         clock.seconds += seconds * (slowdown if slowed else 1.0)
 
@@ -337,6 +340,27 @@ def test_a_run_whose_machine_halves_its_speed_mid_run_re_plans_and_ends_within_t
     assert 0.90 <= ratio <= 1.05
     assert budget.plan.total_steps < budget.plans[0].total_steps
     assert budget.factor == pytest.approx(2.0, rel=0.05)  # the pace it measured: half the speed
+    for late in (90.0, 100.0):  # a few windows before the end: one slow window is enough to re-plan
+        ratio, _, _ = simulate(120.0, 78, 0.075, slow_at=late)
+        assert 0.90 <= ratio <= 1.05
+
+
+def test_a_short_slow_spell_does_not_end_the_run_early(monkeypatch):
+    """A crowded machine (the quickstart's step at 0.43 s): 3x slower from 30 to 45 s, 12x from 60 to 80 s. The
+    fixed costs at the median of the recent windows' pace keep the run going; at the last window's they made the
+    final evaluation look 12x longer and the run end early. Figures quoted in pipeline/training/budget_run.py."""
+    import pipeline.training.budget_run as budget_run
+
+    def crowded(t):
+        return 3.0 if 30 <= t < 45 else 12.0 if 60 <= t < 80 else 1.0
+
+    kept, _, _ = simulate(120.0, 78, 0.43, evaluation_s=3.0, eval_every=5, start_s=16.0, speed=crowded)
+    late, _, _ = simulate(120.0, 78, 0.075, evaluation_s=3.0, eval_every=5, slow_at=100.0)  # the price
+    monkeypatch.setattr(budget_run, "RECENT", 1)  # every cost at the last window's pace
+    early, _, _ = simulate(120.0, 78, 0.43, evaluation_s=3.0, eval_every=5, start_s=16.0, speed=crowded)
+    late_last, _, _ = simulate(120.0, 78, 0.075, evaluation_s=3.0, eval_every=5, slow_at=100.0)
+    assert round(kept, 2) == 0.97 and round(early, 2) == 0.77
+    assert round(late, 2) == 1.07 and round(late_last, 2) == 1.04  # a halving 100 s in: later news of the evaluation
 
 
 def test_long_epochs_need_re_plan_points_within_the_epoch():
@@ -344,7 +368,7 @@ def test_long_epochs_need_re_plan_points_within_the_epoch():
     last epoch, with no epoch end left to re-plan at). Figures quoted in pipeline/training/budget_run.py."""
     with_points, _, _ = simulate(200.0, 1000, 0.1, slow_at=120.0)
     epoch_ends_only, _, _ = simulate(200.0, 1000, 0.1, slow_at=120.0, mid_epoch_points=False)
-    assert round(with_points, 2) == 0.97 and round(epoch_ends_only, 2) == 1.34
+    assert round(with_points, 2) == 0.98 and round(epoch_ends_only, 2) == 1.34
 
 
 def test_a_budget_that_cannot_be_kept_says_so_once_with_the_overrun_and_ends_now(caplog):
@@ -390,6 +414,7 @@ def test_the_budget_s_state_restores_to_the_same_decisions():
     restored = restored_budget(cfg, ResumePoint(Path("x.pt"), ckpt))
     assert restored.plans == budget.plans and restored.costs == budget.costs
     assert restored.clock.now() == state["elapsed_s"] and restored.factor == budget.factor
+    assert restored.recent == budget.recent and restored.fixed_factor == budget.fixed_factor
     assert (restored.window_step, restored.window_time) == (budget.window_step, budget.window_time)
     assert [restored.position(s) for s in range(0, 2000, 7)] == [budget.position(s) for s in range(0, 2000, 7)]
     legacy = {"plan": state["plans"][0], "counters": {"wall_seconds": 30.0, "global_step": 390}}  # before re-plans
@@ -476,8 +501,11 @@ def test_a_budgeted_run_keeps_its_plan_across_kill_and_resume_and_trains_what_th
 
 @pytest.mark.slow
 def test_a_run_that_re_plans_when_its_steps_slow_down_resumes_bit_exact_after_kill(tmp_path):
-    # Twice as slow after step 30: the run re-plans shorter, once or more, after that.
-    budgeted = ("train.time_budget=40s", "train.debug_budget_clock=[0.1,1,0.2,30]", *SIMULATED)
+    # Twice as slow after step 30: the run re-plans shorter, once or more, after that. Progressive resizing
+    # (8 -> 12 -> 16 px) follows the re-planned position, in the resumed run too.
+    budgeted = ("train.time_budget=40s", "train.debug_budget_clock=[0.1,1,0.2,30]", *SIMULATED,
+                "data.train.progressive_start_crop=8", "data.train.progressive_multiple=4",
+                "data.train.progressive_ramp=[0.3,0.7]")
     run_train(tmp_path, "straight", *budgeted)
     straight = load_ckpt(tmp_path / "straight" / "last.pt")
     plans = straight["budget"]["plans"]
@@ -506,6 +534,8 @@ def test_a_run_that_re_plans_when_its_steps_slow_down_resumes_bit_exact_after_ki
     assert abs(lrs[at + 1] - lrs[at]) < 0.2 * max(lrs)  # no jump at the re-plan
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["plan/count"] == len(plans) and summary["plan/total_steps"] == plans[-1]["total_steps"]
+    log = (tmp_path / "straight" / "train.log").read_text()
+    assert all(f"first training step at {s}x{s} px" in log for s in (8, 12, 16))
 
 
 @pytest.mark.slow

@@ -70,12 +70,13 @@ class Costs:
         weight = (side * side - start * start) / (final * final - start * start)
         return self.step_start + weight * (self.step - self.step_start)
 
-    def slowed(self, factor: float, spent: float) -> "Costs":
-        """Every per-step and fixed cost `factor` times the measured one (the machine's pace now), at `spent`."""
-        step_start = None if self.step_start is None else self.step_start * factor
-        return replace(self, spent=spent, step=self.step * factor, evaluation=self.evaluation * factor,
-                       checkpoint=self.checkpoint * factor, finish=self.finish * factor, step_start=step_start,
-                       compile=self.compile * factor)
+    def slowed(self, step_factor: float, fixed_factor: float, spent: float) -> "Costs":
+        """The costs at `spent` with every step `step_factor` and every fixed cost (evaluation, checkpoint,
+        closing, compiling) `fixed_factor` times the measured one."""
+        step_start = None if self.step_start is None else self.step_start * step_factor
+        return replace(self, spent=spent, step=self.step * step_factor, evaluation=self.evaluation * fixed_factor,
+                       checkpoint=self.checkpoint * fixed_factor, finish=self.finish * fixed_factor,
+                       step_start=step_start, compile=self.compile * fixed_factor)
 
 
 @dataclass(frozen=True)
