@@ -290,8 +290,9 @@ class TrainConfig(Section):
     max_steps: int = _f(0, "stop after this many optimizer steps in all (the last epoch may end early); the "
                            "schedule runs over them; 0 = train.epochs whole epochs", ge=0)
     time_budget: str = _f("off", "fit the run to this wall-clock time from process start (e.g. 300s, 5m, 2h): it "
-                                 "measures its steps, then plans train.epochs/max_steps and scales the schedule "
-                                 "(docs/training.md); off = train.epochs as given")
+                                 "measures its steps, then plans train.epochs/max_steps and scales the schedule, "
+                                 "and re-plans from the pace it measures (docs/training.md); off = train.epochs "
+                                 "as given")
     nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
     init_from: str = _f("", "fine-tuning: start from the weights of this run directory (its best.pt, else last.pt) "
                         "or checkpoint file; optimizer, schedule and epochs start fresh; empty = random weights")
@@ -300,6 +301,9 @@ class TrainConfig(Section):
     freeze: Literal["none", "features"] = _f("none", "features: train the classifier only (the backbone's weights "
                                              "frozen, its BatchNorm statistics too); none = train everything")
     debug_nan_step: int = _f(-1, "testing aid: make the loss NaN from this global step on; -1 = off", ge=-1)
+    debug_budget_clock: list[float] = _f([], "testing aid: train.time_budget reads a simulated clock, [seconds a "
+                                         "training step, an evaluation, a checkpoint, the global step after which "
+                                         "all three take twice as long (0 = never)]; [] = the wall clock")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -627,6 +631,10 @@ def _check_time_budget(train: TrainConfig) -> None:
         raise ConfigError(f"train.time_budget: {train.time_budget!r} must be longer than zero (or off)")
     if train.max_steps:
         raise ConfigError("train.max_steps: train.time_budget plans the number of steps; give one of the two")
+    clock = train.debug_budget_clock
+    if clock and (len(clock) != 4 or min(clock) < 0 or clock[0] <= 0 or clock[3] != int(clock[3])):
+        raise ConfigError(f"train.debug_budget_clock: {clock} is not [step s > 0, evaluation s, checkpoint s, "
+                          "slow-down step] (e.g. train.debug_budget_clock=[0.1,1,0.2,40])")
 
 
 def _leaf_fields(section: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:

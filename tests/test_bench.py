@@ -70,8 +70,8 @@ def test_loader_backend_dali_means_dali_on_data_device_and_gets_its_stage_rows(t
     (["loader", "--backends=dali,tochvision"], "argument --backends: unknown 'tochvision'; choose from dali, "
                                                "dali-gpu, dali-cpu, torchvision, synthetic"),
     (["loader", "--models=squeezenet1_1"], "unrecognized arguments: --models"),  # another kind's option
-    ([], "error: say what to measure: one of loader, model, train, scaling, doctor, overhead, report, export (then "
-         "an optional CONFIG.yaml"),  # not "required: kind, [CONFIG.yaml]": the config is optional
+    ([], "error: say what to measure: one of loader, model, train, scaling, doctor, overhead, budget, report, export "
+         "(then an optional CONFIG.yaml"),  # not "required: kind, [CONFIG.yaml]": the config is optional
     (["configs/quickstart.yaml"], "error: say what to measure: one of loader, "),
 ])
 def test_bench_rejects_what_the_kind_cannot_use(argv, words, capsys):
@@ -86,7 +86,7 @@ def test_loader_stages_without_a_dali_backend_is_an_error(tmp_path, capsys):
     assert not tmp_path.joinpath("results.json").exists()
 
 
-@pytest.mark.parametrize("kind", [None, "loader", "model", "train", "scaling", "doctor", "report", "export"])
+@pytest.mark.parametrize("kind", [None, "loader", "model", "train", "scaling", "doctor", "budget", "report", "export"])
 def test_every_bench_kind_has_its_own_help(kind, capsys):
     with pytest.raises(SystemExit) as info:
         bench_main([kind, "--help"] if kind else ["--help"])

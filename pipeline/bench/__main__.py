@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import logging
 import sys
 import typing
@@ -39,10 +40,13 @@ KINDS = {
                "step) and the knob to turn", ()),
     "overhead": ("the host-overhead ledger of the training step: per component, the torch operators dispatched, "
                  "host microseconds, device reads and uploads; then a logging boundary and an evaluation batch", ()),
+    "budget": ("how closely runs keep train.time_budget: whole training runs timed from the outside against "
+               "their budget, optionally with competing CPU load started mid-run", ("budget", "load", "load_at")),
     "report": ("the tables of every results.json under DIR (default bench-results/)", ()),
     "export": ("onnxruntime throughput and latency of an exported model (python -m pipeline.export), fp32 and int8, "
                "1 and all threads, batches 1, 8, 64 (`python -m pipeline.bench export --help`)", ()),
 }
+RUNS = ("budget",)  # kinds that time whole training processes: no steps or warm-up of their own
 
 
 def _csv(kind=str, allowed: dict[str, str] | None = None):
@@ -57,6 +61,7 @@ def _csv(kind=str, allowed: dict[str, str] | None = None):
 
 def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str) -> None:
     """The options that belong to one kind, by their dest name."""
+    from pipeline.bench.budget import budget_options
     from pipeline.bench.loader import BACKENDS
 
     backends = "; ".join(f"{name} = {what}" for name, what in BACKENDS.items())
@@ -84,6 +89,7 @@ def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name:
         "nproc": (["--nproc"], dict(type=_csv(int), help="process counts (default 1,2)")),
         "feeds": (["--feeds"], dict(type=_csv(), help="synthetic,real,torchvision (default all three; real = the "
                                                       "configured DALI loader)")),
+        **budget_options(),
     }
     flags, kwargs = options[name]
     parser.add_argument(*flags, dest=name, **kwargs)
@@ -93,13 +99,18 @@ def build_parser(kind: str | None) -> argparse.ArgumentParser:
     """The parser of one kind (its own --help and options), or of all kinds when `kind` is None."""
     prog = "python -m pipeline.bench" + (f" {kind}" if kind else "")
     description = package.__doc__
-    if kind is not None:
+    if kind in RUNS:  # its own method: its module's docstring after the usage lines
+        runs_doc = importlib.import_module(f"pipeline.bench.{kind}").__doc__
+        description = f"{prog}: {KINDS[kind][0]}.\n\n" + runs_doc.split("\n\n", 2)[2]
+    elif kind is not None:
         method = "Method: " + description.split("\nMethod: ", 1)[1].split("\n\n", 1)[0]
         description = f"{prog}: {KINDS[kind][0]}." + ("" if kind == "report" else f"\n\n{method}")
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=list(KINDS), help="what to measure" if kind is None else argparse.SUPPRESS)
-    if kind != "report":
+    if kind in RUNS:
+        parser.add_argument("--repeats", type=int, default=1, help="runs (default 1)")
+    elif kind != "report":
         parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
         parser.add_argument("--warmup", type=int, default=10, help="discarded steps first (default 10)")
         parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is quoted (default 5)")
@@ -190,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(report(Path(cfg_path or args.out or BENCH_RESULTS_DIR)))
         return 0
+    if args.kind == "budget":  # whole training runs, each its own process group
+        from pipeline.bench.budget import bench_budget
+
+        return bench_budget(args, cfg_path, overrides)
     return run_entry([cfg_path, *overrides] if cfg_path else overrides,
                      lambda cfg, dist: run_benchmark(args, cfg_path, overrides, cfg, dist))
 

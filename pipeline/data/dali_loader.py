@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -266,11 +266,11 @@ class DaliLoader:
     def __len__(self) -> int:
         return len(self.plan)
 
-    def set_total_steps(self, total_steps: int) -> None:
-        """The run's planned training steps (progressive resizing sizes batches by them). Call it before
-        the first batch (and with the same number on resume): batches DALI has prepared already keep
-        their size."""
-        self.sides.total_steps = total_steps
+    def set_total_steps(self, total_steps: int, position: Callable[[int, int], float] | None = None) -> None:
+        """The run's planned training steps (progressive resizing sizes batches by them), and optionally
+        where each batch is on them (SideSchedule). Call it before the first batch (and with the same
+        values on resume): batches DALI has prepared already keep their size."""
+        self.sides.total_steps, self.sides.position = total_steps, position
 
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the current epoch; then the pipeline is reset, ready for the next one."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class ProgressiveResize:
         nearest = math.floor(size / self.multiple + 0.5) * self.multiple  # halves round up
         return int(min(max(nearest, self.start_side), self.end_side))
 
-    def side(self, step: int, total_steps: int) -> int:
+    def side(self, step: float, total_steps: int) -> int:
         """The crop side of global step `step` (0-based) of a run of `total_steps` steps."""
         return self.side_at(step / max(total_steps, 1))
 
@@ -85,14 +85,19 @@ class SideSchedule:
 
     Batch `step` of `epoch` is global step epoch x steps_per_epoch + step, as the trainer counts
     them. Without a planned total (`total_steps` None: a benchmark's loader) every batch is at the
-    final size.
+    final size. `position(epoch, global_step)`, when set, says where a batch is on the run's
+    `total_steps` instead of its global step (a time budget that re-plans; a function of the epoch
+    too, so batches DALI prepared ahead and the batches of a resumed run get the same side).
     """
 
     def __init__(self, grow: ProgressiveResize | None, final: int, steps_per_epoch: int,
                  total_steps: int | None = None) -> None:
         self.grow, self.final, self.steps_per_epoch, self.total_steps = grow, final, steps_per_epoch, total_steps
+        self.position: Callable[[int, int], float] | None = None
 
     def __call__(self, epoch: int, step: int) -> int:
         if self.grow is None or self.total_steps is None:
             return self.final
-        return self.grow.side(epoch * self.steps_per_epoch + step, self.total_steps)
+        global_step = epoch * self.steps_per_epoch + step
+        where = self.position(epoch, global_step) if self.position is not None else global_step
+        return self.grow.side(where, self.total_steps)

@@ -15,6 +15,8 @@
     summary.py      final/*, best/*, the last console lines
     eval_only.py    eval.only: evaluate a checkpoint into <run>/eval/<checkpoint>-<split>-<time>/ (evaluation_folder)
     tta.py          time to accuracy
+    budget.py, budget_measure.py, budget_run.py   train.time_budget: the plan (pure arithmetic), measuring
+                    at start-up, and keeping the budget during the run (pace, re-plans, what is recorded)
 
 Imports go to pipeline.data, pipeline.runs and the root; nothing here imports pipeline.bench or
 pipeline.tools.

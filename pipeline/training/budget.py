@@ -1,71 +1,62 @@
-"""train.time_budget: the run fits its schedule to the wall clock.
+"""train.time_budget, the plan: how many optimizer steps fit in what is left of the budget, as pure functions.
 
-    plan = plan_from(resume)                          # a continued run keeps its first session's plan
-    plan = plan or plan_budget(cfg, parts, dist, run_dir)   # measure, put the run back as it was, plan
-    cfg = plan.apply(cfg)                             # train.epochs, train.max_steps, the schedule scaled
+    plan = make_plan(budget_s, costs, steps_per_epoch, train.epochs, eval.every, checkpoint.every_epochs)
+    later = replan(plan, budget_s, costs_now, cadence, start=step, progress=position(step) / plan.total_steps)
+    position(plans, step)                 # where optimizer step `step` is on the first plan's schedule
 
-After start-up (and after compilation: the first steps compile), the run measures what it costs:
-a training step (the median of timed steps after warm-up steps), one evaluation and one checkpoint
-write, all of it real work on the real model (the steps as one timed block covering a whole epoch
-when epochs are short, so what an epoch boundary costs is in the figure). Then it puts the model, optimizer, EMA, scaler and
-random state back to what they were before the measurement and the loader back to its first batch,
-so the measured steps leave no trace in what is trained: the run trains exactly what a run without a
-budget, given the planned values, trains. The plan fixes the total number of optimizer steps such
-that the time already spent (process start, start-up, measurement), the training steps, every
-evaluation and checkpoint due on the way, the final evaluation and closing the run end inside the
-budget, with `SAFETY` of it in reserve for the noise.
+The run measures its costs after start-up (pipeline/training/budget_measure.py) and makes the first plan:
+the most optimizer steps such that the time already spent (process start, start-up, measurement),
+the training steps, every evaluation and checkpoint due on the way, the final evaluation and
+closing the run end inside the budget, `SAFETY` of it in reserve. During the run
+(pipeline/training/budget_run.py) it re-plans from the pace it measures, at every epoch's end and
+every `every_steps` steps within an epoch: the same search, from the current step, with the
+measured recent seconds per step and the latest measured evaluation and checkpoint costs.
 
 What runs over the planned total (Li, Yumer and Ramanan, "Budgeted Training: Rethinking Deep Neural
 Network Training Under Resource Constraints", ICLR 2020: a schedule that decays to zero at the
-budget beats a truncated longer one): cosine, linear, poly and onecycle shapes are functions of
-step / total steps; the epoch positions of the schedule (schedule.warmup_epochs, schedule.milestones)
-are scaled by planned steps / (train.epochs x steps per epoch), i.e. read as fractions of the run
-that train.epochs describes; progressive resizing follows step / total steps (DaliLoader.set_total_steps).
-The EMA's warm-up counts updates and needs nothing.
+budget beats a truncated longer one): the first plan fixes the schedule's axis. cosine, linear,
+poly and onecycle shapes are functions of step / total steps over it; its epoch positions
+(schedule.warmup_epochs, schedule.milestones) are scaled by planned steps / (train.epochs x steps
+per epoch), read as fractions of the run that train.epochs describes.
 
-The plan is made once, by the run's first session, and kept in every checkpoint (and recorded in
-metrics.jsonl and W&B as plan/*): a continued run follows it, so kill -9 and resume stays exact.
+A re-plan changes the length, not what has been trained: **the rest of the schedule is stretched or
+compressed from the current point** (`position`). At step s0 the run is at position p0 of the first
+plan's axis [0, T0]; the new plan's remaining steps s0..T map linearly onto p0..T0. The learning
+rate is then continuous at every re-plan (the curve's value at s0 is the same under both plans) and
+the schedule still reaches its end exactly at the budget, which is what Li et al. find matters:
+their budget-aware schedules are functions of the fraction of the budget used, and this map is
+that fraction, re-estimated. Recomputing the curve for the new total instead (what an accepted
+train.epochs change does, pipeline/runs/changes.py) would jump the learning rate at every re-plan,
+and a run that re-plans every epoch would train on a saw-tooth. Without a re-plan the map is the
+identity, so such a run trains bit for bit what a run given the planned values trains.
+
+Progressive resizing follows the same position (its side is a function of position / T0), and its
+smaller early steps are costed at their own measured speed (`mean_step`). The EMA's warm-up counts
+updates, not steps of a total: it needs nothing.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
 import math
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Sequence
 
-import torch
-
-from pipeline import distributed
-from pipeline.config import Config, duration_seconds
+from pipeline.config import Config
 from pipeline.data.progressive import ProgressiveResize
-from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
-from pipeline.runs.clock import process_age
-from pipeline.training.checkpoint import ResumePoint, atomic_save, rng_state, set_rng_state
-from pipeline.training.components import build_training_step, rebuild_train_loader
-from pipeline.training.schedule import build_scheduler
-from pipeline.training.step import evaluate
-
-log = logging.getLogger("pipeline")
 
 SAFETY = 0.03  # share of the budget kept in reserve for timing noise
-# Measurement: untimed steps (compilation, allocator, cudnn autotune), then a timed block of at least
-# TIMED_STEPS steps, a whole epoch when it has fewer than MAX_TIMED_STEPS (so the epoch boundary is in
-# it). On this 2-core CPU a 60-step block (4.5 s) read 72-80 ms for the quickstart's step: longer is steadier.
-WARMUP_STEPS, TIMED_STEPS, MAX_TIMED_STEPS = 3, 12, 200
+REPLAN_SHARE = 0.05  # a re-plan point about every this share of the budget (pipeline/training/budget_run.py)
 FINISH_S = 3.0  # closing the run after the final checkpoint: summary, curves.png, W&B (s, estimated)
+PROGRESS_POINTS = 10_000  # points of the run averaged over for progressive resizing's mean step
 
 
 @dataclass(frozen=True)
 class Costs:
     """What the run measured of itself (seconds)."""
 
-    spent: float  # process age when the measurement ended: start-up and measurement, already gone
-    step: float  # one training step at the final input size (the mean over the timed block)
+    spent: float  # budget seconds gone when the costs were taken (start-up, measurement, training so far)
+    step: float  # one training step at the final input size
     evaluation: float
     checkpoint: float
     finish: float = FINISH_S
@@ -79,14 +70,45 @@ class Costs:
         weight = (side * side - start * start) / (final * final - start * start)
         return self.step_start + weight * (self.step - self.step_start)
 
+    def slowed(self, step_factor: float, fixed_factor: float, spent: float) -> "Costs":
+        """The costs at `spent` with every step `step_factor` and every fixed cost (evaluation, checkpoint,
+        closing, compiling) `fixed_factor` times the measured one."""
+        step_start = None if self.step_start is None else self.step_start * step_factor
+        return replace(self, spent=spent, step=self.step * step_factor, evaluation=self.evaluation * fixed_factor,
+                       checkpoint=self.checkpoint * fixed_factor, finish=self.finish * fixed_factor,
+                       step_start=step_start, compile=self.compile * fixed_factor)
 
-def mean_step(costs: Costs, grow: ProgressiveResize | None) -> float:
-    """The mean step over a run: progressive resizing's side depends on the fraction of the run only,
-    so the mean is the same for any length (averaged over 10,000 points of the run)."""
+
+@dataclass(frozen=True)
+class Cadence:
+    """The run's shape, as far as the plan's arithmetic needs it."""
+
+    steps_per_epoch: int
+    nominal_epochs: int  # train.epochs: the run the schedule's epoch positions describe
+    eval_every: int  # eval.every (0: at the end only)
+    checkpoint_every: int  # checkpoint.every_epochs
+    checkpoint_every_steps: int = 0  # checkpoint.every_steps
+
+
+def mean_step(costs: Costs, grow: ProgressiveResize | None, start: float = 0.0) -> float:
+    """The mean step over the run from progress `start` (0 to 1) to its end: progressive resizing's side
+    depends on the fraction of the run only, so the mean is the same for any length."""
     if grow is None:
         return costs.step
-    sides = [grow.side_at((i + 0.5) / 10_000) for i in range(10_000)]
+    span = 1.0 - start
+    sides = [grow.side_at(start + span * (i + 0.5) / PROGRESS_POINTS) for i in range(PROGRESS_POINTS)]
     return sum(costs.step_at(s, grow.start_side, grow.end_side) for s in sides) / len(sides)
+
+
+def compilations_ahead(costs: Costs, grow: ProgressiveResize | None, start: float = 0.0) -> float:
+    """Seconds of compilation still ahead from progress `start`: each size between the two measured ones
+    that the rest of the run reaches, once."""
+    if grow is None:
+        return 0.0
+    if start == 0.0:
+        return costs.compile * max(len(grow.sides()) - 2, 0)
+    ahead = {grow.side_at(start + (1.0 - start) * (i + 1) / 1000) for i in range(1000)}
+    return costs.compile * len(ahead - {grow.start_side, grow.end_side, grow.side_at(start)})
 
 
 @dataclass(frozen=True)
@@ -96,13 +118,15 @@ class BudgetPlan:
     epochs: int  # ceil(total_steps / steps_per_epoch): the last one may be partial
     steps_per_epoch: int
     nominal_epochs: int  # train.epochs: the run the schedule's epoch positions describe
-    predicted_s: float  # when the run should end (s after the process started)
-    step_s: float  # a step at the final size
+    predicted_s: float  # when the run should end (budget seconds: from the process start)
+    step_s: float  # a step at the final size (a re-plan: at the pace measured since the last one)
     evaluation_s: float
     checkpoint_s: float
-    spent_s: float
-    mean_step_s: float = 0.0  # the mean step over the run (progressive resizing: smaller early steps)
+    spent_s: float  # budget seconds gone when the plan was made
+    mean_step_s: float = 0.0  # the mean step over the rest of the run (progressive resizing: smaller early steps)
     compile_s: float = 0.0  # compilations still ahead (progressive resizing's sizes between start and final)
+    at_step: int = 0  # the optimizer steps done when the plan was made (0: the first plan)
+    every_steps: int = 0  # a re-plan point every this many steps within an epoch (besides every epoch's end)
 
     @property
     def scale(self) -> float:
@@ -127,204 +151,155 @@ class BudgetPlan:
         return (f"train.time_budget {self.budget_s:.0f} s: {self.total_steps} steps ({self.epochs} epochs of "
                 f"{self.steps_per_epoch}, the schedule scaled x{self.scale:.3g} from train.epochs "
                 f"{self.nominal_epochs}); measured {self.step_s * 1000:.1f} ms a step{progressive}, "
-                f"{self.evaluation_s:.1f} s "
-                f"an evaluation, {self.checkpoint_s:.2f} s a checkpoint, {self.spent_s:.1f} s spent before "
-                f"training; predicted end at {self.predicted_s:.0f} s")
+                f"{self.evaluation_s:.1f} s an evaluation, {self.checkpoint_s:.2f} s a checkpoint, "
+                f"{self.spent_s:.1f} s spent before training; predicted end at {self.predicted_s:.0f} s")
+
+    def describe_change(self, before: "BudgetPlan") -> str:
+        return (f"re-plan at step {self.at_step} ({self.spent_s:.0f} s of {self.budget_s:.0f} s): "
+                f"{before.total_steps} -> {self.total_steps} steps ({self.epochs} epochs); measured "
+                f"{self.step_s * 1000:.1f} ms a step (the plan before: {before.step_s * 1000:.1f}), "
+                f"{self.evaluation_s:.1f} s an evaluation, {self.checkpoint_s:.2f} s a checkpoint; "
+                f"predicted end at {self.predicted_s:.0f} s")
 
 
-def plan_from(resume: ResumePoint | None) -> BudgetPlan | None:
-    """The plan a continued run's first session made (None for a fresh run, or a run without a budget)."""
-    saved = resume.ckpt.get("plan") if resume is not None else None
-    return BudgetPlan(**saved) if saved else None
+# --------------------------------------------------------------------------------- the arithmetic
 
 
-def record_plan(plan: BudgetPlan | None, records: Any, first_session: bool) -> None:
-    """The plan, fixed once: in the summary and W&B every session, in metrics.jsonl once (at step 0)."""
-    if plan is not None:
-        records.summary(plan.record())
-        if first_session:
-            records.log({"step": 0, "epoch": 0, **plan.record()})
+def _multiples(first: int, last: int, every: int) -> int:
+    """How many multiples of `every` lie in [first, last]."""
+    return last // every - (first - 1) // every if last >= first else 0
+
+
+def cost_ahead(start: int, end: int, costs: Costs, cadence: Cadence, step_s: float | None = None,
+               ahead_s: float = 0.0) -> float:
+    """Seconds from optimizer step `start` (an epoch's end there not yet closed) to the end of a run of `end`
+    steps: the steps, the evaluations and checkpoints due at the epoch ends on the way (the last, partial or
+    not, always has both), step checkpoints, closing the run; `step_s`: the mean step (default costs.step),
+    `ahead_s`: fixed costs still ahead (compilations)."""
+    per_epoch = cadence.steps_per_epoch
+    first, last = max(1, math.ceil(start / per_epoch)), math.ceil(end / per_epoch)
+    every = cadence.eval_every
+    evaluations = (_multiples(first, last, every) if every > 0 else 0) + (0 if every and last % every == 0 else 1)
+    checkpoints = (_multiples(first, last, cadence.checkpoint_every)
+                   + (0 if last % cadence.checkpoint_every == 0 else 1))
+    every_steps = cadence.checkpoint_every_steps
+    if every_steps:  # the step checkpoints after `start`, but at an epoch's end (last.pt is written there)
+        both = every_steps * per_epoch // math.gcd(every_steps, per_epoch)
+        checkpoints += _multiples(start + 1, end, every_steps) - _multiples(start + 1, end, both)
+    step_s = costs.step if step_s is None else step_s
+    return ((end - start) * step_s + evaluations * costs.evaluation + checkpoints * costs.checkpoint + costs.finish
+            + ahead_s)
 
 
 def run_cost(steps: int, costs: Costs, steps_per_epoch: int, eval_every: int, checkpoint_every: int,
              checkpoint_every_steps: int, step_s: float | None = None, ahead_s: float = 0.0) -> float:
-    """Seconds from the end of the measurement to the end of a run of `steps` optimizer steps
-    (`step_s`: the mean step, default costs.step; `ahead_s`: fixed costs still ahead, compilations)."""
-    epochs = math.ceil(steps / steps_per_epoch)
-    evaluations = (epochs // eval_every if eval_every > 0 else 0) + (0 if eval_every and epochs % eval_every == 0
-                                                                      else 1)
-    checkpoints = epochs // checkpoint_every + (0 if epochs % checkpoint_every == 0 else 1)
-    if checkpoint_every_steps:
-        checkpoints += steps // checkpoint_every_steps
-    step_s = costs.step if step_s is None else step_s
-    return steps * step_s + evaluations * costs.evaluation + checkpoints * costs.checkpoint + costs.finish + ahead_s
+    """Seconds from the end of the measurement to the end of a run of `steps` optimizer steps."""
+    cadence = Cadence(steps_per_epoch, 1, eval_every, checkpoint_every, checkpoint_every_steps)
+    return cost_ahead(0, steps, costs, cadence, step_s, ahead_s)
+
+
+def longest_fit(start: int, available: float, cost: Callable[[int], float], step_s: float) -> int | None:
+    """The largest end >= start with cost(end) <= available (cost increases with end); None if not even start."""
+    if cost(start) > available:
+        return None
+    low, high = start, start + max(2, int(available / max(step_s, 1e-9)) + 2)
+    while cost(high) <= available:  # step_s under-estimated the mean: widen until the end no longer fits
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if cost(mid) <= available else (low, mid)
+    return low
+
+
+def every_steps_for(budget_s: float, step_s: float, share: float) -> int:
+    """Steps between re-plan points within an epoch: about `share` of the budget at `step_s` a step."""
+    return max(1, round(share * budget_s / max(step_s, 1e-9)))
 
 
 def make_plan(budget_s: float, costs: Costs, steps_per_epoch: int, nominal_epochs: int, eval_every: int,
               checkpoint_every: int, checkpoint_every_steps: int = 0,
-              grow: ProgressiveResize | None = None) -> BudgetPlan:
-    """The most steps whose run ends inside the budget (less SAFETY); ConfigError if not even one fits.
-    `grow`: progressive resizing, whose smaller early steps cost less and whose sizes between the two
-    measured ones each compile once during the run."""
+              grow: ProgressiveResize | None = None, replan_share: float = REPLAN_SHARE) -> BudgetPlan:
+    """The first plan: the most steps whose run ends inside the budget (less SAFETY); ConfigError if not even
+    one fits. `grow`: progressive resizing, whose smaller early steps cost less and whose sizes between the
+    two measured ones each compile once during the run."""
+    cadence = Cadence(steps_per_epoch, nominal_epochs, eval_every, checkpoint_every, checkpoint_every_steps)
     available = budget_s * (1 - SAFETY) - costs.spent
-    step_s = mean_step(costs, grow)
-    ahead_s = costs.compile * max(len(grow.sides()) - 2, 0) if grow is not None else 0.0
+    step_s, ahead_s = mean_step(costs, grow), compilations_ahead(costs, grow)
 
     def cost(steps: int) -> float:
-        return run_cost(steps, costs, steps_per_epoch, eval_every, checkpoint_every, checkpoint_every_steps,
-                        step_s, ahead_s)
+        return cost_ahead(0, steps, costs, cadence, step_s, ahead_s)
 
-    if cost(1) > available:
+    fit = longest_fit(1, available, cost, step_s)
+    if fit is None:
         raise ConfigError(f"train.time_budget: {budget_s:.0f} s leaves no time to train: {costs.spent:.1f} s went to "
                           f"start-up and measuring, and one step with its evaluation and checkpoint needs "
                           f"{cost(1):.1f} s more (e.g. train.time_budget={math.ceil((costs.spent + cost(1)) * 2)}s)")
-    low, high = 1, max(2, int(available / step_s) + 1)  # cost is increasing in steps: bisect the last fit
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if cost(mid) <= available else (low, mid)
-    return BudgetPlan(budget_s=budget_s, total_steps=low, epochs=math.ceil(low / steps_per_epoch),
+    return BudgetPlan(budget_s=budget_s, total_steps=fit, epochs=math.ceil(fit / steps_per_epoch),
                       steps_per_epoch=steps_per_epoch, nominal_epochs=nominal_epochs,
-                      predicted_s=round(costs.spent + cost(low), 3), step_s=costs.step, evaluation_s=costs.evaluation,
-                      checkpoint_s=costs.checkpoint, spent_s=costs.spent, mean_step_s=step_s, compile_s=ahead_s)
+                      predicted_s=round(costs.spent + cost(fit), 3), step_s=costs.step, evaluation_s=costs.evaluation,
+                      checkpoint_s=costs.checkpoint, spent_s=costs.spent, mean_step_s=step_s, compile_s=ahead_s,
+                      at_step=0, every_steps=every_steps_for(budget_s, step_s, replan_share))
 
 
-def time_block(step: Callable[[], None], sync: Callable[[], None], timed_steps: int,
-               clock: Callable[[], float]) -> tuple[float, float]:
-    """(the first warm-up step, the mean of a timed block after WARMUP_STEPS warm-up steps), seconds."""
-    t0 = clock()
-    step()
-    sync()
-    first = clock() - t0
-    for _ in range(WARMUP_STEPS - 1):
-        step()
-    sync()
-    t0 = clock()
-    for _ in range(timed_steps):
-        step()
-    sync()
-    return first, (clock() - t0) / timed_steps
+@dataclass(frozen=True)
+class Replan:
+    """What the arithmetic says at a re-plan point: the best plan from here, and what the plan in force predicts."""
+
+    plan: BudgetPlan  # total_steps == start when even ending now overruns (`overrun_s` > 0)
+    current_predicted_s: float  # when the plan in force would end at the pace measured now
+    overrun_s: float  # > 0: even ending now (the final evaluation, checkpoint and close) ends this late
 
 
-def measure_costs(step: Callable[[], None], evaluate: Callable[[], None], checkpoint: Callable[[], None],
-                  sync: Callable[[], None], timed_steps: int = TIMED_STEPS,
-                  clock: Callable[[], float] = time.perf_counter, age: Callable[[], float] = process_age,
-                  resize: Callable[[str], None] | None = None) -> Costs:
-    """Time `timed_steps` calls of `step` as one block (after WARMUP_STEPS untimed ones), one `evaluate`
-    and one `checkpoint`. A block, not the median of single steps: over a whole epoch it includes what
-    an epoch boundary costs (the loader's reset, its prefetch refilling), as the run will pay it.
-    `resize` (progressive resizing): called with "start", then "final", before a block at each size."""
-    step_start, compile_s = None, 0.0
-    if resize is not None:
-        resize("start")
-        first_start, step_start = time_block(step, sync, timed_steps, clock)
-        resize("final")
-    first, stepping = time_block(step, sync, timed_steps, clock)
-    if resize is not None:
-        compile_s = max(first - stepping, first_start - step_start, 0.0)
-    t0 = clock()
-    evaluate()
-    evaluation = clock() - t0
-    t0 = clock()
-    checkpoint()
-    written = clock() - t0
-    return Costs(spent=age(), step=stepping, evaluation=evaluation, checkpoint=written, step_start=step_start,
-                 compile=compile_s)
+def replan(current: BudgetPlan, budget_s: float, costs: Costs, cadence: Cadence, start: int, progress: float,
+           grow: ProgressiveResize | None = None, replan_share: float = REPLAN_SHARE) -> Replan:
+    """The longest run from optimizer step `start` (at `progress`, 0 to 1, of the schedule) that ends inside the
+    budget with `costs` as measured now (costs.spent: the budget seconds gone); at least `start`, i.e. ending now."""
+    available = budget_s * (1 - SAFETY) - costs.spent
+    step_s, ahead_s = mean_step(costs, grow, progress), compilations_ahead(costs, grow, progress)
+
+    def cost(end: int) -> float:
+        return cost_ahead(start, end, costs, cadence, step_s, ahead_s)
+
+    fit = longest_fit(start, available, cost, step_s)
+    end = start if fit is None else fit
+    overrun = 0.0 if fit is not None else costs.spent + cost(start) - budget_s
+    plan = BudgetPlan(budget_s=budget_s, total_steps=end, epochs=math.ceil(end / cadence.steps_per_epoch),
+                      steps_per_epoch=cadence.steps_per_epoch, nominal_epochs=cadence.nominal_epochs,
+                      predicted_s=round(costs.spent + cost(end), 3), step_s=costs.step,
+                      evaluation_s=costs.evaluation, checkpoint_s=costs.checkpoint, spent_s=round(costs.spent, 3),
+                      mean_step_s=step_s, compile_s=ahead_s, at_step=start,
+                      every_steps=every_steps_for(budget_s, step_s, replan_share))
+    current_end = max(current.total_steps, start)
+    return Replan(plan, current_predicted_s=costs.spent + cost(current_end), overrun_s=max(overrun, 0.0))
 
 
-class Snapshot:
-    """The run's trainable state and random state, copied before the measurement and put back after it."""
-
-    def __init__(self, parts: Any, device: torch.device) -> None:
-        self.parts, self.device = parts, device
-        self.state = copy.deepcopy({
-            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(), "scaler": parts.precision.scaler.state_dict(),
-            "ema": parts.ema.state_dict() if parts.ema is not None else None})
-        self.rng = rng_state(device)
-
-    def restore(self) -> None:
-        parts, state = self.parts, self.state
-        parts.model.load_state_dict(state["model"])
-        parts.optimizer.load_state_dict(state["optimizer"])
-        parts.scheduler.load_state_dict(state["scheduler"])
-        if parts.precision.scaler.is_enabled():
-            parts.precision.scaler.load_state_dict(state["scaler"])
-        if parts.ema is not None:
-            parts.ema.load_state_dict(state["ema"])
-        for param in parts.model.parameters():
-            param.grad = None
-        set_rng_state(self.rng, self.device)
+# ------------------------------------------------------------------------ the schedule's position
 
 
-def plan_budget(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, training_step: Callable) -> BudgetPlan:
-    """Measure on the real run, put its state back as it was, plan (the caller rewinds the loader).
+def position(plans: Sequence[BudgetPlan], step: int | float) -> float:
+    """Where optimizer step `step` is on the first plan's schedule (0 .. plans[0].total_steps).
 
-    `training_step(images, labels, global_step)` is the step the run trains with. Rank 0's plan is
-    every rank's.
+    The identity until the first re-plan; each re-plan at step s0 maps its remaining steps s0..T linearly
+    onto the rest of the axis, from the position s0 had. Plans made after `step` do not matter.
     """
-    budget_s = duration_seconds(cfg.train.time_budget)
-    snapshot = Snapshot(parts, dist.device)
-    batches = iter(_forever(parts.train_loader))
-    counter = iter(range(10**9))
-    probe = run_dir / ".budget-probe.pt"
-
-    def write_probe() -> None:
-        if dist.is_main:
-            atomic_save({"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-                         "ema": parts.ema.state_dict() if parts.ema is not None else None}, probe)
-            probe.unlink(missing_ok=True)
-        distributed.barrier()
-
-    timed = min(max(TIMED_STEPS, parts.steps_per_epoch), MAX_TIMED_STEPS)
-    grow = ProgressiveResize.from_config(cfg.data.train)
-    log.info("train.time_budget %s: measuring %d training steps (after %d warm-up steps)%s, an evaluation and a "
-             "checkpoint", cfg.train.time_budget, timed, WARMUP_STEPS,
-             f" at {grow.start_side} and at {grow.end_side} px" if grow else "")
-
-    def resize(which: str) -> None:  # the loader's side follows step / total: ~0 gives the start, >= 1 the final
-        parts.train_loader.set_total_steps(10**15 if which == "start" else 1)
-
-    costs = measure_costs(step=lambda: training_step(*next(batches), next(counter)),
-                          evaluate=lambda: _evaluate(parts, cfg), checkpoint=write_probe,
-                          sync=lambda: distributed.synchronize(dist.device), timed_steps=timed,
-                          resize=resize if grow is not None else None)
-    snapshot.restore()
-    plan: BudgetPlan | str | None = None
-    if dist.is_main:
-        try:
-            plan = make_plan(budget_s, costs, parts.steps_per_epoch, cfg.train.epochs, cfg.eval.every,
-                             cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps, grow)
-        except ConfigError as exc:
-            plan = str(exc)
-    plan = distributed.broadcast_object(plan)
-    if isinstance(plan, str):
-        raise ConfigError(plan)
-    log.info("plan: %s", plan.describe())
-    return plan
+    axis = plans[0].total_steps
+    start_step, start_pos, end = 0, None, axis  # the segment in force; start_pos None: the identity
+    for plan in plans[1:]:
+        if plan.at_step > step:
+            break
+        start_pos = _segment(plan.at_step, start_step, start_pos, end, axis)
+        start_step, end = plan.at_step, plan.total_steps
+    return _segment(step, start_step, start_pos, end, axis)
 
 
-def _forever(loader: Any):
-    while True:
-        yield from loader
+def _segment(step: int | float, start_step: int, start_pos: float | None, end: int, axis: int) -> float:
+    if start_pos is None:
+        return step
+    if step <= start_step:
+        return start_pos
+    return start_pos + (axis - start_pos) * min((step - start_step) / max(end - start_step, 1), 1.0)
 
 
-def _evaluate(parts: Any, cfg: Config) -> None:
-    parts.sync_buffers()
-    for model in parts.eval_models(cfg.eval.weights).values():
-        evaluate(model, parts.eval_loader, parts.precision, cfg.eval.tta == "flip")
-
-
-def budget_run(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, data: Any,
-               resume: ResumePoint | None) -> tuple[Config, BudgetPlan]:
-    """A fresh run with train.time_budget: plan it on `parts`, then set `parts` to the plan (schedule,
-    a training loader at its first batch). Returns the planned config and the plan."""
-    if resume is not None:  # a budget accepted into a run that started without one
-        raise ConfigError(f"train.time_budget: a run's plan is made by its first session, and {run_dir.name} started "
-                          "without a budget; start a new run with it (./launch.sh --new ..., or another "
-                          "logging.run_name)")
-    plan = plan_budget(cfg, parts, dist, run_dir, build_training_step(parts, cfg.train))
-    planned = plan.apply(cfg)
-    parts.scheduler = build_scheduler(planned.schedule, parts.optimizer, planned.train.epochs, parts.steps_per_epoch,
-                                      planned.train.max_steps)
-    rebuild_train_loader(planned, dist, data, parts)
-    return planned, plan
+def plans_by(plans: Sequence[BudgetPlan], step: int) -> list[BudgetPlan]:
+    """The plans made at or before optimizer step `step`."""
+    return [p for p in plans if p.at_step <= step]

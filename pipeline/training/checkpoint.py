@@ -409,7 +409,9 @@ class CheckpointManager:
         self.epochs = epochs
         self.observers: list[SaveObserver] = []
         self.written: tuple[int, bool] | None = None  # Counters.position of the newest checkpoint (restored or written)
-        self.plan: Any = None  # train.time_budget's plan (pipeline/training/budget.py), kept in every checkpoint
+        # train.time_budget's plans and pace (pipeline/training/budget_run.py RunBudget): its state_dict() is
+        # kept in every checkpoint
+        self.budget: Any = None
         self.eval_transform = eval_transform_of(config)  # in every checkpoint's model card
         self.code_revision = git_revision()  # in every checkpoint: a format mismatch can say which code wrote it
 
@@ -555,6 +557,6 @@ class CheckpointManager:
             "config": self.config,
             "world_size": self.dist.world_size,
             "rank_states": rank_states,
-            "plan": asdict(self.plan) if self.plan is not None else None,
+            "budget": self.budget.state_dict() if self.budget is not None else None,
             **asdict(ModelCard(parts.classes, self.eval_transform, parts.init_from)),
         }

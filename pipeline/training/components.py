@@ -199,6 +199,11 @@ def rebuild_train_loader(cfg: Config, dist: DistInfo, data: ImageSets | None, pa
     parts.train_loader, _ = build_loaders(cfg, dist, data, parts.precision.dtype, None, with_eval=False, quiet=True)
 
 
+def rebuild_eval_loader(cfg: Config, dist: DistInfo, data: ImageSets | None, parts: Components) -> None:
+    """A new evaluation loader for `parts`, at its first batch (after a measurement cut an evaluation short)."""
+    _, parts.eval_loader = build_loaders(cfg, dist, data, parts.precision.dtype, None, quiet=True)
+
+
 def build_loaders(cfg: Config, dist: DistInfo, data: ImageSets | None, dtype: torch.dtype,
                   resume: ResumePoint | None, with_eval: bool = True,
                   quiet: bool = False) -> tuple[Loader, Loader | None]:

@@ -1,6 +1,6 @@
 """The evaluation at an epoch's end: when it is due, running it (a stop signal may cut it short), recording it.
 
-    evaluation = EpochEvaluation(cfg, parts)
+    evaluation = EpochEvaluation(cfg, parts, timed=budget.timed)        # timed("evaluation"): a context manager
     if evaluation.due(counters.epoch):
         metrics = evaluation.run(should_stop=lambda: stop.requested)   # None: interrupted, redo it on resume
         evaluation.record(metrics, counters, records, clock)            # metrics.jsonl, W&B, the log line
@@ -15,7 +15,8 @@ eval.only asks for them too (`run(per_class=True)`; pipeline/training/eval_only.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 from pipeline.config import Config
 from pipeline.runs.clock import RunClock
@@ -32,9 +33,11 @@ log = logging.getLogger("pipeline")
 
 
 class EpochEvaluation:
-    def __init__(self, cfg: Config, parts: Components) -> None:
+    def __init__(self, cfg: Config, parts: Components,
+                 timed: Callable[[str], ContextManager[None]] = lambda kind: nullcontext()) -> None:
         self.cfg, self.parts = cfg, parts
         self.class_report: PerClassReport | None = None  # the latest evaluation's per-class counts, when counted
+        self.timed = timed  # a time budget measures every evaluation (pipeline/training/budget_run.py)
 
     def due(self, epochs_done: int) -> bool:
         every = self.cfg.eval.every
@@ -51,20 +54,21 @@ class EpochEvaluation:
         if epoch is not None:  # a long evaluation (50,000 ImageNet images) is not a hang
             log.info("epoch %d/%d: evaluating (%d batches per process)", epoch, self.cfg.train.epochs,
                      len(self.parts.eval_loader))
-        self.parts.sync_buffers()
         results = {}
-        count = per_class or (epoch is not None and self.may_end_the_run(epoch))
-        counts = ClassCounts(self.parts.num_classes, self.parts.precision.device) if count else None
-        self.class_report = None
-        for name, model in self.parts.eval_models(self.cfg.eval.weights).items():
-            result = evaluate(model, self.parts.eval_loader, self.parts.precision, self.cfg.eval.tta == "flip",
-                              should_stop, class_counts=counts if not results else None)  # the headline's
-            if result is None:
-                return None
-            if counts is not None and not results:
-                classes = self.parts.classes or [str(i) for i in range(self.parts.num_classes)]
-                self.class_report = PerClassReport(*counts.total(), classes)
-            results[name] = result
+        with self.timed("evaluation"):
+            self.parts.sync_buffers()
+            count = per_class or (epoch is not None and self.may_end_the_run(epoch))
+            counts = ClassCounts(self.parts.num_classes, self.parts.precision.device) if count else None
+            self.class_report = None
+            for name, model in self.parts.eval_models(self.cfg.eval.weights).items():
+                result = evaluate(model, self.parts.eval_loader, self.parts.precision, self.cfg.eval.tta == "flip",
+                                  should_stop, class_counts=counts if not results else None)  # the headline's
+                if result is None:
+                    return None
+                if counts is not None and not results:
+                    classes = self.parts.classes or [str(i) for i in range(self.parts.num_classes)]
+                    self.class_report = PerClassReport(*counts.total(), classes)
+                results[name] = result
         return name_evaluations(results)
 
     def target_reached(self, evaluation: dict[str, Any]) -> bool:

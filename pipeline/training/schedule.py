@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +25,7 @@ def _cos(start: float, end: float, pct: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
 
 
-def shape_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int, warmup_steps: int) -> float:
+def shape_factor(cfg: Any, step: float, total_steps: int, steps_per_epoch: int, warmup_steps: int) -> float:
     """The schedule's multiplier at `step`, ignoring warm-up."""
     if cfg.name == "constant":
         return 1.0
@@ -50,7 +50,7 @@ def shape_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int, wa
     raise ValueError(f"schedule.name: unknown schedule {cfg.name!r}")
 
 
-def lr_factor(cfg: Any, step: int, total_steps: int, steps_per_epoch: int) -> float:
+def lr_factor(cfg: Any, step: float, total_steps: int, steps_per_epoch: int) -> float:
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup_steps:
         target = shape_factor(cfg, warmup_steps, total_steps, steps_per_epoch, warmup_steps)
@@ -65,10 +65,13 @@ def total_steps(epochs: int, steps_per_epoch: int, max_steps: int = 0) -> int:
 
 
 def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int,
-                    max_steps: int = 0):
+                    max_steps: int = 0, position: Callable[[int], float] | None = None):
     """A LambdaLR stepped once per iteration over the run's `total_steps`; its state_dict is just the step
-    counter."""
+    counter. `position(step)`: where optimizer step `step` is on the schedule (a time budget's re-plans
+    stretch or compress what remains, pipeline/training/budget.py); default the step itself."""
     total = total_steps(epochs, steps_per_epoch, max_steps)
+    if position is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total, steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step, total, steps_per_epoch)
+        optimizer, lambda step: lr_factor(cfg, position(step), total, steps_per_epoch)
     )

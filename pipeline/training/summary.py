@@ -21,7 +21,6 @@ from pipeline import distributed
 from pipeline.distributed import DistInfo
 from pipeline.errors import EndReason
 from pipeline.constants import LAUNCHER_ENV
-from pipeline.files import atomic_write_text
 from pipeline.runs.continuation import SKIP_BAD_IMAGES, direct_command, with_override
 from pipeline.runs.rundir import default_run_name
 from pipeline.training.checkpoint import Counters

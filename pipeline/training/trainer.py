@@ -21,14 +21,15 @@ import torch
 
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
-from pipeline.errors import EndReason, ExitCode, crash_exit_code
+from pipeline.errors import EndReason, ExitCode
 from pipeline.runs.clock import RunClock
 from pipeline.runs.envinfo import describe, environment
 from pipeline.runs.progress import Progress
 from pipeline.runs.records import RunRecords
 from pipeline.runs.changes import note_changes, note_world_size
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
-from pipeline.training.budget import budget_run, plan_from, record_plan
+from pipeline.training.budget_measure import start_budget
+from pipeline.training.budget_run import restored_budget
 from pipeline.training.checkpoint import CheckpointManager, Counters
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
@@ -74,15 +75,14 @@ class Trainer:
             log.info("%d process(es) on %s; %s", dist.world_size, dist.device, describe(env))
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.run_dir, dist, cfg.to_dict(), cfg.train.epochs)
         resume = self.checkpoints.find_resume()  # refuses unaccepted changes of experiment keys
-        plan = plan_from(resume)  # train.time_budget: the first session's plan holds for the whole run
-        self.cfg = cfg = plan.apply(cfg) if plan else cfg
-        self.parts = build_components(cfg, dist, resume, data=data)
+        self.budget = restored_budget(cfg, resume)  # train.time_budget: the plans a continued run recorded
+        self.cfg = cfg = self.budget.planned_config(cfg)
+        self.parts = build_components(cfg, dist, resume, data=data)  # a budget sets its schedule before restore()
+        self.cfg, self.budget = cfg, _ = start_budget(cfg, self.parts, dist, self.run_dir, data, self.budget, resume)
         self.counters = self.checkpoints.restore(resume, self.parts) if resume else Counters()
-        if cfg.train.time_budget != "off" and plan is None:
-            self.cfg, plan = cfg, plan = budget_run(cfg, self.parts, dist, self.run_dir, data, resume)
-        self.checkpoints.plan, self.checkpoints.epochs = plan, cfg.train.epochs
+        self.checkpoints.budget, self.checkpoints.epochs = self.budget, cfg.train.epochs
         self.clock = RunClock(self.counters, dist.device, started)
-        self.evaluation = EpochEvaluation(cfg, self.parts)
+        self.evaluation = EpochEvaluation(cfg, self.parts, timed=self.budget.timed)
         # True once train.target_accuracy is reached before the last epoch (here: before a resume):
         # the run then ends early with exit 0.
         self.stopped_at_target = self.evaluation.target_reached(self.counters.final)
@@ -102,13 +102,13 @@ class Trainer:
             log.info("%s", describe_recipe(resolved))  # the schedule and every augmentation option, on and off
         self.records = RunRecords(cfg, self.run_dir, is_main=dist.is_main, counters=self.counters, clock=self.clock,
                                   environment=env, resolved=resolved)
-        record_plan(plan, self.records, first_session=resume is None)
+        self.budget.start(self.records, first_session=resume is None, is_main=dist.is_main)
         if resume is not None and resume.ckpt["world_size"] != dist.world_size and dist.is_main:
             step = self.counters.global_step
             note_world_size(self.records.log, resume.ckpt["world_size"], dist.world_size, cfg.train.global_batch_size,
                             step, round((step + 1) / self.parts.steps_per_epoch, 4))
-        # Checkpoints stop the training clock and stamp the run time; once written, W&B rows settle.
-        self.checkpoints.observers += [self.clock, self.records]
+        # Checkpoints stop the training clock and stamp the run time; W&B rows settle; a time budget times them.
+        self.checkpoints.observers += [self.clock, self.records, self.budget]
 
     # ------------------------------------------------------------------------------- fit
 
@@ -163,7 +163,7 @@ class Trainer:
             self.stopped_at_target = self.evaluation.target_reached({**metrics, "epoch": c.epoch})
         c.eval_pending = False
         self.checkpoints.save_epoch(self.parts, c, new_best=metrics is not None and c.best_epoch == c.epoch,
-                                    final=self.stopped_at_target)
+                                    final=self.stopped_at_target or c.epoch >= self.cfg.train.epochs)
         return not self.stop_agreed.now()
 
     def preempted(self) -> EndReason:
@@ -192,6 +192,7 @@ class Trainer:
                 self.progress.advance()
                 if c.global_step % self.cfg.logging.log_every == 0 or c.step_in_epoch == steps:
                     self.log_training()
+                self.total_steps = self.budget.after_step(c, self.total_steps)  # a re-plan may move the end
                 every = self.cfg.checkpoint.every_steps
                 if every and c.global_step % every == 0 and c.step_in_epoch < steps:
                     self.checkpoints.save_step(parts, c)
@@ -230,7 +231,7 @@ class Trainer:
         """The summary, why the run ended and its exit code (W&B and summary.json), whatever the ending."""
         try:
             summary = final_summary(self.counters, self.meter, self.dist, all_ranks=not end.raised)
-            self.records.summary(summary)
+            self.records.summary({**summary, **self.budget.ending(report=end.done and not self.done_before)})
             if not end.done:
                 announce_continue(end, self.counters, self.dist, self.run_dir)
             elif not self.done_before:
