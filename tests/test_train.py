@@ -135,7 +135,8 @@ def test_eval_only_says_what_it_evaluates_and_writes_into_the_runs_eval_folder_r
     assert f"written to {folder / 'eval.json'}" in proc.stderr.strip().splitlines()[-1]
     assert sorted(run_dir.parent.iterdir()) == runs_before and sorted((run_dir / "wandb").iterdir()) == wandb_before
     assert {name: (run_dir / name).read_bytes() for name in record} == record
-    assert not (run_dir / "config-changes.jsonl").exists() and [p.name for p in folder.iterdir()] == ["eval.json"]
+    assert not (run_dir / "config-changes.jsonl").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["confusion.csv", "confusion.png", "eval.json", "per_class.csv"]
 
 
 def test_evaluation_folder_and_split_name(tmp_path, tiny_tree):
