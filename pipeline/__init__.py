@@ -2,7 +2,7 @@
 
 Packages, in the order their imports go (each imports only from those above it):
 
-    pipeline/             config.py (the schema), errors.py (UserError and exit codes), constants.py,
+    pipeline/             config/ (the schema), errors.py (UserError and exit codes), constants.py,
                           distributed.py (process group, collectives, device sync), entry.py (CLI skeleton),
                           sections.py (the named sections of the hot path the overhead ledger reads)
     pipeline/data/        where images come from and how they reach the device: sources (tar shards
