@@ -16,6 +16,7 @@ default, its meaning and its unit. Components receive only their own section
     checks.py      rules across fields, and the one-line message each error becomes
     loading.py     defaults <- YAML <- overrides, keys of earlier versions, entry points' arguments
     reference.py   docs/configuration.md, generated from the schema
+    resume.py      which keys may change when a run continues, as each field declares it (on_resume)
     cli.py         python -m pipeline.config
 
 Callers import from `pipeline.config`; the names below are its public ones.
@@ -26,10 +27,11 @@ from pipeline.config.cli import auto_keys, build_parser, main, validated_yaml
 from pipeline.config.loading import (config_from_cli, from_dict, load_config, load_config_args, parse_overrides,
                                      save_config, split_args)
 from pipeline.config.reference import DOCS_PAGE, TABLE_HEADER, configuration_page, markdown_reference
+from pipeline.config.resume import FREE_KEYS, MUST_MATCH, NAMING_KEYS, NOT_COMPARED_KEYS, key_classes
 from pipeline.config.schema import (DATA_KEYS, MODEL_NAMES, ROOT_HINTS, SOURCE_KEYS, SOURCE_NAMES, CheckpointConfig,
                                     CompileMode, Config, DataConfig, DistConfig, EvalAugmentConfig, EvalConfig,
-                                    Interpolation, LoggingConfig, ModelConfig, ModelName, OptimConfig, ScheduleConfig,
-                                    Section, TrainAugmentConfig, TrainConfig, WandbConfig)
+                                    Interpolation, LoggingConfig, ModelConfig, ModelName, OnResume, OptimConfig,
+                                    ScheduleConfig, Section, TrainAugmentConfig, TrainConfig, WandbConfig)
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "ScheduleConfig", "TrainConfig", "EvalConfig", "DistConfig", "LoggingConfig", "WandbConfig", "CheckpointConfig",
     "ModelName", "MODEL_NAMES", "CompileMode", "Interpolation",
     "SOURCE_KEYS", "SOURCE_NAMES", "DATA_KEYS", "ROOT_HINTS",
+    # what a new value does when a run continues, as the fields declare it
+    "OnResume", "key_classes", "FREE_KEYS", "NAMING_KEYS", "NOT_COMPARED_KEYS", "MUST_MATCH",
     # checks
     "ConfigError", "describe_ignored", "ignored_data_keys", "duration_seconds",
     # loading

@@ -1,14 +1,16 @@
 """The schema: one pydantic section per part of the job, and `Config`, the whole job.
 
-Each field carries its default, its meaning (with unit) and optional bounds, through `_f`; nested
-sections are flattened to dotted keys (`data.train.crop`) everywhere else: overrides, errors, the
-reference page, the resume rules. Checks that involve several fields live in checks.py.
+Each field carries its default, its meaning (with unit), optional bounds and what a new value does
+when a run continues (`on_resume`, below), through `_f`; nested sections are flattened to dotted
+keys (`data.train.crop`) everywhere else: overrides, errors, the reference page, the resume rules.
+Checks that involve several fields live in checks.py.
 """
 
 from __future__ import annotations
 
 import types
 import typing
+from enum import Enum
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -47,11 +49,35 @@ def _choices(annotation: Any) -> tuple[Any, ...]:
     return ()
 
 
-def _f(default: Any, doc: str, **constraints: Any) -> Any:
-    """A field with its default, a one-line meaning (with unit) and optional bounds (gt=0, ...)."""
+class OnResume(str, Enum):
+    """What a key's new value does when a run continues (pipeline/runs/changes.py; resume.py derives the lists).
+
+    A field declares it with `_f(..., on_resume=OnResume.FREE)`; a section of `Config` declares it for
+    all its keys (`_section(..., on_resume=...)`), where a key may narrow FREE to NAMING. A key that
+    declares nothing is EXPERIMENT, new keys included: a key changes freely only when someone decided so.
+    """
+
+    EXPERIMENT = "experiment"  # changes what is trained: refused unless checkpoint.accept_changes names it
+    FREE = "free"  # changes nothing trained (where logs go, cadences, how fast the loader runs): passes, recorded
+    NAMING = "naming"  # names the run rather than saying what it trains (free; compare and continuation skip it)
+    MUST_MATCH = "must_match"  # parameter shapes or what a step means: refused whatever accept_changes says
+    NOT_COMPARED = "not_compared"  # the acceptance itself
+
+
+def _f(default: Any, doc: str, on_resume: OnResume | None = None, **constraints: Any) -> Any:
+    """A field with its default, a one-line meaning (with unit), what a new value does when a run continues
+    (None: its section's class, else EXPERIMENT) and optional bounds (gt=0, ...)."""
+    extra = {"on_resume": on_resume.value} if on_resume is not None else None
     if isinstance(default, (list, dict)):
-        return Field(default_factory=lambda d=default: type(d)(d), description=doc, **constraints)
-    return Field(default, description=doc, **constraints)
+        return Field(default_factory=lambda d=default: type(d)(d), description=doc, json_schema_extra=extra,
+                     **constraints)
+    return Field(default, description=doc, json_schema_extra=extra, **constraints)
+
+
+def _section(section: type[BaseModel], doc: str, on_resume: OnResume | None = None) -> Any:
+    """A nested section at its defaults; `on_resume` declares it for all its keys (None: each key declares its own)."""
+    extra = {"on_resume": on_resume.value} if on_resume is not None else None
+    return Field(default_factory=section, description=doc, json_schema_extra=extra)
 
 
 # --------------------------------------------------------------------------------------- model
@@ -140,6 +166,7 @@ class DataConfig(Section):
         "sample",
         "sample: CIFAR-10 subset shipped in data/; cifar10: official python archive in root; "
         "imagefolder: class-per-folder JPEG/PNG tree in root; webdataset: tar shards in root; synthetic: random images",
+        on_resume=OnResume.MUST_MATCH,
     )
     root: str = _f("", "data directory (cifar10: holds cifar-10-python.tar.gz; imagefolder: holds the splits; "
                    "webdataset: the folder of shards, or a glob / list file of the training shards)")
@@ -156,13 +183,17 @@ class DataConfig(Section):
     download: bool = _f(False, "cifar10: download the archive (checksum verified) when root lacks it")
     verify_checksums: bool = _f(True, "cifar10: check each batch against the official archive's MD5 before reading "
                                 "it; false for an archive you made (scripts/make_cifar_archive.py), still read by "
-                                "an unpickler that cannot run code")
-    device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available")
-    num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0)
-    prefetch_queue_depth: int = _f(2, "batches DALI prepares ahead of the training step", gt=0)
+                                "an unpickler that cannot run code", on_resume=OnResume.FREE)
+    # How the loader runs, not what it yields (decoding once gives the same batches: tests/test_data.py): free.
+    device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available",
+                                               on_resume=OnResume.FREE)
+    num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0,
+                          on_resume=OnResume.FREE)
+    prefetch_queue_depth: int = _f(2, "batches DALI prepares ahead of the training step", gt=0,
+                                   on_resume=OnResume.FREE)
     hw_decoder_load: float = _f(
         0.65, "GPU JPEG decoding: share of each batch sent to the hardware decoder (A100/H100/H200), the rest "
-        "to the CUDA decoder", ge=0.0, le=1.0)
+        "to the CUDA decoder", ge=0.0, le=1.0, on_resume=OnResume.FREE)
     std_eps: float = _f(1e-5, "normalize=image: added to the per-image variance before the square root "
                         "(pixel units^2)", ge=0.0)
     normalize: Literal["image", "channel"] = _f(
@@ -173,17 +204,19 @@ class DataConfig(Section):
     std: list[float] = _f([0.229, 0.224, 0.225], "normalize=channel: R, G, B standard deviations on the 0-1 scale",
                           min_length=3, max_length=3)
     preallocate_width_hint: int = _f(0, "GPU decoding: widest image expected, to size the hardware decoder's "
-                                     "buffers up front (px); 0 = DALI's default", ge=0)
-    preallocate_height_hint: int = _f(0, "GPU decoding: tallest image expected (px); 0 = DALI's default", ge=0)
+                                     "buffers up front (px); 0 = DALI's default", ge=0, on_resume=OnResume.FREE)
+    preallocate_height_hint: int = _f(0, "GPU decoding: tallest image expected (px); 0 = DALI's default", ge=0,
+                                      on_resume=OnResume.FREE)
     device_memory_padding: int = _f(16 << 20, "GPU decoding: extra bytes per device buffer, so larger images "
-                                    "do not reallocate (bytes)", ge=0)
-    host_memory_padding: int = _f(8 << 20, "GPU decoding: extra bytes per pinned host buffer (bytes)", ge=0)
+                                    "do not reallocate (bytes)", ge=0, on_resume=OnResume.FREE)
+    host_memory_padding: int = _f(8 << 20, "GPU decoding: extra bytes per pinned host buffer (bytes)", ge=0,
+                                  on_resume=OnResume.FREE)
     cache: Literal["auto", "off"] = _f(
         "auto", "decode once: auto = when every image has the same size and both splits fit cache_max_gb "
         "decoded, decode them at start-up (DALI) and train from the arrays (GPU: resident on the GPU); off = "
-        "decode every batch. The log says which path was taken")
+        "decode every batch. The log says which path was taken", on_resume=OnResume.FREE)
     cache_max_gb: float = _f(4.0, "data.cache=auto: most decoded bytes per process, both splits together (GiB)",
-                             gt=0.0)
+                             gt=0.0, on_resume=OnResume.FREE)
     check_images: Literal["off", "error", "skip"] = _f(
         "off",
         "up-front decode of every file: off = no scan (a bad file still fails with its path named); "
@@ -195,8 +228,8 @@ class DataConfig(Section):
     max_member_mb: float = _f(MAX_MEMBER_MB, "largest file read from an archive (imagefolder .tar/.tar.gz, the "
                               "sample) or a tar shard, checked from its header before it is read (MiB)", gt=0.0)
     synthetic_images: int = _f(50_000, "synthetic: training images per epoch (random, already at crop size)", gt=0)
-    train: TrainAugmentConfig = Field(default_factory=TrainAugmentConfig, description="training augmentation")
-    eval: EvalAugmentConfig = Field(default_factory=EvalAugmentConfig, description="evaluation preprocessing")
+    train: TrainAugmentConfig = _section(TrainAugmentConfig, "training augmentation")
+    eval: EvalAugmentConfig = _section(EvalAugmentConfig, "evaluation preprocessing")
 
 
 # --------------------------------------------------------------------------------- optimisation
@@ -209,7 +242,8 @@ class OptimConfig(Section):
     momentum: float = _f(0.9, "momentum coefficient (classical unless nesterov)", ge=0.0, lt=1.0)
     nesterov: bool = _f(False, "use Nesterov momentum")
     weight_decay: float = _f(1e-4, "L2 penalty added to the gradient", ge=0.0)
-    decay_norm_and_bias: bool = _f(True, "also decay BatchNorm weights and biases (the reference does)")
+    decay_norm_and_bias: bool = _f(True, "also decay BatchNorm weights and biases (the reference does)",
+                                   on_resume=OnResume.MUST_MATCH)
     lr_scaling: Literal["none", "linear"] = _f("none", "linear: lr x global_batch_size / reference_batch_size")
     reference_batch_size: int = _f(64, "global batch size at which lr applies unscaled (images)", gt=0)
     impl: Literal["auto", "foreach", "fused", "apex"] = _f(
@@ -243,15 +277,18 @@ class TrainConfig(Section):
     """The training loop."""
 
     epochs: int = _f(300, "number of passes over the training set", gt=0)
-    global_batch_size: int = _f(64, "images per optimizer step over all processes", gt=0)
+    global_batch_size: int = _f(64, "images per optimizer step over all processes", gt=0,
+                                on_resume=OnResume.MUST_MATCH)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
         "auto", "autocast dtype: auto = bf16 on CUDA, fp32 on CPU; fp16 adds a GradScaler"
     )
     compile: CompileMode = _f(
         "off", "torch.compile mode: off | default | reduce-overhead (CUDA graphs: removes kernel-launch overhead "
-        "at small batches) | max-autotune | max-autotune-no-cudagraphs; true/false mean default/off")
+        "at small batches) | max-autotune | max-autotune-no-cudagraphs; true/false mean default/off",
+        on_resume=OnResume.FREE)
     seed: int = _f(0, "base seed: data order, weights, augmentation (rank r uses seed + r)", ge=0)
-    deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)")
+    deterministic: bool = _f(False, "deterministic algorithms (slower; for bit-exact resume checks)",
+                             on_resume=OnResume.FREE)
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (applied to mixed targets too)", ge=0.0, lt=1.0)
     mixup_alpha: float = _f(0.0, "mixup (Zhang et al. 2018) on the device: the batch's weight ~ Beta(alpha, alpha) "
                             "per batch; 0 = off (timm: 0.8)", ge=0.0)
@@ -265,9 +302,9 @@ class TrainConfig(Section):
                                 "the weights from the first epoch; false = ema_decay from the second update on")
     tta_thresholds: list[float] = _f([], "time to accuracy: headline top-1 levels (fractions, at most one decimal "
                                      "in percent) whose first crossing is recorded; empty = none (the CIFAR-10 "
-                                     "and ImageNet recipes set their published levels)")
+                                     "and ImageNet recipes set their published levels)", on_resume=OnResume.FREE)
     target_accuracy: float = _f(0.0, "stop (exit 0) after the first evaluation whose headline top-1 reaches this "
-                                "fraction; 0 = off", ge=0.0, le=1.0)
+                                "fraction; 0 = off", ge=0.0, le=1.0, on_resume=OnResume.FREE)
     max_steps_per_epoch: int = _f(0, "cap on steps per epoch, for smoke tests; 0 = full epochs", ge=0)
     max_steps: int = _f(0, "stop after this many optimizer steps in all (the last epoch may end early); the "
                            "schedule runs over them; 0 = train.epochs whole epochs", ge=0)
@@ -275,7 +312,8 @@ class TrainConfig(Section):
                                  "measures its steps, then plans train.epochs/max_steps and scales the schedule, "
                                  "and re-plans from the pace it measures (docs/training.md); off = train.epochs "
                                  "as given")
-    nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0)
+    nonfinite_limit: int = _f(10, "stop after this many consecutive steps with a non-finite loss", gt=0,
+                              on_resume=OnResume.FREE)
     init_from: str = _f("", "fine-tuning: start from the weights of this run directory (its best.pt, else last.pt) "
                         "or checkpoint file; optimizer, schedule and epochs start fresh; empty = random weights")
     init_weights: Literal["ema", "raw"] = _f("ema", "init_from: its EMA weights (its raw ones when it has no EMA), "
@@ -297,8 +335,9 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """Evaluation on the validation split."""
 
-    every: int = _f(1, "evaluate every N epochs (the last epoch always); 0 = only at the end", ge=0)
-    batch_size: int = _f(256, "images per evaluation step per process", gt=0)
+    every: int = _f(1, "evaluate every N epochs (the last epoch always); 0 = only at the end", ge=0,
+                    on_resume=OnResume.FREE)
+    batch_size: int = _f(256, "images per evaluation step per process", gt=0, on_resume=OnResume.FREE)
     weights: Literal["ema", "raw", "both"] = _f(
         "ema", "ema: the EMA weights when train.ema_decay > 0, else the raw ones; raw; both: EMA (the headline: "
         "val/*, best, final, time to accuracy) and raw, also logged as val_ema/* and val_raw/*. "
@@ -306,7 +345,7 @@ class EvalConfig(Section):
     )
     only: bool = _f(False, "evaluate the checkpoint named by checkpoint.resume (auto: the latest of logging.run_name's "
                            "run) into <run>/eval/<checkpoint>-<split>-<time>/eval.json, then exit; trains nothing "
-                           "and changes none of the run's records")
+                           "and changes none of the run's records", on_resume=OnResume.FREE)
     tta: Literal["none", "flip"] = _f(
         "none", "test-time augmentation: flip = the mean of the logits of each image and its mirror, the headline "
         "val/*, with the plain figures as val/*_noflip (not time to accuracy: that is train.tta_thresholds, tta/*)")
@@ -323,8 +362,9 @@ class DistConfig(Section):
 class LoggingConfig(Section):
     """Run directory, console output and metrics files."""
 
-    runs_dir: str = _f("runs", "parent directory of run directories")
-    run_name: str = _f("", "run directory name under runs_dir; empty = <name>-<timestamp>")
+    runs_dir: str = _f("runs", "parent directory of run directories", on_resume=OnResume.NAMING)
+    run_name: str = _f("", "run directory name under runs_dir; empty = <name>-<timestamp>",
+                       on_resume=OnResume.NAMING)
     log_every: int = _f(50, "steps between metric lines, progress updates and throughput windows", gt=0)
     perf_warmup_steps: int = _f(20, "steps excluded from throughput at the start of each epoch", ge=0)
     progress: Literal["auto", "bar", "lines", "off"] = _f("auto", "auto = bar on a terminal, lines otherwise")
@@ -340,25 +380,27 @@ class WandbConfig(Section):
     entity: str = _f("", "W&B team or user; empty = the key's default")
     group: str = _f("", "run group; empty = the experiment name, so variants sit side by side")
     tags: list[str] = _f([], "run tags")
-    name: str = _f("", "W&B run name; empty = the run directory name")
+    name: str = _f("", "W&B run name; empty = the run directory name", on_resume=OnResume.NAMING)
 
 
 class CheckpointConfig(Section):
     """Checkpoints in the run directory: written atomically, loaded with weights_only=True."""
 
     resume: str = _f("auto", "auto = continue from the run's newest checkpoint that loads; never = start the run over "
-                     "(its earlier files move into superseded-<time>/ in its directory); or a file path")
+                     "(its earlier files move into superseded-<time>/ in its directory); or a file path",
+                     on_resume=OnResume.FREE)
     on_unreadable: Literal["refuse", "restart"] = _f(
         "refuse", "resume=auto in a run directory whose checkpoints all fail to load (emptied, corrupt, another "
         "checkpoint format): refuse = stop (exit 2) naming each file, changing nothing; restart = move the run's "
-        "files into superseded-<time>/ in its directory and train from the start")
-    every_epochs: int = _f(1, "write 'last' every N epochs", gt=0)
-    every_steps: int = _f(0, "also write a mid-epoch checkpoint every N steps; 0 = off", ge=0)
-    keep_last: int = _f(2, "step checkpoints kept (older ones deleted)", gt=0)
-    save_best: bool = _f(True, "keep a copy of the best-top-1 checkpoint as 'best'")
+        "files into superseded-<time>/ in its directory and train from the start", on_resume=OnResume.FREE)
+    every_epochs: int = _f(1, "write 'last' every N epochs", gt=0, on_resume=OnResume.FREE)
+    every_steps: int = _f(0, "also write a mid-epoch checkpoint every N steps; 0 = off", ge=0, on_resume=OnResume.FREE)
+    keep_last: int = _f(2, "step checkpoints kept (older ones deleted)", gt=0, on_resume=OnResume.FREE)
+    save_best: bool = _f(True, "keep a copy of the best-top-1 checkpoint as 'best'", on_resume=OnResume.FREE)
     accept_changes: list[str] = _f([], "continuing a run with other values of keys that change the experiment "
                                    "(optim, schedule, data, train.epochs, ...): the keys whose new values to accept, "
-                                   "or [all]; each change is recorded in config-changes.jsonl (docs/fault-tolerance.md)")
+                                   "or [all]; each change is recorded in config-changes.jsonl (docs/fault-tolerance.md)",
+                                   on_resume=OnResume.NOT_COMPARED)
 
 
 # ------------------------------------------------------------------------------------------ root
@@ -367,17 +409,18 @@ class CheckpointConfig(Section):
 class Config(Section):
     """The whole job."""
 
-    name: str = _f("", "experiment name; empty = the YAML file's stem. Names run directories and the W&B group")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="network")
-    data: DataConfig = Field(default_factory=DataConfig, description="input pipeline")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer")
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="training loop")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
-    dist: DistConfig = Field(default_factory=DistConfig, description="distributed training")
-    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="run directory and logs")
-    wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases")
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints")
+    name: str = _f("", "experiment name; empty = the YAML file's stem. Names run directories and the W&B group",
+                   on_resume=OnResume.FREE)
+    model: ModelConfig = _section(ModelConfig, "network", on_resume=OnResume.MUST_MATCH)  # parameter shapes
+    data: DataConfig = _section(DataConfig, "input pipeline")
+    optim: OptimConfig = _section(OptimConfig, "optimizer")
+    schedule: ScheduleConfig = _section(ScheduleConfig, "learning-rate schedule")
+    train: TrainConfig = _section(TrainConfig, "training loop")
+    eval: EvalConfig = _section(EvalConfig, "evaluation")
+    dist: DistConfig = _section(DistConfig, "distributed training", on_resume=OnResume.FREE)
+    logging: LoggingConfig = _section(LoggingConfig, "run directory and logs", on_resume=OnResume.FREE)
+    wandb: WandbConfig = _section(WandbConfig, "Weights & Biases", on_resume=OnResume.FREE)
+    checkpoint: CheckpointConfig = _section(CheckpointConfig, "checkpoints")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (dicts, lists, str, numbers): what goes into config.yaml, W&B and checkpoints."""
