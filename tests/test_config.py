@@ -367,14 +367,16 @@ def test_a_command_line_source_over_a_yaml_that_selects_other_data_leaves_its_ke
 
 # Every key whose new value in a continued run is not an experiment change, by class, as the code that acts on
 # them had them listed before the schema declared them (runs/changes.py FREE_KEYS, NAMING_KEYS, IGNORED_KEYS;
-# training/checkpoint.py MUST_MATCH). Every other key is "experiment". A class changes here, on purpose, or not at all.
+# training/checkpoint.py MUST_MATCH), but for data.max_member_mb, now free (below). Every other key is
+# "experiment". A class changes here, on purpose, or not at all.
 RESUME_CLASSES = {
     "free": {
         "name", "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.save_best",
         "checkpoint.resume", "checkpoint.on_unreadable", "eval.every", "eval.batch_size", "eval.only",
         "data.num_threads", "data.prefetch_queue_depth", "data.hw_decoder_load", "data.preallocate_width_hint",
         "data.preallocate_height_hint", "data.device_memory_padding", "data.host_memory_padding", "data.cache",
-        "data.cache_max_gb", "data.device", "data.verify_checksums", "train.compile", "train.deterministic",
+        "data.cache_max_gb", "data.device", "data.verify_checksums", "data.max_member_mb", "train.compile",
+        "train.deterministic",
         "train.tta_thresholds", "train.target_accuracy", "train.nonfinite_limit",
         "logging.log_every", "logging.perf_warmup_steps", "logging.progress", "dist.backend", "dist.sync_bn",
         "dist.timeout_s", "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.tags",
@@ -438,3 +440,15 @@ def test_every_key_declares_one_class_on_resume_and_the_lists_follow_the_declara
     sections = {key for key, (_, is_section) in found.items() if is_section}
     assert {k.rstrip(".") for k in FREE_KEYS + MUST_MATCH} <= set(classes) | sections
     assert NAMING_KEYS | NOT_COMPARED_KEYS <= set(classes)
+
+
+def test_a_limit_that_only_refuses_input_changes_freely_on_resume():
+    """data.max_member_mb stops a run at listing when a member is larger; it never leaves one out. A run that
+    trained read every member under its limit, so another limit trains the same images or refuses to start:
+    nothing trained changes, and a continued run takes it without checkpoint.accept_changes. data.max_pixels
+    stays an experiment key: with data.check_images=skip it leaves the larger images out of the data."""
+    from pipeline.runs.changes import config_changes
+
+    changes = config_changes({"data": {"max_member_mb": 256, "max_pixels": 100}},
+                             {"data": {"max_member_mb": 512, "max_pixels": 200}})
+    assert {c.key: c.kind for c in changes} == {"data.max_member_mb": "free", "data.max_pixels": "experiment"}

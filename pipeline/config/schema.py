@@ -226,7 +226,8 @@ class DataConfig(Section):
                          "anything decodes it, under every check_images policy (pixels; Pillow's limit: 9,459 x "
                          "9,459, 268 MB decoded); 0 = no limit", ge=0)
     max_member_mb: float = _f(MAX_MEMBER_MB, "largest file read from an archive (imagefolder .tar/.tar.gz, the "
-                              "sample) or a tar shard, checked from its header before it is read (MiB)", gt=0.0)
+                              "sample) or a tar shard, checked from its header before it is read (MiB)", gt=0.0,
+                              on_resume=OnResume.FREE)  # it refuses a run, never leaves an image out
     synthetic_images: int = _f(50_000, "synthetic: training images per epoch (random, already at crop size)", gt=0)
     train: TrainAugmentConfig = _section(TrainAugmentConfig, "training augmentation")
     eval: EvalAugmentConfig = _section(EvalAugmentConfig, "evaluation preprocessing")
