@@ -351,6 +351,23 @@ def test_every_source_is_described_and_every_source_key_is_a_data_key():
     assert all(set(readers) <= sources for readers in SOURCE_KEYS.values())
 
 
+def test_each_source_is_one_row_that_the_schema_reads():
+    """pipeline/sources.py is where a source's static facts live: the data.source choices are its rows, every key
+    a row reads is a key of `data`, and a source that needs data.root reads it."""
+    from typing import get_args
+
+    from pipeline.config import ROOT_HINTS, SOURCE_KEYS, DataConfig
+    from pipeline.sources import SOURCES
+
+    assert get_args(DataConfig.model_fields["source"].annotation) == tuple(SOURCES)
+    for name, source in SOURCES.items():
+        assert set(source.reads) <= set(DataConfig.model_fields) - {"source", "train", "eval"}, name
+        assert all(name in SOURCE_KEYS[key] for key in source.reads), name
+        assert (name in ROOT_HINTS) == ("root" in source.reads), name
+        assert source.description in DataConfig.model_fields["source"].description, name
+    assert {name for name, source in SOURCES.items() if source.decode_once} == {"sample", "imagefolder"}
+
+
 def test_a_command_line_source_over_a_yaml_that_selects_other_data_leaves_its_keys_out(caplog):
     """`configs/x.yaml data.source=sample` is a choice (a benchmark on the shipped sample), not a forgotten
     data.source: the YAML's data.root is left out with a warning, and the saved config loads back."""

@@ -28,11 +28,12 @@ from pipeline.config.loading import (config_from_cli, from_dict, load_config, lo
                                      save_config, split_args)
 from pipeline.config.reference import DOCS_PAGE, TABLE_HEADER, configuration_page, markdown_reference
 from pipeline.config.resume import FREE_KEYS, MUST_MATCH, NAMING_KEYS, NOT_COMPARED_KEYS, key_classes
-from pipeline.config.schema import (DATA_KEYS, MODEL_NAMES, ROOT_HINTS, SOURCE_KEYS, SOURCE_NAMES, CheckpointConfig,
-                                    CompileMode, Config, DataConfig, DistConfig, EvalAugmentConfig, EvalConfig,
-                                    Interpolation, LoggingConfig, ModelConfig, ModelName, OnResume, OptimConfig,
-                                    ScheduleConfig, Section, TrainAugmentConfig, TrainConfig, WandbConfig)
+from pipeline.config.schema import (MODEL_NAMES, ROOT_HINTS, SOURCE_KEYS, SOURCE_NAMES, CheckpointConfig, CompileMode,
+                                    Config, DataConfig, DistConfig, EvalAugmentConfig, EvalConfig, Interpolation,
+                                    LoggingConfig, ModelConfig, ModelName, OnResume, OptimConfig, ScheduleConfig,
+                                    Section, TrainAugmentConfig, TrainConfig, WandbConfig)
 from pipeline.errors import ConfigError
+from pipeline.sources import DATA_KEYS
 
 __all__ = [
     # the schema

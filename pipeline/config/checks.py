@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config.schema import (DATA_KEYS, ROOT_HINTS, SOURCE_KEYS, SOURCE_NAMES, Config, DataConfig,
-                                    TrainAugmentConfig, TrainConfig, leaf_fields)
+from pipeline.config.schema import (ROOT_HINTS, SOURCE_KEYS, SOURCE_NAMES, Config, DataConfig, TrainAugmentConfig,
+                                    TrainConfig, leaf_fields)
 from pipeline.constants import MAX_PROGRESSIVE_SIZES
 from pipeline.errors import ConfigError
+from pipeline.sources import DATA_KEYS
 
 # ------------------------------------------------------------------------------ error messages
 

@@ -19,10 +19,11 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.config.checks import check_consistency, format_errors
-from pipeline.config.schema import DATA_KEYS, SOURCE_KEYS, Config
+from pipeline.config.schema import SOURCE_KEYS, Config
 from pipeline.constants import REPO_ROOT
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_write_text
+from pipeline.sources import DATA_KEYS
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

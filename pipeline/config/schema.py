@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.constants import AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS, INTERPOLATIONS, MAX_IMAGE_PIXELS, MAX_MEMBER_MB
 from pipeline.errors import ConfigError
+from pipeline.sources import SOURCES, readers
 
 
 class Section(BaseModel):
@@ -162,12 +163,8 @@ class EvalAugmentConfig(Section):
 class DataConfig(Section):
     """Input pipeline: where images come from and how DALI prepares them."""
 
-    source: Literal["sample", "cifar10", "imagefolder", "webdataset", "synthetic"] = _f(
-        "sample",
-        "sample: CIFAR-10 subset shipped in data/; cifar10: official python archive in root; "
-        "imagefolder: class-per-folder JPEG/PNG tree in root; webdataset: tar shards in root; synthetic: random images",
-        on_resume=OnResume.MUST_MATCH,
-    )
+    source: Literal[tuple(SOURCES)] = _f(  # type: ignore[valid-type]
+        "sample", "; ".join(f"{s.name}: {s.description}" for s in SOURCES.values()), on_resume=OnResume.MUST_MATCH)
     root: str = _f("", "data directory (cifar10: holds cifar-10-python.tar.gz; imagefolder: holds the splits; "
                    "webdataset: the folder of shards, or a glob / list file of the training shards)")
     train_split: str = _f("train", "imagefolder: sub-folder with the training images; webdataset: the training "
@@ -455,8 +452,8 @@ def leaf_fields(section: type[BaseModel], prefix: str = "") -> list[tuple[str, A
     return leaves
 
 
-# The data.source values that read each source-specific key of `data` (docs/configuration.md shows
-# this table). A key given a value for a source that does not read it is
+# The data.source values that read each source-specific key of `data` (pipeline/sources.py's rows), in schema
+# order; docs/configuration.md shows this table. A key given a value for a source that does not read it is
 # - an error when it selects data (DATA_KEYS) and the source reads other images (sample, cifar10):
 #   `data.root=/my/images` without `data.source=imagefolder` would train on the shipped sample
 #   without a word, and hours of training on the wrong data is what a missed warning costs;
@@ -464,31 +461,7 @@ def leaf_fields(section: type[BaseModel], prefix: str = "") -> list[tuple[str, A
 #   fetches a missing archive, `check_images` finds bad files where files are decoded,
 #   `synthetic_images` sizes synthetic epochs), and data.source=synthetic replaces the data on
 #   purpose (a throughput ceiling with a real config, whose data.root then stays unused).
-SOURCE_KEYS: dict[str, tuple[str, ...]] = {
-    "root": ("imagefolder", "cifar10", "webdataset"),
-    "train_split": ("imagefolder", "webdataset"),
-    "eval_split": ("imagefolder", "webdataset"),
-    "eval_labels": ("imagefolder",),  # a flat validation folder
-    "eval_label_map": ("imagefolder",),
-    "shuffle_buffer": ("webdataset",),
-    "download": ("cifar10",),
-    "verify_checksums": ("cifar10",),
-    "check_images": ("sample", "imagefolder", "webdataset"),  # cifar10 arrives decoded: nothing to scan
-    "max_pixels": ("sample", "imagefolder", "webdataset"),
-    "max_member_mb": ("sample", "imagefolder", "webdataset"),
-    "cache": ("sample", "imagefolder"),  # cifar10 arrives decoded; shards are read in stream order
-    "cache_max_gb": ("sample", "imagefolder"),
-    "synthetic_images": ("synthetic",),
-}
-DATA_KEYS = ("root", "train_split", "eval_split", "eval_labels", "eval_label_map")
-SOURCE_NAMES = {"sample": "the CIFAR-10 sample shipped in data/", "cifar10": "the official python archive",
-                "imagefolder": "a class-per-folder tree", "webdataset": "tar shards",
-                "synthetic": "random images"}
-
+SOURCE_KEYS: dict[str, tuple[str, ...]] = {key: readers(key) for key in DataConfig.model_fields if readers(key)}
+SOURCE_NAMES = {name: source.description for name, source in SOURCES.items()}
 # What data.root is for each source that needs one (the error when it is missing says so).
-ROOT_HINTS = {
-    "imagefolder": "the folder that holds the train/ and val/ class folders (e.g. data.root=/data/my-images)",
-    "cifar10": "the folder for cifar-10-python.tar.gz (e.g. data.root=data/cifar10 data.download=true)",
-    "webdataset": "the folder of .tar shards, a glob or a list file (e.g. data.root=/data/shards; write them with "
-                  "python -m pipeline.data.shards)",
-}
+ROOT_HINTS = {name: source.root_hint for name, source in SOURCES.items() if source.root_hint}
