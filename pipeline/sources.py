@@ -5,12 +5,26 @@
     SOURCES["sample"].decode_once         # data.cache=auto may decode its images once, at start-up
 
 The config (the `data.source` choices, the keys each source reads, the errors and warnings for keys
-it does not, the reference page) reads these rows without importing the data layer.
+it does not, the reference page) reads these rows without importing the data layer; the module of
+the same name in pipeline/data/sources/ opens the images and fingerprints the data.
+
+Adding a source (an HDF5 file, say):
+1. write pipeline/data/sources/<name>.py with `open_images(data) -> (train, eval)` ImageSets and
+   `fingerprint(data) -> str`, `data` being the config's data section (sources/sample.py is the
+   shortest example; a new key it reads is a field of DataConfig in pipeline/config/schema.py);
+2. add its row below: the name, a few words, the source-specific keys it reads, and what data.root
+   is when it needs one;
+3. regenerate docs/configuration.md (`python -m pipeline.config --docs`) and add a line to the
+   table of sources in docs/data.md.
+tests/test_data.py checks that every row has its module and every module its row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# data.eval_split=auto: the first of these that exists beside the training split (folders or shards).
+EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
 
 # The keys that select which images are read: given for a source that reads other images they are an error,
 # not a warning (data.root=/my/images without data.source=imagefolder would train on the shipped sample).
