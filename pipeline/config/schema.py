@@ -181,7 +181,7 @@ class DataConfig(Section):
     verify_checksums: bool = _f(True, "cifar10: check each batch against the official archive's MD5 before reading "
                                 "it; false for an archive you made (scripts/make_cifar_archive.py), still read by "
                                 "an unpickler that cannot run code", on_resume=OnResume.FREE)
-    # How the loader runs, not what it yields (decoding once gives the same batches: tests/test_data.py): free.
+    # Free on resume: how the loader runs, not what it yields (decoding once gives the same batches, test_data.py).
     device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available",
                                                on_resume=OnResume.FREE)
     num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0,
