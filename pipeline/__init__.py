@@ -2,8 +2,9 @@
 
 Packages, in the order their imports go (each imports only from those above it):
 
-    pipeline/             config.py (the schema), errors.py (UserError and exit codes), constants.py,
-                          distributed.py (process group, collectives, device sync), entry.py (CLI skeleton),
+    pipeline/             config/ (the schema), sources.py (one row per data source), errors.py (UserError
+                          and exit codes), constants.py, distributed.py (process group, collectives, device
+                          sync), entry.py (CLI skeleton),
                           sections.py (the named sections of the hot path the overhead ledger reads)
     pipeline/data/        where images come from and how they reach the device: sources (tar shards
                           too) and their writer, the sharded index plans, decode-once, the DALI graphs,

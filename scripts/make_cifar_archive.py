@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.data.sources import CIFAR10_ARCHIVE, CIFAR10_CLASSES  # noqa: E402
+from pipeline.data.sources.cifar10 import CIFAR10_ARCHIVE, CIFAR10_CLASSES  # noqa: E402
 
 
 def read_split(tar: tarfile.TarFile, split: str) -> tuple[np.ndarray, list[int]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.data.sources import load_cifar10  # noqa: E402
+from pipeline.data.sources.cifar10 import load_cifar10  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 
 QUALITY = 75

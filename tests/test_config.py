@@ -351,6 +351,23 @@ def test_every_source_is_described_and_every_source_key_is_a_data_key():
     assert all(set(readers) <= sources for readers in SOURCE_KEYS.values())
 
 
+def test_each_source_is_one_row_that_the_schema_reads():
+    """pipeline/sources.py is where a source's static facts live: the data.source choices are its rows, every key
+    a row reads is a key of `data`, and a source that needs data.root reads it."""
+    from typing import get_args
+
+    from pipeline.config import ROOT_HINTS, SOURCE_KEYS, DataConfig
+    from pipeline.sources import SOURCES
+
+    assert get_args(DataConfig.model_fields["source"].annotation) == tuple(SOURCES)
+    for name, source in SOURCES.items():
+        assert set(source.reads) <= set(DataConfig.model_fields) - {"source", "train", "eval"}, name
+        assert all(name in SOURCE_KEYS[key] for key in source.reads), name
+        assert (name in ROOT_HINTS) == ("root" in source.reads), name
+        assert source.description in DataConfig.model_fields["source"].description, name
+    assert {name for name, source in SOURCES.items() if source.decode_once} == {"sample", "imagefolder"}
+
+
 def test_a_command_line_source_over_a_yaml_that_selects_other_data_leaves_its_keys_out(caplog):
     """`configs/x.yaml data.source=sample` is a choice (a benchmark on the shipped sample), not a forgotten
     data.source: the YAML's data.root is left out with a warning, and the saved config loads back."""
@@ -361,3 +378,94 @@ def test_a_command_line_source_over_a_yaml_that_selects_other_data_leaves_its_ke
     assert from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     with pytest.raises(ConfigError, match=r"data\.root: '/x' is not read by data\.source=sample"):
         load_config(ROOT / "configs" / "squeezenet_cifar10_fast.yaml", ["data.source=sample", "data.root=/x"])
+
+
+# ------------------------------------------------------------------ what a new value does on resume
+
+# Every key whose new value in a continued run is not an experiment change, by class, as the code that acts on
+# them had them listed before the schema declared them (runs/changes.py FREE_KEYS, NAMING_KEYS, IGNORED_KEYS;
+# training/checkpoint.py MUST_MATCH), but for data.max_member_mb, now free (below). Every other key is
+# "experiment". A class changes here, on purpose, or not at all.
+RESUME_CLASSES = {
+    "free": {
+        "name", "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.save_best",
+        "checkpoint.resume", "checkpoint.on_unreadable", "eval.every", "eval.batch_size", "eval.only",
+        "data.num_threads", "data.prefetch_queue_depth", "data.hw_decoder_load", "data.preallocate_width_hint",
+        "data.preallocate_height_hint", "data.device_memory_padding", "data.host_memory_padding", "data.cache",
+        "data.cache_max_gb", "data.device", "data.verify_checksums", "data.max_member_mb", "train.compile",
+        "train.deterministic",
+        "train.tta_thresholds", "train.target_accuracy", "train.nonfinite_limit",
+        "logging.log_every", "logging.perf_warmup_steps", "logging.progress", "dist.backend", "dist.sync_bn",
+        "dist.timeout_s", "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.tags",
+    },
+    "naming": {"logging.run_name", "logging.runs_dir", "wandb.name"},
+    "not_compared": {"checkpoint.accept_changes"},
+    "must_match": {"model.name", "model.num_classes", "model.dropout", "data.source", "optim.decay_norm_and_bias",
+                   "train.global_batch_size"},
+}
+
+
+def class_in_use(key: str) -> str:
+    """What the code that acts on a key does with a new value of it in a continued run: not compared, a change
+    that must not happen (the checkpoint's check), a change of a key that names the run (compare leaves those
+    out), or a change classified free or experiment."""
+    from pipeline.runs.changes import config_changes, unflatten
+    from pipeline.tools.compare import IGNORED_KEYS as LEFT_OUT_BY_COMPARE
+    from pipeline.training.checkpoint import config_differences
+
+    saved, current = unflatten({key: "before"}), unflatten({key: "after"})
+    changes = config_changes(saved, current)
+    if not changes:
+        return "not_compared"
+    (change,) = changes
+    if config_differences(saved, current):
+        assert change.kind == "experiment", key
+        return "must_match"
+    if key in LEFT_OUT_BY_COMPARE:
+        assert change.kind == "free", key
+        return "naming"
+    return change.kind
+
+
+def test_each_key_keeps_its_class_on_resume():
+    """The classification, key by key, is the one the hand-written lists gave (this test passes on that code too)."""
+    from pipeline.runs.changes import flatten
+
+    expected = {key: cls for cls, keys in RESUME_CLASSES.items() for key in keys}
+    leaves = list(flatten(Config().to_dict()))
+    assert set(expected) <= set(leaves)
+    assert {key: class_in_use(key) for key in leaves} == {key: expected.get(key, "experiment") for key in leaves}
+    # A key a saved config holds and the schema no longer does follows its section.
+    assert [class_in_use(k) for k in ("logging.gone", "wandb.gone", "dist.gone", "model.gone", "optim.gone")] == [
+        "free", "free", "free", "must_match", "experiment"]
+
+
+def test_every_key_declares_one_class_on_resume_and_the_lists_follow_the_declarations():
+    """Each leaf key has exactly one class, read from its field or its section's; the lists the resume code
+    uses are made from those declarations, so they name only keys that exist."""
+    from pipeline.config import FREE_KEYS, MUST_MATCH, NAMING_KEYS, NOT_COMPARED_KEYS, OnResume, key_classes
+    from pipeline.config.resume import declarations, owners
+    from pipeline.runs.changes import flatten
+
+    found = declarations()
+    for key, (cls, _) in found.items():  # a key inside a declared section may only narrow free to naming
+        outer = [found[o][0] for o in owners(key)[1:] if o in found]
+        assert not outer or (outer[0], cls) == (OnResume.FREE, OnResume.NAMING), f"{key}: {cls} inside {outer[0]}"
+    classes = key_classes()
+    assert list(classes) == list(flatten(Config().to_dict()))  # every leaf, once
+    assert {key: cls.value for key, cls in classes.items()} == {key: class_in_use(key) for key in classes}
+    sections = {key for key, (_, is_section) in found.items() if is_section}
+    assert {k.rstrip(".") for k in FREE_KEYS + MUST_MATCH} <= set(classes) | sections
+    assert NAMING_KEYS | NOT_COMPARED_KEYS <= set(classes)
+
+
+def test_a_limit_that_only_refuses_input_changes_freely_on_resume():
+    """data.max_member_mb stops a run at listing when a member is larger; it never leaves one out. A run that
+    trained read every member under its limit, so another limit trains the same images or refuses to start:
+    nothing trained changes, and a continued run takes it without checkpoint.accept_changes. data.max_pixels
+    stays an experiment key: with data.check_images=skip it leaves the larger images out of the data."""
+    from pipeline.runs.changes import config_changes
+
+    changes = config_changes({"data": {"max_member_mb": 256, "max_pixels": 100}},
+                             {"data": {"max_member_mb": 512, "max_pixels": 200}})
+    assert {c.key: c.kind for c in changes} == {"data.max_member_mb": "free", "data.max_pixels": "experiment"}

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from conftest import (REPO, SHARED_CIFAR_JPEG, encode_image, official_checksums, smooth_image, write_cifar_archive,
                       write_imagefolder)
 from pipeline.config import load_config
+from pipeline.constants import SAMPLE_ARCHIVE
 from pipeline.data import BadImageError, DataError, ImageSet, build_loader, load_image_sets
 from pipeline.data.dali_loader import standardize as standardize_batch
-from pipeline.data.sources import SAMPLE_ARCHIVE, load_cifar10
+from pipeline.data.sources.cifar10 import load_cifar10
+from pipeline.errors import ConfigError
 
 CPU = torch.device("cpu")
 
@@ -284,6 +286,29 @@ def test_loader_state_resumes_exactly(consumed):
 
 
 # -------------------------------------------------------------------------------- sources
+
+
+def test_every_source_is_a_row_and_a_module_that_opens_and_fingerprints_its_data(tiny_tree):
+    """A data source is one row of pipeline/sources.py and one module of pipeline/data/sources/ named after it,
+    with open_images and fingerprint; nothing else dispatches on the name."""
+    import pkgutil
+
+    from pipeline.data import sources
+    from pipeline.sources import SOURCES
+
+    assert {m.name for m in pkgutil.iter_modules(sources.__path__)} == set(SOURCES)
+    for name in SOURCES:
+        module = sources.source_module(name)
+        assert callable(module.open_images) and callable(module.fingerprint), name
+    folder = data_cfg("data.source=imagefolder", f"data.root={tiny_tree}")
+    train, val = sources.open_images(folder)
+    assert (len(train), len(val), train.classes) == (21, 11, ["ant", "bee", "cat"])
+    assert sources.fingerprint(folder).startswith("sha1:")
+    assert sources.fingerprint(data_cfg("data.source=synthetic")) == "synthetic:50000x122px"
+    with pytest.raises(ConfigError, match=r"^data\.source: 'synthetic' has no image set$"):
+        sources.open_images(data_cfg("data.source=synthetic"))
+    with pytest.raises(ConfigError, match=r"^data\.source: 'nothing' has no image set$"):
+        sources.open_source("nothing")
 
 
 def test_cifar10_archive_is_read_in_the_official_layout(tmp_path, monkeypatch):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import write_cifar_archive
-from pipeline.data import sources
-from pipeline.data.sources import CIFAR10_ARCHIVE, DataError
+from pipeline.data.sources import cifar10
+from pipeline.data.sources.cifar10 import CIFAR10_ARCHIVE
+from pipeline.errors import DataError
 from runs import REPO, run_env
 
 # Each process waits for `go` after its imports, so all of them reach the download together.
@@ -25,14 +26,14 @@ DRIVER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from pipeline.data import sources
+from pipeline.data.sources import cifar10
 
 url, md5, root, ready, go, out = sys.argv[1:]
-sources.CIFAR10_URL, sources.CIFAR10_MD5 = url, md5
+cifar10.CIFAR10_URL, cifar10.CIFAR10_MD5 = url, md5
 Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.005)
-train, test = sources.load_cifar10(root, download=True, verify_checksums=False)  # the served archive is made here
+train, test = cifar10.load_cifar10(root, download=True, verify_checksums=False)  # the served archive is made here
 np.savez(out, train_x=train.arrays, train_y=train.labels, test_x=test.arrays, test_y=test.labels)
 """
 
@@ -124,10 +125,10 @@ def test_four_processes_download_once_and_read_the_same_arrays(tmp_path, archive
 
 def test_wrong_md5_keeps_nothing_and_names_the_url(tmp_path, archive_bytes, monkeypatch):
     with ArchiveServer(archive_bytes) as server:
-        monkeypatch.setattr(sources, "CIFAR10_URL", server.url)
-        monkeypatch.setattr(sources, "CIFAR10_MD5", "0" * 32)
+        monkeypatch.setattr(cifar10, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(cifar10, "CIFAR10_MD5", "0" * 32)
         with pytest.raises(DataError) as info:
-            sources.load_cifar10(tmp_path / "data", download=True)
+            cifar10.load_cifar10(tmp_path / "data", download=True)
     message = str(info.value)
     assert server.url in message and "expected " + "0" * 32 in message
     assert f"download it by hand to {tmp_path / 'data' / CIFAR10_ARCHIVE}" in message
@@ -138,9 +139,9 @@ def test_no_server_is_a_one_line_error_naming_the_url_and_path(tmp_path, monkeyp
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/{CIFAR10_ARCHIVE}"
-    monkeypatch.setattr(sources, "CIFAR10_URL", url)
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
     with pytest.raises(DataError) as info:
-        sources.load_cifar10(tmp_path / "data", download=True)
+        cifar10.load_cifar10(tmp_path / "data", download=True)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"cannot download {url} (") and "refused" in message

@@ -37,6 +37,9 @@ def modules() -> dict[str, Path]:
 
 # Entry modules at the package root (`python -m pipeline.export`) that call one layer: they belong to it.
 ENTRY_MODULES = {"pipeline.export": "deploy", "pipeline.predict": "deploy"}
+# Packages of the root layer (pipeline/config/: the schema, its checks, loading and reference): the root's rules
+# hold for every module in them.
+ROOT_PACKAGES = {"config"}
 
 
 def layer(module: str) -> str:
@@ -45,6 +48,8 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "models":
         return "models"
+    if len(parts) > 1 and parts[1] in ROOT_PACKAGES:
+        return "root"
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else "root"
 
 
@@ -136,6 +141,7 @@ def test_the_layering_check_sees_real_imports():
     assert "pipeline.runs.records" in graph["pipeline.training.trainer"]
     assert "pipeline.distributed" in graph["pipeline.entry"]  # a lazy import inside a function
     assert layer("pipeline.config") == "root" and layer("pipeline.data.loader") == "data"
+    assert layer("pipeline.config.schema") == "root" and "pipeline.config.schema" in graph["pipeline.config.loading"]
     assert layer("pipeline.training") == "training" and layer("models.squeezenet") == "models"
 
 

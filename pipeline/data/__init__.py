@@ -1,7 +1,12 @@
 """Input pipelines: what images exist, which ones each rank reads, and how they reach the device.
 
-    sources.py             image sets: the shipped sample, image folders (directory or archive; ImageNet's
-                           flat validation folder with a labels file), CIFAR-10, tar shards
+    sources/               one module per data.source (pipeline/sources.py has their rows): the shipped sample,
+                           image folders (directory or archive; ImageNet's flat validation folder with a labels
+                           file), CIFAR-10, tar shards, synthetic; each opens its image sets and fingerprints its data
+    image_set.py           ImageSet: one split of any source (files, bytes in memory, shard members or arrays)
+    cifar10.py             the CIFAR-10 python archive's batches, checked and unpickled so they cannot run code
+    download.py            a file downloaded once, however many processes ask, kept only when its MD5 matches
+    digests.py             SHA-1 of files and listings, what the fingerprints are made of
     webdataset.py          tar shards: split names, DALI index files, the class map, members read by offset
     shards.py              the shard writer: python -m pipeline.data.shards SRC_FOLDER OUT_DIR
     images.py              cheap signature checks, header sizes, full-decode diagnosis of encoded files
@@ -24,8 +29,9 @@ Imports go to the root only (config types are duck-typed sections): data knows n
 training, run records, benchmarks or tools.
 """
 
+from pipeline.data.image_set import ImageSet
 from pipeline.data.images import BadImageError
 from pipeline.data.loader import Loader, build_loader, load_image_sets
-from pipeline.data.sources import DataError, ImageSet
+from pipeline.errors import DataError
 
 __all__ = ["BadImageError", "DataError", "ImageSet", "Loader", "build_loader", "load_image_sets"]

@@ -32,9 +32,10 @@ from pipeline.data.dali_graph import STAGES, AugmentSpec, ChannelStats, DecoderO
 from pipeline.data.dali_loader import Batch, DaliLoader
 from pipeline.data.images import find_bad_images, undecodable_error
 from pipeline.data.sampler import ShardedBatches, ShardStreamBatches
-from pipeline.data.sources import ImageSet, open_source
+from pipeline.data.sources import ImageSet, open_images
 from pipeline.data.transform import EvalTransform
 from pipeline.errors import ConfigError
+from pipeline.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,10 @@ def load_image_sets(data_cfg: Any) -> tuple[ImageSet, ImageSet]:
     data.max_pixels holds whatever check_images says: the scan (error, skip) names images over it
     with the undecodable ones; otherwise the DALI graph and the readers refuse them before decoding.
     """
-    train, val = open_source(data_cfg.source, data_cfg.root, data_cfg.train_split, data_cfg.eval_split,
-                             data_cfg.download, data_cfg.eval_labels, data_cfg.eval_label_map,
-                             data_cfg.verify_checksums, max_member_bytes=int(data_cfg.max_member_mb * 2**20))
+    train, val = open_images(data_cfg)
     if data_cfg.check_images != "off":
         train, val = (scan_image_set(s, data_cfg.check_images, data_cfg.max_pixels) for s in (train, val))
-    if data_cfg.cache == "auto" and data_cfg.source in ("sample", "imagefolder"):
+    if data_cfg.cache == "auto" and SOURCES[data_cfg.source].decode_once:
         if data_cfg.train.kind != "reference":  # the crop graph decodes windows of the encoded files
             log.info("data.cache=auto: not decoding once: data.train.kind=%s decodes from the files",
                      data_cfg.train.kind)

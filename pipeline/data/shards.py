@@ -54,7 +54,8 @@ from typing import BinaryIO
 import numpy as np
 
 from pipeline.data.images import image_size, pillow_reason
-from pipeline.data.sources import ImageSet, load_imagefolder
+from pipeline.data.image_set import ImageSet
+from pipeline.data.sources.imagefolder import load_imagefolder
 from pipeline.data.webdataset import CLASS_MAP, INCOMPLETE, LABEL_EXTENSION, Member, format_index, index_path
 from pipeline.errors import BadImageError, UserError
 from pipeline.files import atomic_open, atomic_write_bytes, atomic_write_text, fsync_dir, is_temporary

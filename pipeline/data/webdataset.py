@@ -3,7 +3,7 @@
     train, val, classes = list_webdataset("/data/imagenet-shards", "train", "auto")
     train.members.read(7)        # the bytes of sample 7's image member: one pread, no tar parsing
 
-(`data.source: webdataset`; pipeline/data/sources.py turns the splits into ImageSets.)
+(`data.source: webdataset`; pipeline/data/sources/webdataset.py turns the splits into ImageSets.)
 
 A shard is a plain tar whose members are grouped into samples by key: `<key>.jpg` (or .jpeg, .png,
 any image extension, any case) and `<key>.cls` (the class index as text). Each shard may come with
@@ -47,13 +47,14 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.constants import MAX_MEMBER_MB
 from pipeline.data.images import IMAGE_EXTENSIONS
 from pipeline.errors import DataError
+from pipeline.sources import EVAL_SPLIT_CANDIDATES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ INCOMPLETE = "INCOMPLETE"  # beside the shards while the writer runs, removed on
 MAX_MEMBER_BYTES = MAX_MEMBER_MB * 2**20  # data.max_member_mb's default
 INDEX_VERSION = "v1.2"  # DALI's index format: "<ext> <offset> <size> <name>" per member
 LABEL_EXTENSION = "cls"
-EVAL_SPLIT_CANDIDATES = ("val", "test", "validation")
 MAX_OPEN_SHARDS = 64  # file descriptors kept open per process (ImageNet has over 1,000 shards)
 
 _IMAGE_EXTENSIONS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -322,6 +322,11 @@ def _read_label(members: ShardMembers, shard: int, member: Member) -> int:
 
 def _size(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def member_limit(data: Any) -> int:
+    """data.max_member_mb of a `data` section, in bytes: the largest archive or shard member read."""
+    return int(data.max_member_mb * 2**20)
 
 
 def member_too_large(where: str, size: int, max_bytes: int) -> DataError:

@@ -11,7 +11,8 @@ A run's config.yaml is what it started with and is never rewritten once the run 
 session that continues it with other values leaves the original in place and appends what changed,
 at which global step, to config-changes.jsonl (and to W&B's config, pipeline/runs/tracking.py).
 
-Two kinds of key:
+Two kinds of key, declared on each field of the schema (`on_resume`, pipeline/config/schema.py;
+pipeline/config/resume.py lists them):
 - free: keys that change nothing trained (where logs and W&B go, checkpoint cadence, how fast the
   loader runs, evaluation cadence and batch, compilation, when to stop early). They change freely,
   and the change is recorded.
@@ -19,6 +20,7 @@ Two kinds of key:
   optimizer, the schedule, the seed, the global batch, precision, train.epochs). A continued run
   with one of these changed does not start; the message names each key, old -> new, and the ways
   forward: a new run, or `checkpoint.accept_changes=[key,...]` to continue this one with them.
+  (Some of them may not change at all: pipeline/training/checkpoint.py `MUST_MATCH`.)
 
 train.epochs, accepted: the schedule is recomputed for the new length from the current step on.
 Schedules defined over the whole run (cosine, poly, onecycle, a linear warm-up's end) move to the
@@ -37,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from pipeline.config import FREE_KEYS, NOT_COMPARED_KEYS
 from pipeline.errors import ConfigError
 from pipeline.files import storage_errors
 
@@ -44,27 +47,10 @@ log = logging.getLogger(__name__)
 
 CHANGES_FILE = "config-changes.jsonl"
 
-# Keys that name a run rather than say what it trains.
-NAMING_KEYS = frozenset({"logging.run_name", "logging.runs_dir", "wandb.name"})
-# Keys (or sections, ending in ".") whose value changes nothing trained: they change freely on resume.
-FREE_KEYS = (
-    "name", "logging.", "wandb.", "dist.",
-    "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.save_best",
-    "checkpoint.resume", "checkpoint.on_unreadable",
-    "eval.every", "eval.batch_size", "eval.only",
-    # How the loader runs, not what it yields (decoding once gives the same batches: tests/test_data.py).
-    "data.num_threads", "data.prefetch_queue_depth", "data.hw_decoder_load", "data.preallocate_width_hint",
-    "data.preallocate_height_hint", "data.device_memory_padding", "data.host_memory_padding", "data.cache",
-    "data.cache_max_gb", "data.device", "data.verify_checksums",
-    # How a step is computed, and when the run stops early or reports.
-    "train.compile", "train.deterministic", "train.tta_thresholds", "train.target_accuracy",
-    "train.nonfinite_limit",
-)
-# Not compared: the acceptance itself.
-IGNORED_KEYS = frozenset({"checkpoint.accept_changes"})
-
 
 def is_free(key: str) -> bool:
+    """The key changes nothing trained: the schema declares it (or its section) free (FREE_KEYS: keys, and
+    sections ending in "."); a key a saved config holds and the schema no longer does follows its section."""
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in FREE_KEYS)
 
 
@@ -130,7 +116,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[Chang
     old = with_later_keys(flatten(saved), new)
     changes = []
     for key in sorted(set(old) | set(new)):
-        if key in IGNORED_KEYS or _same(old.get(key), new.get(key)):
+        if key in NOT_COMPARED_KEYS or _same(old.get(key), new.get(key)):
             continue
         changes.append(Change(key, old.get(key), new.get(key), "free" if is_free(key) else "experiment"))
     return changes

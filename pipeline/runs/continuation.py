@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from pipeline.config import Config
-from pipeline.runs.changes import NAMING_KEYS, effective_config, flatten, with_later_keys
+from pipeline.config import NAMING_KEYS, Config
+from pipeline.runs.changes import effective_config, flatten, with_later_keys
 from pipeline.runs.resolved import node_count
 from pipeline.runs.rundir import RunLock, is_default_run_name
 

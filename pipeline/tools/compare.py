@@ -32,8 +32,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.config import NAMING_KEYS
 from pipeline.errors import UserError
-from pipeline.runs.changes import NAMING_KEYS, flatten, read_changes
+from pipeline.runs.changes import flatten, read_changes
 from pipeline.runs.metrics import read_metrics
 from pipeline.runs.per_class import differences, read_per_class
 

@@ -38,6 +38,9 @@ import torch
 from torch import nn
 
 from pipeline import distributed
+# Config keys and sections that must match to resume, whatever checkpoint.accept_changes says (parameter shapes,
+# what a step means): the schema's fields declare them. Other keys may change with consent (pipeline/runs/changes.py).
+from pipeline.config import MUST_MATCH
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, UserError
 from pipeline.files import atomic_copy, atomic_open
@@ -64,9 +67,6 @@ LAST, BEST = "last.pt", "best.pt"
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "counters", "config", "world_size", "rank_states")
 REQUIRED_COUNTERS = ("epoch", "step_in_epoch", "global_step")
 WEIGHTS_KEYS = ("model", "config")  # what export, predict and fine-tuning read
-# Config keys that must match to resume, whatever checkpoint.accept_changes says: they change parameter
-# shapes or what a step means. Other keys may change with consent (pipeline/runs/changes.py).
-MUST_MATCH = ("model", "train.global_batch_size", "data.source", "optim.decay_norm_and_bias")
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:

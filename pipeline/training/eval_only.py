@@ -29,7 +29,7 @@ from typing import Any
 from pipeline import distributed
 from pipeline.config import Config
 from pipeline.data import ImageSet
-from pipeline.data.sources import EVAL_SPLIT_CANDIDATES
+from pipeline.sources import EVAL_SPLIT_CANDIDATES
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError, ConfigError, ExitCode
 from pipeline.files import atomic_write_text
