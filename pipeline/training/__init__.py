@@ -14,7 +14,8 @@
     preemption.py   SIGTERM/SIGINT: finish the step, checkpoint, exit 75
     summary.py      final/*, best/*, the last console lines
     eval_only.py    eval.only: evaluate a checkpoint into <run>/eval/<checkpoint>-<split>-<time>/ (evaluation_folder)
-    tta.py          time to accuracy
+    time_to_accuracy.py   when a run first reached each top-1 level (train.tta_thresholds); not test-time
+                    augmentation, which is eval.tta (step.py evaluate)
     budget.py, budget_measure.py, budget_run.py   train.time_budget: the plan (pure arithmetic), measuring
                     at start-up, and keeping the budget during the run (pace, re-plans, what is recorded)
 

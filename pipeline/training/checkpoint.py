@@ -46,7 +46,7 @@ from pipeline.runs.envinfo import git_revision
 from pipeline.runs.rundir import supersede
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
-from pipeline.training.tta import tta_summary
+from pipeline.training.time_to_accuracy import tta_summary
 
 __all__ = ["CheckpointError", "CheckpointManager", "Counters", "ModelCard", "ResumePoint", "RunCheckpoints",
            "atomic_save", "load", "model_card", "scan_checkpoints", "unreadable_error"]

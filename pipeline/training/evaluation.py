@@ -27,7 +27,7 @@ from pipeline.training.components import Components
 from pipeline.training.confusion import ClassCounts
 from pipeline.training.ema import name_evaluations
 from pipeline.training.step import evaluate, evaluation_notes
-from pipeline.training.tta import reaches, record_crossings
+from pipeline.training.time_to_accuracy import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
 

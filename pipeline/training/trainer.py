@@ -8,7 +8,8 @@
 `finish()` records how the run ended, whatever the ending (a crash too): the summary, `end/reason`
 and the exit code in W&B and summary.json (pipeline/runs/records.py). What a run is made of comes from
 `build_components` (pipeline/training/components.py); the step and the evaluation are the free functions of
-pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is pipeline/training/tta.py.
+pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is
+pipeline/training/time_to_accuracy.py.
 """
 
 from __future__ import annotations
