@@ -26,8 +26,9 @@ from pipeline.training.budget import (SAFETY, BudgetPlan, Cadence, Costs, cost_a
                                       run_cost)
 from pipeline.training.budget_measure import measure_costs
 from pipeline.training.budget_run import REPLAN_TOLERANCE, RunBudget, SimulatedClock, minutes, restored_budget
-from pipeline.training.checkpoint import Counters, ResumePoint
+from pipeline.training.checkpoint import ResumePoint
 from pipeline.training.schedule import build_scheduler
+from pipeline.training.state import Counters
 from runs import TINY, assert_same_tensors, load_ckpt, run_train
 from test_reliability import kill_job, start_train, wait_for_file
 

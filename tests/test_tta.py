@@ -10,7 +10,7 @@ import torch
 
 from pipeline.runs import clock as metrics
 from pipeline.training.time_to_accuracy import describe_tta, reaches, record_crossings, threshold_key, tta_summary
-from pipeline.training.checkpoint import Counters
+from pipeline.training.state import Counters
 from pipeline.config import ConfigError, load_config
 from pipeline.runs.clock import RunClock
 from pipeline.runs.metrics import read_metrics

@@ -5,7 +5,8 @@
     step.py         wrap_model, train_step, evaluate (flip at evaluation too): the free functions the trainer
                     and benchmarks share
     mixing.py       mixup and CutMix per batch on the device, soft targets (train.mixup_alpha, cutmix_alpha)
-    checkpoint.py   CheckpointManager, Counters, ResumePoint: atomic, strict, weights_only checkpoints; ModelCard
+    checkpoint.py   CheckpointManager, ResumePoint: atomic, strict, weights_only checkpoints; ModelCard
+    state.py        Counters (where the run is) and the RNG state, saved beside the trainable state
     weights.py      a checkpoint's weights for a new use (fine-tuning, export, predict): prefixes removed, strict
     finetune.py     train.init_from (weights of another run, another class count) and train.freeze
     confusion.py    per-class counts of an evaluation (confusion matrix, top-5 hits), summed over ranks

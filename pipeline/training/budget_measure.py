@@ -37,8 +37,9 @@ from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.training.budget import Cadence, Costs, make_plan
 from pipeline.training.budget_run import BudgetClock, NoBudget, RunBudget, build_clock
-from pipeline.training.checkpoint import ResumePoint, atomic_save, rng_state, set_rng_state
+from pipeline.training.checkpoint import ResumePoint, atomic_save
 from pipeline.training.components import build_training_step, rebuild_eval_loader, rebuild_train_loader
+from pipeline.training.state import rng_state, set_rng_state
 from pipeline.training.step import evaluate
 
 log = logging.getLogger("pipeline")

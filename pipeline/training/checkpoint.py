@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,9 +45,9 @@ from pipeline.runs.envinfo import git_revision
 from pipeline.runs.rundir import supersede
 from pipeline.training.ema import WeightEMA
 from pipeline.training.precision import Precision
-from pipeline.training.time_to_accuracy import tta_summary
+from pipeline.training.state import Counters, rng_state, set_rng_state
 
-__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ModelCard", "ResumePoint", "RunCheckpoints",
+__all__ = ["CheckpointError", "CheckpointManager", "ModelCard", "ResumePoint", "RunCheckpoints",
            "atomic_save", "load", "model_card", "scan_checkpoints", "unreadable_error"]
 
 log = logging.getLogger(__name__)
@@ -258,42 +257,6 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
 # ------------------------------------------------------------------------------ run state
 
 
-@dataclass
-class Counters:
-    """Where the run is; saved in every checkpoint."""
-
-    epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0  # steps completed in the current epoch
-    global_step: int = 0
-    best_top1: float = -1.0
-    best_epoch: int = -1  # 1-based epoch of best_top1
-    final: dict[str, float] = field(default_factory=dict)  # latest evaluation
-    # Run clocks (pipeline/runs/clock.py RunClock), continued across resumes:
-    wall_seconds: float = 0.0  # run time when written (s, all sessions): metrics.jsonl `time` continues from it
-    train_seconds: float = 0.0  # seconds in the training loop so far (evaluation and checkpoints excluded)
-    tta: dict[str, dict[str, float]] = field(default_factory=dict)  # "92.6" -> train_seconds, wall_seconds, epoch
-    # The epoch's training is done and its evaluation is not: a stop interrupted it, and a resumed run
-    # redoes it before training on (so metrics.jsonl and W&B hold each evaluation once).
-    eval_pending: bool = False
-
-    @property
-    def epoch_closed(self) -> bool:
-        """At an epoch's end with its evaluation recorded: the metrics row of this step is complete."""
-        return self.step_in_epoch == 0 and not self.eval_pending
-
-    @property
-    def position(self) -> tuple[int, bool]:
-        return self.global_step, self.eval_pending
-
-    def result_summary(self) -> dict[str, float]:
-        """final/*, best/* and tta/* figures for the run's summary (empty before the first evaluation)."""
-        if not self.final:
-            return {}
-        return {"final/top1": self.final["val/top1"], "final/top5": self.final["val/top5"],
-                "final/loss": self.final["val/loss"], "final/epoch": self.final["epoch"],
-                "best/top1": self.best_top1, "best/epoch": self.best_epoch, **tta_summary(self.tta)}
-
-
 def parameter_digest(model: nn.Module) -> str:
     """SHA-256 of every parameter and buffer: equal on all ranks unless DDP replicas diverged.
 
@@ -306,20 +269,6 @@ def parameter_digest(model: nn.Module) -> str:
     h = hashlib.sha256("\n".join(state).encode())
     h.update(torch.cat(flat).cpu().numpy().tobytes())
     return h.hexdigest()
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pipeline.config import Config
 from pipeline.runs.clock import RunClock
 from pipeline.runs.per_class import PerClassReport
 from pipeline.runs.records import RunRecords
-from pipeline.training.checkpoint import Counters
+from pipeline.training.state import Counters
 from pipeline.training.components import Components
 from pipeline.training.confusion import ClassCounts
 from pipeline.training.ema import name_evaluations
