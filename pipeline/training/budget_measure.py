@@ -105,26 +105,17 @@ def measure_costs(step: Callable[[], None], evaluate: Callable[[float], float], 
 
 
 class Snapshot:
-    """The run's trainable state and random state, copied before the measurement and put back after it."""
+    """The run's trainable state (`Components.state_dict`, what a checkpoint saves) and random state, copied
+    before the measurement and put back after it."""
 
     def __init__(self, parts: Any, device: torch.device) -> None:
         self.parts, self.device = parts, device
-        self.state = copy.deepcopy({
-            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(), "scaler": parts.precision.scaler.state_dict(),
-            "ema": parts.ema.state_dict() if parts.ema is not None else None})
+        self.state = copy.deepcopy(parts.state_dict())  # state_dict() shares the live tensors
         self.rng = rng_state(device)
 
     def restore(self) -> None:
-        parts, state = self.parts, self.state
-        parts.model.load_state_dict(state["model"])
-        parts.optimizer.load_state_dict(state["optimizer"])
-        parts.scheduler.load_state_dict(state["scheduler"])
-        if parts.precision.scaler.is_enabled():
-            parts.precision.scaler.load_state_dict(state["scaler"])
-        if parts.ema is not None:
-            parts.ema.load_state_dict(state["ema"])
-        for param in parts.model.parameters():
+        self.parts.load_state_dict(self.state)
+        for param in self.parts.model.parameters():
             param.grad = None
         set_rng_state(self.rng, self.device)
 
@@ -184,9 +175,8 @@ def plan_budget(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, data: An
 
     def write_probe() -> None:
         clock.charge("checkpoint")
-        if dist.is_main:
-            atomic_save({"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-                         "ema": parts.ema.state_dict() if parts.ema is not None else None}, probe)
+        if dist.is_main:  # the trainable state a checkpoint holds (the rest of it is small)
+            atomic_save(parts.state_dict(), probe)
             probe.unlink(missing_ok=True)
         distributed.barrier()
 

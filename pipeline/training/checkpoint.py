@@ -1,9 +1,11 @@
 """Checkpoints: plain state_dicts and counters, written atomically, loaded strictly and safely.
 
-A checkpoint is one file written by rank 0: model, optimizer, scheduler, scaler and EMA
-state_dicts, the step/epoch counters, the best result so far, the resolved config as plain data,
-the model card (class names, the eval transform, a fine-tuned run's source: `ModelCard`, enough for
-`python -m pipeline.predict` and `pipeline.export` to use the file alone), and per-rank state (each rank's DALI pipeline position and RNG states) gathered from every rank.
+A checkpoint is one file written by rank 0: the run's trainable state (model, optimizer, scheduler,
+scaler and EMA state_dicts: `Components.state_dict()`), the counters (pipeline/training/state.py:
+step, epoch, the best result so far, the run clocks), the resolved config as plain data, the model
+card (class names, the eval transform, a fine-tuned run's source: `ModelCard`, enough for
+`python -m pipeline.predict` and `pipeline.export` to use the file alone), and per-rank state (each
+rank's loader position and RNG states) gathered from every rank.
 Files are written to a temporary name, fsync'ed and renamed, so a crash never leaves a partial
 `last.pt`; loading uses `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 
@@ -43,8 +45,6 @@ from pipeline.files import atomic_copy, atomic_open
 from pipeline.runs.changes import Change, config_changes, flatten, refuse_unaccepted
 from pipeline.runs.envinfo import git_revision
 from pipeline.runs.rundir import supersede
-from pipeline.training.ema import WeightEMA
-from pipeline.training.precision import Precision
 from pipeline.training.state import Counters, rng_state, set_rng_state
 
 __all__ = ["CheckpointError", "CheckpointManager", "ModelCard", "ResumePoint", "RunCheckpoints",
@@ -62,6 +62,7 @@ LAST, BEST = "last.pt", "best.pt"
 # What every checkpoint holds (CheckpointManager._payload): a file without one of them cannot be resumed.
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "counters", "config", "world_size", "rank_states")
 REQUIRED_COUNTERS = ("epoch", "step_in_epoch", "global_step")
+STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema")  # Components.state_dict(): scaler, ema may be None
 WEIGHTS_KEYS = ("model", "config")  # what export, predict and fine-tuning read
 # Config keys that must match to resume, whatever checkpoint.accept_changes says: they change parameter
 # shapes or what a step means. Other keys may change with consent (pipeline/runs/changes.py).
@@ -323,17 +324,19 @@ def apply_configured_hyperparameters(parts: "Checkpointable", configured: list[d
 class Checkpointable(Protocol):
     """What a checkpoint saves and restores: the parts of a run (pipeline/training/components.py `Components`)."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
+    model: nn.Module  # the parameter digest's
+    optimizer: torch.optim.Optimizer  # apply_configured_hyperparameters'
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: Precision
-    ema: WeightEMA | None
 
     classes: list[str] | None  # the model card's (ModelCard)
     init_from: dict[str, Any] | None
 
     @property
     def train_loader(self) -> Any: ...  # its state_dict() is the loader position
+
+    def state_dict(self) -> dict[str, Any]: ...  # STATE_KEYS
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def sync_buffers(self) -> None: ...
 
@@ -418,15 +421,9 @@ class CheckpointManager:
     def restore(self, resume: ResumePoint, parts: Checkpointable) -> Counters:
         """Load every state_dict strictly into `parts`; returns the saved counters."""
         ckpt = resume.ckpt
-        parts.model.load_state_dict(ckpt["model"], strict=True)
         configured = [{k: v for k, v in group.items() if k != "params"} for group in parts.optimizer.param_groups]
-        parts.optimizer.load_state_dict(ckpt["optimizer"])
-        parts.scheduler.load_state_dict(ckpt["scheduler"])
+        parts.load_state_dict({key: ckpt.get(key) for key in STATE_KEYS})
         apply_configured_hyperparameters(parts, configured, resume.path)
-        if parts.precision.scaler.is_enabled() and ckpt.get("scaler"):
-            parts.precision.scaler.load_state_dict(ckpt["scaler"])
-        if parts.ema is not None and ckpt.get("ema") is not None:
-            parts.ema.load_state_dict(ckpt["ema"], strict=True)
         counters = Counters(**ckpt["counters"])
         self.written = counters.position
         rank_state = resume.rank_state(self.dist)
@@ -493,15 +490,10 @@ class CheckpointManager:
         if len({r["digest"] for r in rank_states}) > 1:
             raise RuntimeError("model replicas differ between ranks (parameter digests disagree); "
                                "this is a bug in the distributed setup, not in the data")
-        scaler = parts.precision.scaler
         return {
             "format_version": FORMAT_VERSION,
             "code_revision": self.code_revision,
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            **parts.state_dict(),  # STATE_KEYS: model, optimizer, scheduler, scaler, ema
             "counters": asdict(counters),
             "config": self.config,
             "world_size": self.dist.world_size,

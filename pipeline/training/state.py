@@ -4,8 +4,9 @@
     state = rng_state(dist.device)              # torch (CPU and this rank's GPU) and Python's `random`
     set_rng_state(state, dist.device)
 
-A checkpoint (pipeline/training/checkpoint.py) saves them beside the trainable state, and a time
-budget's measurement (pipeline/training/budget_measure.py) puts the random state back with it.
+The trainable state itself (model, optimizer, scheduler, gradient scaler, EMA) is one dict from
+the run's components (pipeline/training/components.py `Components.state_dict`): a checkpoint
+saves it beside these, and a time budget's measurement puts it back with them.
 """
 
 from __future__ import annotations
