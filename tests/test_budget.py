@@ -428,7 +428,7 @@ def test_end_figures_in_minutes():
 
 
 def test_progressive_resizing_is_planned_at_its_mean_step_with_its_compilations_ahead():
-    from pipeline.data.progressive import ProgressiveResize
+    from pipeline.data.augment.progressive import ProgressiveResize
 
     grow = ProgressiveResize(start_side=96, end_side=122, ramp=(0.5, 0.8), multiple=16)  # 96, 112, 122
     costs = Costs(spent=20.0, step=0.1, evaluation=2.0, checkpoint=0.5, step_start=0.06, compile=15.0)

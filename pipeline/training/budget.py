@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 from pipeline.config import Config
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.errors import ConfigError
 
 SAFETY = 0.03  # share of the budget kept in reserve for timing noise

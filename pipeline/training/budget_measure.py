@@ -32,7 +32,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import Config, duration_seconds
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.training.budget import Cadence, Costs, make_plan

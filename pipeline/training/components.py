@@ -24,7 +24,7 @@ from pipeline import distributed
 from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.data.loader import resolve_dali_device
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.runs.fingerprint import data_fingerprint
