@@ -19,7 +19,7 @@ starts it over instead, its earlier files moved aside (pipeline/runs/rundir.py `
 `CheckpointManager` is the component the trainer asks to find a resume point, restore it, and
 save; the functions below it are the file-level operations it uses.
 
-    manager = CheckpointManager(cfg.checkpoint, run_dir, dist, cfg.to_dict())
+    manager = CheckpointManager(cfg.checkpoint, run_dir, dist, cfg.to_dict(), cfg.train.epochs)
     resume = manager.find_resume()              # None on a fresh run
     parts = build_components(cfg, dist, resume) # loaders restored to the saved position
     counters = manager.restore(resume, parts) if resume else Counters()
