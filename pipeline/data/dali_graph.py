@@ -17,8 +17,8 @@ batch, from a generator seeded by (seed, epoch)), and enters the graph as a per-
 given by the batch callback.
 The graph itself has no random or arithmetic operators. DALI runs CPU operators one sample at a
 time, so a graph that computed the crop window from the image shape with DALI arithmetic spent
-~40 tiny per-sample operators per image, which capped the loader near 20k images/s on a 16-core
-host (and made up most of the CPU graph's time here). Batches also stay a pure function of
+~40 tiny per-sample operators per image, which capped the loader on a 16-core GPU host (BENCHMARKS.md,
+"H200: DALI on the GPU") and made up most of the CPU graph's time here. Batches also stay a pure function of
 (epoch, iteration): exact resume needs only the position, not DALI's random state.
 
 Before decoding, the reference graph refuses images larger than `data.max_pixels`: DALI's own

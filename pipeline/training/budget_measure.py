@@ -46,7 +46,7 @@ log = logging.getLogger("pipeline")
 
 # Measurement: untimed steps (compilation, allocator, cudnn autotune), then a timed block of at least
 # TIMED_STEPS steps, a whole epoch when it has fewer than MAX_TIMED_STEPS (so the epoch boundary is in
-# it). On this 2-core CPU a 60-step block (4.5 s) read 72-80 ms for the quickstart's step: longer is steadier.
+# it): a longer block reads steadier (BENCHMARKS.md, time budget adherence on the CPU before re-planning).
 WARMUP_STEPS, TIMED_STEPS, MAX_TIMED_STEPS = 3, 12, 200
 MEASURE_SHARE = 0.10  # the measurement may take this share of the budget
 STEPS_BY, EVALUATION_BY = 0.6, 0.9  # shares of that bound by which the steps, then the evaluation, stop

@@ -89,7 +89,7 @@ def forward_backward(model: nn.Module, precision: Precision, images: torch.Tenso
     """
     # A new step for CUDA graphs (compile mode reduce-overhead): the previous step's graph outputs
     # may be overwritten from here on. Only where CUDA graph trees exist: the first call imports
-    # inductor (~2 s of start-up for every eager run otherwise).
+    # inductor (seconds of start-up for every eager run otherwise: BENCHMARKS.md).
     if _CUDAGRAPH_TREES in sys.modules:
         torch.compiler.cudagraph_mark_step_begin()
     with precision.autocast():
