@@ -31,7 +31,7 @@ then set CIFAR_JPEG=$data/cifar10-jpeg.tar.gz" || return 2
     fi
     [[ -f "$data/cifar-py/cifar-10-python.tar.gz" ]] || "$python" scripts/make_cifar_archive.py "$tarball" "$data/cifar-py"
     # Read every file once: the first backend measured must not pay for a cold page cache alone
-    # (on the CPU, DALI measured 1.28x torchvision on cold files, 1.57-1.69x warm).
+    # (BENCHMARKS.md, "CPU after the loader rework": the cold run's ratio was well below the warm ones).
     tar -cf - -C "$data" cifar10 > /dev/null
 }
 

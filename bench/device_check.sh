@@ -21,7 +21,7 @@
 # JPEG decoder, each with the per-stage table (its `decode` row is the decode ceiling); the
 # window against the whole image; shards against files; DALI CPU and torchvision; then
 # `bench doctor` for SqueezeNet 1.0 with bypass at 224 px: the loader alone, the model alone and
-# end to end, whose ratio to min(model, loader) is the issue's >= 90% target. The photographs come
+# end to end, whose ratio to min(model, loader) has a >= 90% target (BENCHMARKS.md). The photographs come
 # from $FLOWERS (default .device/flowers-photos.tar, else ../shared/data/flowers-photos.tar): carry
 # the 37 MB tarball in a call of its own (copy it into .device/ here first).
 #

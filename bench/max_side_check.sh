@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What resizing at write time saves (issue 32): the loader alone on 12 MP photographs from full-size
+# What resizing at write time saves: the loader alone on 12 MP photographs from full-size
 # shards against shards written with `--max-side 512`, random-resized crops at 224 px, DALI CPU.
 #
 #   bash bench/max_side_check.sh [OUT_DIR]     # default bench-results/max-side-check

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The photograph case of the CPU check (issue 18): random-resized crops at 224 px decoded from real
+# The photograph case of the CPU check: random-resized crops at 224 px decoded from real
 # photographs (../shared/data/flowers-photos.tar: TF-flowers, median 320x240), DALI CPU against
 # torchvision with as many DataLoader workers as DALI threads, on the development machine (2 cores,
 # no GPU). Run it on a quiet machine: single figures move by 10% and more when other work runs.

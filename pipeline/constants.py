@@ -22,7 +22,7 @@ LAUNCHER_STOP_SIGNAL = signal.SIGUSR1
 # job died (pipeline/training/failures.py); the launcher names the files after naming the process.
 RANK_ERROR_LOG = "rank{rank}-error.log"
 
-# The training-only augmentation levers (pipeline/data/levers.py): the choices the config offers.
+# The training-only augmentation levers (pipeline/data/augment/levers.py): the choices the config offers.
 AUTO_AUGMENTS = ("none", "trivial_augment", "rand_augment", "auto_augment")
 AUTO_AUGMENT_POLICIES = ("image_net", "reduced_cifar10", "svhn", "reduced_image_net")
 # Progressive resizing's most distinct training sizes: each compiles once under train.compile, and

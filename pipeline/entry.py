@@ -97,8 +97,9 @@ def tell_the_agent() -> None:
 def exit_now(code: int) -> None:
     """Exit with `code` once every exit handler has run, skipping the interpreter's teardown.
 
-    With torch, dynamo and DALI loaded, tearing down the modules takes 1.5-2 s of CPU after the
-    run's last line: every torchrun worker (and every test run) paid it. Nothing of ours relies on
+    With torch, dynamo and DALI loaded, tearing down the modules takes seconds of CPU after the
+    run's last line (BENCHMARKS.md, "Figures behind code comments"): every torchrun worker (and
+    every test run) paid it. Nothing of ours relies on
     it: files are closed and W&B is finished by then, and exit handlers (atexit, weakref.finalize,
     W&B's, torch's) still run here. Only for a normal return; an exception keeps Python's exit
     and its traceback.

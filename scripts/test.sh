@@ -8,8 +8,8 @@
 #
 # Tests run in TEST_WORKERS (default 2) pytest-xdist workers, one test module per worker at a time
 # (--dist loadscope: a module's shared runs are made once). Most tests start training processes
-# that wait on each other, on W&B or on files; two workers on two cores took the suite from
-# 10m40s to 7m37s (2026-11-27, 2 cores).
+# that wait on each other, on W&B or on files: two workers on two cores finish the suite sooner
+# than one (BENCHMARKS.md, "Figures behind code comments").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_env.sh"

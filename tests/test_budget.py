@@ -26,8 +26,9 @@ from pipeline.training.budget import (SAFETY, BudgetPlan, Cadence, Costs, cost_a
                                       run_cost)
 from pipeline.training.budget_measure import measure_costs
 from pipeline.training.budget_run import REPLAN_TOLERANCE, RunBudget, SimulatedClock, minutes, restored_budget
-from pipeline.training.checkpoint import Counters, ResumePoint
+from pipeline.training.checkpoint import ResumePoint
 from pipeline.training.schedule import build_scheduler
+from pipeline.training.state import Counters
 from runs import TINY, assert_same_tensors, load_ckpt, run_train
 from test_reliability import kill_job, start_train, wait_for_file
 
@@ -427,7 +428,7 @@ def test_end_figures_in_minutes():
 
 
 def test_progressive_resizing_is_planned_at_its_mean_step_with_its_compilations_ahead():
-    from pipeline.data.progressive import ProgressiveResize
+    from pipeline.data.augment.progressive import ProgressiveResize
 
     grow = ProgressiveResize(start_side=96, end_side=122, ramp=(0.5, 0.8), multiple=16)  # 96, 112, 122
     costs = Costs(spent=20.0, step=0.1, evaluation=2.0, checkpoint=0.5, step_start=0.06, compile=15.0)

@@ -16,12 +16,12 @@ from conftest import smooth_image, write_imagefolder
 from pipeline.config import ConfigError, load_config
 from pipeline.constants import MAX_PROGRESSIVE_SIZES
 from pipeline.data import ImageSet, build_loader, load_image_sets
-from pipeline.data.auto_augment import AutoAugmentSpec, draw_auto_augment, suite
+from pipeline.data.augment.auto_augment import AutoAugmentSpec, draw_auto_augment, suite
 from pipeline.data.dali_graph import AugmentSpec, GraphSettings, build_pipeline
 from pipeline.data.dali_loader import ArgumentSource, Position, SampleSource
-from pipeline.data.erasing import ErasingSpec, draw_erasing, erase_boxes
-from pipeline.data.levers import TrainLevers
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.erasing import ErasingSpec, draw_erasing, erase_boxes
+from pipeline.data.augment.levers import TrainLevers
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.data.sampler import ShardedBatches
 from pipeline.runs.metrics import read_metrics
 from pipeline.training.ema import name_evaluations

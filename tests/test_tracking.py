@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.training.checkpoint import Counters
+from pipeline.training.state import Counters
 from pipeline.config import load_config
 from pipeline.errors import EndReason, RunDirError
 from pipeline.runs.fingerprint import data_fingerprint

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.runs import clock as metrics
-from pipeline.training import tta
-from pipeline.training.checkpoint import Counters
+from pipeline.training.time_to_accuracy import describe_tta, reaches, record_crossings, threshold_key, tta_summary
+from pipeline.training.state import Counters
 from pipeline.config import ConfigError, load_config
 from pipeline.runs.clock import RunClock
 from pipeline.runs.metrics import read_metrics
@@ -35,26 +35,26 @@ def fake_time(monkeypatch):
 
 
 def test_threshold_keys_are_percent_with_one_decimal():
-    assert [tta.threshold_key(t) for t in (0.9, 0.92, 0.926, 1.0, 0.05)] == ["90.0", "92.0", "92.6", "100.0", "5.0"]
-    assert tta.reaches(926 / 1000, 0.926) and tta.reaches(9260 / 10000, 0.926)
-    assert not tta.reaches(925 / 1000, 0.926)
+    assert [threshold_key(t) for t in (0.9, 0.92, 0.926, 1.0, 0.05)] == ["90.0", "92.0", "92.6", "100.0", "5.0"]
+    assert reaches(926 / 1000, 0.926) and reaches(9260 / 10000, 0.926)
+    assert not reaches(925 / 1000, 0.926)
 
 
 def test_first_crossings_are_recorded_once():
     reached: dict = {}
     thresholds = [0.926, 0.90, 0.92]
-    assert tta.record_crossings(reached, thresholds, 0.85, epoch=3, train_seconds=30, wall_seconds=40) == {}
-    new = tta.record_crossings(reached, thresholds, 0.921, epoch=7, train_seconds=70.12345, wall_seconds=90)
+    assert record_crossings(reached, thresholds, 0.85, epoch=3, train_seconds=30, wall_seconds=40) == {}
+    new = record_crossings(reached, thresholds, 0.921, epoch=7, train_seconds=70.12345, wall_seconds=90)
     assert new == {"tta/90.0/train_seconds": 70.123, "tta/90.0/wall_seconds": 90, "tta/90.0/epoch": 7,
                    "tta/92.0/train_seconds": 70.123, "tta/92.0/wall_seconds": 90, "tta/92.0/epoch": 7}
     # A worse evaluation removes nothing; a better one adds only the new level.
-    assert tta.record_crossings(reached, thresholds, 0.80, epoch=8, train_seconds=80, wall_seconds=100) == {}
-    new = tta.record_crossings(reached, thresholds, 0.93, epoch=9, train_seconds=90, wall_seconds=110)
+    assert record_crossings(reached, thresholds, 0.80, epoch=8, train_seconds=80, wall_seconds=100) == {}
+    new = record_crossings(reached, thresholds, 0.93, epoch=9, train_seconds=90, wall_seconds=110)
     assert set(new) == {"tta/92.6/train_seconds", "tta/92.6/wall_seconds", "tta/92.6/epoch"}
     assert reached["90.0"] == {"train_seconds": 70.123, "wall_seconds": 90, "epoch": 7}
-    summary = tta.tta_summary(reached)
+    summary = tta_summary(reached)
     assert summary["tta/90.0/epoch"] == 7 and summary["tta/92.6/epoch"] == 9 and len(summary) == 9
-    line = tta.describe_tta({"90.0": reached["90.0"]}, thresholds)
+    line = describe_tta({"90.0": reached["90.0"]}, thresholds)
     assert line == "90.0% at epoch 7 after 70.1 s of training (90.0 s wall); 92.0% not reached; 92.6% not reached"
 
 

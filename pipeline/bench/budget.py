@@ -39,6 +39,7 @@ from pipeline.config import duration_seconds, load_config_args, split_args
 from pipeline.constants import BENCH_RESULTS_DIR, REPO_ROOT
 from pipeline.entry import print_user_error
 from pipeline.errors import ExitCode, UserError
+from pipeline.files import atomic_write_text
 from pipeline.runs.metrics import read_metrics
 
 BUSY_LOOP = "while True: pass"
@@ -141,7 +142,7 @@ def bench_budget(args: argparse.Namespace, cfg_path: str | None, overrides: list
                                    f"--budget {args.budget}", f"--repeats {args.repeats}"]
                                   + ([f"--load {args.load} --load-at {args.load_at:g}"] if args.load else [])),
               "environment": environment(), "results": rows}
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1) + "\n")
     print(f"results: {out / 'results.json'}")
     return 0 if all(r["exit"] == 0 for r in rows) else 1
 

@@ -27,6 +27,7 @@ from pipeline.deploy.export import int8_features
 from pipeline.deploy.graph import ModelFileError, read_metadata
 from pipeline.deploy.runtime import available_providers, latency, open_session, session_runner
 from pipeline.errors import ExitCode, UserError
+from pipeline.files import atomic_open, atomic_write_text
 from pipeline.runs.envinfo import describe, environment
 
 BATCHES = (1, 8, 64)
@@ -95,7 +96,8 @@ def draw_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.invert_yaxis()
     ax.set(xlabel="images / second (onnxruntime)", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -123,7 +125,7 @@ def main(argv: list[str]) -> int:
               "command": " ".join(["python -m pipeline.bench", *argv]), "environment": env,
               "settings": {"iterations": args.iterations, "seconds": args.seconds, "batches": list(BATCHES)},
               "results": rows}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1))
     features = ", ".join(env["int8_features"]) or "none"
     draw_chart(rows, out / "chart.png", f"export: {env['cpu']} (int8 features: {features})")
     print(format_table(rows))

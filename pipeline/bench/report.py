@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.files import atomic_open, atomic_write_text
 from pipeline.runs.envinfo import describe, environment
 
 
@@ -197,7 +198,8 @@ def chart(kind: str, rows: list[dict[str, Any]], path: Path, title: str) -> None
     import matplotlib.pyplot as plt
 
     fig = draw_chart(kind, rows, title)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # whatever tight_layout could not fit (a long label) stays in
+    with atomic_open(path) as fh:  # bbox_inches: whatever tight_layout could not fit (a long label) stays in
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -212,7 +214,7 @@ def write_results(kind: str, rows: list[dict[str, Any]], cfg: Config, args: argp
         "settings": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "config": cfg.to_dict()},
         "results": rows,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1))
     chart(kind, rows, out / "chart.png", f"{kind}: {describe(env)}")
     return result
 

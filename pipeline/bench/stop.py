@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from pipeline.constants import REPO_ROOT
+from pipeline.files import atomic_write_text
 from pipeline.runs.metrics import read_metrics
 
 POINTS = ("start-up", "step", "evaluation", "checkpoint")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'; '.join(sorted({r['stopped'] for r in mine}))}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": sys.argv, "rows": rows}, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps({"command": sys.argv, "rows": rows}, indent=1) + "\n")
     return 0
 
 

@@ -125,7 +125,7 @@ class TrainAugmentConfig(Section):
     interpolation: Interpolation = _f(
         "bilinear", "resize filter; 'random' picks nearest/bilinear/bicubic per image as the reference did"
     )
-    # The levers (pipeline/data/levers.py): in the DALI graph, training only, drawn from train.seed; off by default.
+    # The levers (pipeline/data/augment/levers.py): in the DALI graph, training only, drawn from train.seed; off by default.
     auto_augment: Literal[AUTO_AUGMENTS] = _f(  # type: ignore[valid-type]
         "none", "automatic augmentation of the crop (nvidia.dali.auto_aug): trivial_augment (TrivialAugment Wide), "
         "rand_augment (rand_augment_n, rand_augment_m), auto_augment (auto_augment_policy); none = off")

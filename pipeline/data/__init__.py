@@ -15,9 +15,9 @@
                            shards read whole in a per-epoch order through a shuffle buffer (pure numpy)
     readers.py             encoded bytes of the next batches, read ahead by threads (files; shards in order)
     crops.py               random-resized-crop windows drawn in numpy (torchvision's algorithm), their callback
-    levers.py              the training-only levers of both graphs together: auto_augment.py (TrivialAugment,
-                           RandAugment, AutoAugment with nvidia.dali.auto_aug, choices drawn in numpy),
-                           erasing.py (random erasing), progressive.py (the crop side over the run)
+    augment/               the training-only augmentation levers of both graphs (augment/levers.py together):
+                           automatic augmentation (TrivialAugment, RandAugment, AutoAugment with
+                           nvidia.dali.auto_aug, choices drawn in numpy), random erasing, progressive resizing
     dali_graph.py          the DALI graphs (read, decode, resize, crop + flip; decode the window, resize, flip)
     transform.py           the eval transform described once (resize, crop, normalization): evaluation, checkpoints,
                            exported models and predict take it from here

@@ -4,8 +4,8 @@
 
 CIFAR's 32x32 JPEGs are tiny: decoding them costs more per image than everything else the graph
 does, and on a GPU the `mixed` decoder runs its Huffman stage on the CPU below about 1 Mpx per image,
-one batch at a time (the H200 per-stage table: decode alone took the loader from 39k to 25k
-img/s). The whole decoded CIFAR-10 training set is 50,000 x 32 x 32 x 3 = 150 MB. So when every
+one batch at a time (on an H200 decoding took the largest drop of any stage: BENCHMARKS.md, "H200:
+DALI on the GPU"). The whole decoded CIFAR-10 training set is 50,000 x 32 x 32 x 3 = 150 MB. So when every
 image of both splits has the same size and the decoded splits fit `data.cache_max_gb`, they are
 decoded once, by the same DALI CPU decoder the CPU graph uses, into one uint8 (N, H, W, 3) array
 per split; training then takes the arrays path (on a GPU trainer: resident on the GPU, gathered

@@ -29,8 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.constants import INTERPOLATIONS
-from pipeline.data.levers import TrainLevers
-from pipeline.data.progressive import SideSchedule
+from pipeline.data.augment.levers import TrainLevers
+from pipeline.data.augment.progressive import SideSchedule
 from pipeline.data.readers import BatchReader
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop

@@ -17,8 +17,8 @@ batch, from a generator seeded by (seed, epoch)), and enters the graph as a per-
 given by the batch callback.
 The graph itself has no random or arithmetic operators. DALI runs CPU operators one sample at a
 time, so a graph that computed the crop window from the image shape with DALI arithmetic spent
-~40 tiny per-sample operators per image, which capped the loader near 20k images/s on a 16-core
-host (and made up most of the CPU graph's time here). Batches also stay a pure function of
+~40 tiny per-sample operators per image, which capped the loader on a 16-core GPU host (BENCHMARKS.md,
+"H200: DALI on the GPU") and made up most of the CPU graph's time here. Batches also stay a pure function of
 (epoch, iteration): exact resume needs only the position, not DALI's random state.
 
 Before decoding, the reference graph refuses images larger than `data.max_pixels`: DALI's own
@@ -35,7 +35,7 @@ file decoded (`fn.decoders.image_slice`), then resized to the output side and fl
 Normalization is per image by default (below); `data.normalize: channel` uses per-channel
 statistics instead ((x / 255 - mean[c]) / std[c], `ChannelStats`), in either graph.
 
-The training-only levers (pipeline/data/levers.py: automatic augmentation, random erasing,
+The training-only levers (pipeline/data/augment/levers.py: automatic augmentation, random erasing,
 progressive resizing; all off by default) run in both graphs, drawn in numpy like the rest and
 fed the same way: the automatic augmentation and the erasing between the crop (uint8 HWC) and the
 normalization, the crop side of progressive resizing as a per-sample argument of the crop (or the
@@ -59,8 +59,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from pipeline.constants import INTERPOLATIONS, MAX_IMAGE_PIXELS
-from pipeline.data.levers import TrainLevers
-from pipeline.data.progressive import scaled_sides
+from pipeline.data.augment.levers import TrainLevers
+from pipeline.data.augment.progressive import scaled_sides
 
 STAGES = ("read", "decode", "resize", "full")  # cumulative graph prefixes, for benchmarking
 AUGMENT_ARGS = ("side", "crop_x", "crop_y", "mirror")  # per-sample arguments, in output order (+ "interp")

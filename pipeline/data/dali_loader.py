@@ -31,7 +31,7 @@ from pipeline.data.crops import CropSource, CropSpec
 from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, GraphSettings, build_crop_pipeline,
                                       build_pipeline, draw_augmentation)
 from pipeline.data.images import REMOVE_OR_SKIP, find_bad_images, undecodable_error
-from pipeline.data.progressive import SideSchedule
+from pipeline.data.augment.progressive import SideSchedule
 from pipeline.data.readers import ReaderSamples, batch_reader
 from pipeline.data.sampler import ShardedBatches
 from pipeline.data.sources import ImageSet

@@ -47,7 +47,7 @@ from pipeline.deploy.graph import OPSET, DeployedModel, export_onnx, exportable,
 from pipeline.deploy.runtime import (accuracy, eval_images, latency, open_session, session_runner, torch_runner)
 from pipeline.deploy.source import resolve_model_path
 from pipeline.errors import DataError, ExitCode, UserError
-from pipeline.files import atomic_write_text, fsync_dir
+from pipeline.files import atomic_write_text, fsync_dir, temporary_name
 from pipeline.runs.envinfo import cpu_model, environment
 from pipeline.training.weights import WeightsSource, find_checkpoint, read_weights
 
@@ -164,7 +164,7 @@ def export(args: argparse.Namespace) -> int:
     side = source.transform.crop
     module = DeployedModel(exportable(source.build_model()), source.transform)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    work = temporary_name(out)  # a folder beside `out`, named as atomic_open names its files
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:

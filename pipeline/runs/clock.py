@@ -20,7 +20,7 @@ from pipeline.distributed import synchronize
 
 
 class RunPosition(Protocol):
-    """What the run records read of the checkpoint counters (pipeline/training/checkpoint.py `Counters`)."""
+    """What the run records read of the checkpoint counters (pipeline/training/state.py `Counters`)."""
 
     epoch: int  # epochs completed
     global_step: int

@@ -34,6 +34,7 @@ import yaml
 
 from pipeline.config import NAMING_KEYS
 from pipeline.errors import UserError
+from pipeline.files import atomic_open
 from pipeline.runs.changes import flatten, read_changes
 from pipeline.runs.metrics import read_metrics
 from pipeline.runs.per_class import differences, read_per_class
@@ -272,7 +273,8 @@ def plot_runs(runs: list[Run], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = draw_runs(runs)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    with atomic_open(path) as fh:  # the picture named by its suffix, as savefig(path) would (none: png)
+        fig.savefig(fh, format=Path(path).suffix.lstrip(".") or None, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -1,7 +1,8 @@
 """train.time_budget, the plan: how many optimizer steps fit in what is left of the budget, as pure functions.
 
     plan = make_plan(budget_s, costs, steps_per_epoch, train.epochs, eval.every, checkpoint.every_epochs)
-    later = replan(plan, budget_s, costs_now, cadence, start=step, progress=position(step) / plan.total_steps)
+    later = replan(plan, budget_s, costs_now, cadence, start=step,
+                   progress=position(plans, step) / plans[0].total_steps)
     position(plans, step)                 # where optimizer step `step` is on the first plan's schedule
 
 The run measures its costs after start-up (pipeline/training/budget_measure.py) and makes the first plan:
@@ -42,7 +43,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 from pipeline.config import Config
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.errors import ConfigError
 
 SAFETY = 0.03  # share of the budget kept in reserve for timing noise

@@ -32,20 +32,21 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import Config, duration_seconds
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.training.budget import Cadence, Costs, make_plan
 from pipeline.training.budget_run import BudgetClock, NoBudget, RunBudget, build_clock
-from pipeline.training.checkpoint import ResumePoint, atomic_save, rng_state, set_rng_state
+from pipeline.training.checkpoint import ResumePoint, atomic_save
 from pipeline.training.components import build_training_step, rebuild_eval_loader, rebuild_train_loader
+from pipeline.training.state import rng_state, set_rng_state
 from pipeline.training.step import evaluate
 
 log = logging.getLogger("pipeline")
 
 # Measurement: untimed steps (compilation, allocator, cudnn autotune), then a timed block of at least
 # TIMED_STEPS steps, a whole epoch when it has fewer than MAX_TIMED_STEPS (so the epoch boundary is in
-# it). On this 2-core CPU a 60-step block (4.5 s) read 72-80 ms for the quickstart's step: longer is steadier.
+# it): a longer block reads steadier (BENCHMARKS.md, time budget adherence on the CPU before re-planning).
 WARMUP_STEPS, TIMED_STEPS, MAX_TIMED_STEPS = 3, 12, 200
 MEASURE_SHARE = 0.10  # the measurement may take this share of the budget
 STEPS_BY, EVALUATION_BY = 0.6, 0.9  # shares of that bound by which the steps, then the evaluation, stop
@@ -104,26 +105,17 @@ def measure_costs(step: Callable[[], None], evaluate: Callable[[float], float], 
 
 
 class Snapshot:
-    """The run's trainable state and random state, copied before the measurement and put back after it."""
+    """The run's trainable state (`Components.state_dict`, what a checkpoint saves) and random state, copied
+    before the measurement and put back after it."""
 
     def __init__(self, parts: Any, device: torch.device) -> None:
         self.parts, self.device = parts, device
-        self.state = copy.deepcopy({
-            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(), "scaler": parts.precision.scaler.state_dict(),
-            "ema": parts.ema.state_dict() if parts.ema is not None else None})
+        self.state = copy.deepcopy(parts.state_dict())  # state_dict() shares the live tensors
         self.rng = rng_state(device)
 
     def restore(self) -> None:
-        parts, state = self.parts, self.state
-        parts.model.load_state_dict(state["model"])
-        parts.optimizer.load_state_dict(state["optimizer"])
-        parts.scheduler.load_state_dict(state["scheduler"])
-        if parts.precision.scaler.is_enabled():
-            parts.precision.scaler.load_state_dict(state["scaler"])
-        if parts.ema is not None:
-            parts.ema.load_state_dict(state["ema"])
-        for param in parts.model.parameters():
+        self.parts.load_state_dict(self.state)
+        for param in self.parts.model.parameters():
             param.grad = None
         set_rng_state(self.rng, self.device)
 
@@ -183,9 +175,8 @@ def plan_budget(cfg: Config, parts: Any, dist: DistInfo, run_dir: Path, data: An
 
     def write_probe() -> None:
         clock.charge("checkpoint")
-        if dist.is_main:
-            atomic_save({"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-                         "ema": parts.ema.state_dict() if parts.ema is not None else None}, probe)
+        if dist.is_main:  # the trainable state a checkpoint holds (the rest of it is small)
+            atomic_save(parts.state_dict(), probe)
             probe.unlink(missing_ok=True)
         distributed.barrier()
 

@@ -68,11 +68,12 @@ from typing import Any, ContextManager, Iterator, Protocol
 
 from pipeline import distributed
 from pipeline.config import Config, duration_seconds
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.runs.clock import process_age
 from pipeline.training.budget import FINISH_S, SAFETY, BudgetPlan, Cadence, Costs, plans_by, position, replan
-from pipeline.training.checkpoint import Counters, ResumePoint
+from pipeline.training.checkpoint import ResumePoint
 from pipeline.training.schedule import build_scheduler
+from pipeline.training.state import Counters
 
 log = logging.getLogger("pipeline")
 

@@ -1,9 +1,11 @@
 """Checkpoints: plain state_dicts and counters, written atomically, loaded strictly and safely.
 
-A checkpoint is one file written by rank 0: model, optimizer, scheduler, scaler and EMA
-state_dicts, the step/epoch counters, the best result so far, the resolved config as plain data,
-the model card (class names, the eval transform, a fine-tuned run's source: `ModelCard`, enough for
-`python -m pipeline.predict` and `pipeline.export` to use the file alone), and per-rank state (each rank's DALI pipeline position and RNG states) gathered from every rank.
+A checkpoint is one file written by rank 0: the run's trainable state (model, optimizer, scheduler,
+scaler and EMA state_dicts: `Components.state_dict()`), the counters (pipeline/training/state.py:
+step, epoch, the best result so far, the run clocks), the resolved config as plain data, the model
+card (class names, the eval transform, a fine-tuned run's source: `ModelCard`, enough for
+`python -m pipeline.predict` and `pipeline.export` to use the file alone), and per-rank state (each
+rank's loader position and RNG states) gathered from every rank.
 Files are written to a temporary name, fsync'ed and renamed, so a crash never leaves a partial
 `last.pt`; loading uses `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 
@@ -17,7 +19,7 @@ starts it over instead, its earlier files moved aside (pipeline/runs/rundir.py `
 `CheckpointManager` is the component the trainer asks to find a resume point, restore it, and
 save; the functions below it are the file-level operations it uses.
 
-    manager = CheckpointManager(cfg.checkpoint, run_dir, dist, cfg.to_dict())
+    manager = CheckpointManager(cfg.checkpoint, run_dir, dist, cfg.to_dict(), cfg.train.epochs)
     resume = manager.find_resume()              # None on a fresh run
     parts = build_components(cfg, dist, resume) # loaders restored to the saved position
     counters = manager.restore(resume, parts) if resume else Counters()
@@ -28,9 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,11 +48,9 @@ from pipeline.files import atomic_copy, atomic_open
 from pipeline.runs.changes import Change, config_changes, flatten, refuse_unaccepted
 from pipeline.runs.envinfo import git_revision
 from pipeline.runs.rundir import supersede
-from pipeline.training.ema import WeightEMA
-from pipeline.training.precision import Precision
-from pipeline.training.tta import tta_summary
+from pipeline.training.state import Counters, rng_state, set_rng_state
 
-__all__ = ["CheckpointError", "CheckpointManager", "Counters", "ModelCard", "ResumePoint", "RunCheckpoints",
+__all__ = ["CheckpointError", "CheckpointManager", "ModelCard", "ResumePoint", "RunCheckpoints",
            "atomic_save", "load", "model_card", "scan_checkpoints", "unreadable_error"]
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,7 @@ LAST, BEST = "last.pt", "best.pt"
 # What every checkpoint holds (CheckpointManager._payload): a file without one of them cannot be resumed.
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "counters", "config", "world_size", "rank_states")
 REQUIRED_COUNTERS = ("epoch", "step_in_epoch", "global_step")
+STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema")  # Components.state_dict(): scaler, ema may be None
 WEIGHTS_KEYS = ("model", "config")  # what export, predict and fine-tuning read
 
 
@@ -258,42 +258,6 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
 # ------------------------------------------------------------------------------ run state
 
 
-@dataclass
-class Counters:
-    """Where the run is; saved in every checkpoint."""
-
-    epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0  # steps completed in the current epoch
-    global_step: int = 0
-    best_top1: float = -1.0
-    best_epoch: int = -1  # 1-based epoch of best_top1
-    final: dict[str, float] = field(default_factory=dict)  # latest evaluation
-    # Run clocks (pipeline/runs/clock.py RunClock), continued across resumes:
-    wall_seconds: float = 0.0  # run time when written (s, all sessions): metrics.jsonl `time` continues from it
-    train_seconds: float = 0.0  # seconds in the training loop so far (evaluation and checkpoints excluded)
-    tta: dict[str, dict[str, float]] = field(default_factory=dict)  # "92.6" -> train_seconds, wall_seconds, epoch
-    # The epoch's training is done and its evaluation is not: a stop interrupted it, and a resumed run
-    # redoes it before training on (so metrics.jsonl and W&B hold each evaluation once).
-    eval_pending: bool = False
-
-    @property
-    def epoch_closed(self) -> bool:
-        """At an epoch's end with its evaluation recorded: the metrics row of this step is complete."""
-        return self.step_in_epoch == 0 and not self.eval_pending
-
-    @property
-    def position(self) -> tuple[int, bool]:
-        return self.global_step, self.eval_pending
-
-    def result_summary(self) -> dict[str, float]:
-        """final/*, best/* and tta/* figures for the run's summary (empty before the first evaluation)."""
-        if not self.final:
-            return {}
-        return {"final/top1": self.final["val/top1"], "final/top5": self.final["val/top5"],
-                "final/loss": self.final["val/loss"], "final/epoch": self.final["epoch"],
-                "best/top1": self.best_top1, "best/epoch": self.best_epoch, **tta_summary(self.tta)}
-
-
 def parameter_digest(model: nn.Module) -> str:
     """SHA-256 of every parameter and buffer: equal on all ranks unless DDP replicas diverged.
 
@@ -306,20 +270,6 @@ def parameter_digest(model: nn.Module) -> str:
     h = hashlib.sha256("\n".join(state).encode())
     h.update(torch.cat(flat).cpu().numpy().tobytes())
     return h.hexdigest()
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @dataclass(frozen=True)
@@ -374,17 +324,19 @@ def apply_configured_hyperparameters(parts: "Checkpointable", configured: list[d
 class Checkpointable(Protocol):
     """What a checkpoint saves and restores: the parts of a run (pipeline/training/components.py `Components`)."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
+    model: nn.Module  # the parameter digest's
+    optimizer: torch.optim.Optimizer  # apply_configured_hyperparameters'
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: Precision
-    ema: WeightEMA | None
 
     classes: list[str] | None  # the model card's (ModelCard)
     init_from: dict[str, Any] | None
 
     @property
     def train_loader(self) -> Any: ...  # its state_dict() is the loader position
+
+    def state_dict(self) -> dict[str, Any]: ...  # STATE_KEYS
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def sync_buffers(self) -> None: ...
 
@@ -469,15 +421,9 @@ class CheckpointManager:
     def restore(self, resume: ResumePoint, parts: Checkpointable) -> Counters:
         """Load every state_dict strictly into `parts`; returns the saved counters."""
         ckpt = resume.ckpt
-        parts.model.load_state_dict(ckpt["model"], strict=True)
         configured = [{k: v for k, v in group.items() if k != "params"} for group in parts.optimizer.param_groups]
-        parts.optimizer.load_state_dict(ckpt["optimizer"])
-        parts.scheduler.load_state_dict(ckpt["scheduler"])
+        parts.load_state_dict({key: ckpt.get(key) for key in STATE_KEYS})
         apply_configured_hyperparameters(parts, configured, resume.path)
-        if parts.precision.scaler.is_enabled() and ckpt.get("scaler"):
-            parts.precision.scaler.load_state_dict(ckpt["scaler"])
-        if parts.ema is not None and ckpt.get("ema") is not None:
-            parts.ema.load_state_dict(ckpt["ema"], strict=True)
         counters = Counters(**ckpt["counters"])
         self.written = counters.position
         rank_state = resume.rank_state(self.dist)
@@ -544,15 +490,10 @@ class CheckpointManager:
         if len({r["digest"] for r in rank_states}) > 1:
             raise RuntimeError("model replicas differ between ranks (parameter digests disagree); "
                                "this is a bug in the distributed setup, not in the data")
-        scaler = parts.precision.scaler
         return {
             "format_version": FORMAT_VERSION,
             "code_revision": self.code_revision,
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            **parts.state_dict(),  # STATE_KEYS: model, optimizer, scheduler, scaler, ema
             "counters": asdict(counters),
             "config": self.config,
             "world_size": self.dist.world_size,

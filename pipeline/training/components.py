@@ -24,7 +24,7 @@ from pipeline import distributed
 from pipeline.config import Config, describe_ignored, ignored_data_keys
 from pipeline.data import ImageSet, Loader, build_loader, load_image_sets
 from pipeline.data.loader import resolve_dali_device
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.progressive import ProgressiveResize
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.runs.fingerprint import data_fingerprint
@@ -87,6 +87,28 @@ class Components:
         distributed.broadcast_buffers(self.model)
         if self.ema is not None:  # the module only: n_averaged is a CPU tensor, equal on every rank
             distributed.broadcast_buffers(self.ema.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's trainable state, one state_dict per part: what a checkpoint saves and what a time budget's
+        measurement puts back (with pipeline/training/state.py's counters and RNG). `scaler` is None without
+        fp16, `ema` None without an EMA."""
+        scaler = self.precision.scaler
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load `state_dict()`'s entries strictly (the optimizer's hyperparameters with its state: see
+        checkpoint.apply_configured_hyperparameters). A scaler or EMA state is loaded where both this run and
+        `state` have one: fp16 or the EMA turned on or off by an accepted change starts from its own."""
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.precision.scaler.is_enabled() and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"], strict=True)
 
     @torch.no_grad()
     def weights_are_finite(self) -> bool:

@@ -9,8 +9,8 @@
 `min(decay, (1 + n) / (10 + n))` (the num_updates rule of TensorFlow's ExponentialMovingAverage):
 0.1, 0.18, 0.25, ... so the average follows the live weights closely at first and reaches `decay`
 after about 10 / (1 - decay) updates. Without it, the average is still mostly the random
-initialisation for the first ~1 / (1 - decay) steps (several epochs at decay 0.999: the H200 run
-of configs/squeezenet_cifar10_fast.yaml evaluated 12% after epoch 2 while training at ~55%).
+initialisation for the first ~1 / (1 - decay) steps (several epochs at decay 0.999: an earlier
+fast recipe evaluated near chance early on, docs/fast-recipe.md "What was tried", row 1).
 `warmup=False` keeps the behaviour of torch's `AveragedModel` with `get_ema_multi_avg_fn`: the
 first update copies the weights, later ones use `decay`.
 

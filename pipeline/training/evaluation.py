@@ -22,12 +22,12 @@ from pipeline.config import Config
 from pipeline.runs.clock import RunClock
 from pipeline.runs.per_class import PerClassReport
 from pipeline.runs.records import RunRecords
-from pipeline.training.checkpoint import Counters
+from pipeline.training.state import Counters
 from pipeline.training.components import Components
 from pipeline.training.confusion import ClassCounts
 from pipeline.training.ema import name_evaluations
 from pipeline.training.step import evaluate, evaluation_notes
-from pipeline.training.tta import reaches, record_crossings
+from pipeline.training.time_to_accuracy import reaches, record_crossings
 
 log = logging.getLogger("pipeline")
 

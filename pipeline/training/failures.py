@@ -1,8 +1,8 @@
 """When one rank cannot go on, every rank stops soon, and what the user reads first is that rank's error.
 
-    report_failure(exc, run_dir, dist)    # the rank that met it: prints its line, leaves a record, tells the agent
-    peer = peer_failure(run_dir, dist)    # a rank whose collective then broke: the record of the rank that failed
-    peer_gone(exc, dist)                  # a collective broke because another process is gone (killed, crashed)
+    report_failure(exc, run_dir, dist)        # the rank that met it: prints its line, leaves a record, tells the agent
+    peer = peer_failure(exc, run_dir, dist)   # a rank whose collective then broke: the record of the rank that failed
+    peer_gone(exc, dist)                      # a collective broke because another process is gone (killed, crashed)
 
 A user error (a corrupt image, a missing shard) is often met by one rank alone: the others are
 waiting for it in a collective. That rank prints its one-line error first, writes

@@ -1,7 +1,7 @@
 """Fine-tuning: a new run that starts from another run's weights (train.init_from), optionally training the
 classifier alone (train.freeze).
 
-    source = initialize_from(model, train_cfg, resume)   # copies the weights in; None without train.init_from
+    source = initialize_from(model, train_cfg)           # a new run: copies the weights in; None without init_from
     frozen = freeze(model, train_cfg.freeze)             # the frozen BatchNorm modules (kept in eval mode)
 
 Weights only: the optimizer, the schedule and the epoch count start fresh, unlike continuing a run

@@ -89,7 +89,7 @@ def forward_backward(model: nn.Module, precision: Precision, images: torch.Tenso
     """
     # A new step for CUDA graphs (compile mode reduce-overhead): the previous step's graph outputs
     # may be overwritten from here on. Only where CUDA graph trees exist: the first call imports
-    # inductor (~2 s of start-up for every eager run otherwise).
+    # inductor (seconds of start-up for every eager run otherwise: BENCHMARKS.md).
     if _CUDAGRAPH_TREES in sys.modules:
         torch.compiler.cudagraph_mark_step_begin()
     with precision.autocast():
@@ -203,7 +203,7 @@ def evaluate(model: nn.Module, loader: Loader, precision: Precision, flip: bool 
     `flip` (eval.tta=flip): each image is also evaluated mirrored and the two logit sets are
     averaged (FFCV's and airbench's flip test-time augmentation); those figures are the headline
     `val/*`, and the plain ones are reported beside them as `val/*_noflip`. (Not "tta/*": those
-    keys are time to accuracy, pipeline/training/tta.py.)
+    keys are time to accuracy, pipeline/training/time_to_accuracy.py.)
 
     `should_stop` is asked before every batch (a stop signal): when it says yes on any rank, every
     rank returns None after its current batch (the ranks agree in the final sum, so none waits for

@@ -23,9 +23,9 @@ from pipeline.errors import EndReason
 from pipeline.constants import LAUNCHER_ENV
 from pipeline.runs.continuation import SKIP_BAD_IMAGES, direct_command, with_override
 from pipeline.runs.rundir import default_run_name
-from pipeline.training.checkpoint import Counters
+from pipeline.training.state import Counters
 from pipeline.training.meters import ThroughputMeter
-from pipeline.training.tta import describe_tta
+from pipeline.training.time_to_accuracy import describe_tta
 
 log = logging.getLogger("pipeline")
 

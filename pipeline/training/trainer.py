@@ -8,7 +8,8 @@
 `finish()` records how the run ended, whatever the ending (a crash too): the summary, `end/reason`
 and the exit code in W&B and summary.json (pipeline/runs/records.py). What a run is made of comes from
 `build_components` (pipeline/training/components.py); the step and the evaluation are the free functions of
-pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is pipeline/training/tta.py.
+pipeline/training/step.py; checkpoints belong to `CheckpointManager`; time to accuracy is
+pipeline/training/time_to_accuracy.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pipeline.runs.changes import note_changes, note_world_size
 from pipeline.runs.rundir import discard_failed_start, open_run_dir, save_run_config, setup_logging
 from pipeline.training.budget_measure import start_budget
 from pipeline.training.budget_run import restored_budget
-from pipeline.training.checkpoint import CheckpointManager, Counters
+from pipeline.training.checkpoint import CheckpointManager
 from pipeline.training.components import (build_components, build_training_step, load_data, resolve_num_classes,
                                           resolved_settings)
 from pipeline.training.evaluation import EpochEvaluation
@@ -39,6 +40,7 @@ from pipeline.training.meters import ThroughputMeter
 from pipeline.training.preemption import StopAgreement, StopRequest
 from pipeline.training.recipe import describe_recipe
 from pipeline.training.schedule import total_steps
+from pipeline.training.state import Counters
 from pipeline.training.summary import (announce_continue, final_summary, report_done_before, report_final,
                                       report_nonfinite)
 

@@ -6,9 +6,9 @@
     args = levers.batch_arguments(rows, n, side)   # one batch's arguments (its rows of the draws) at crop `side`
     images = levers.apply(images, arg, shape) # in the graph, on the uint8 HWC crop
 
-- automatic augmentation (`data.train.auto_augment`, pipeline/data/auto_augment.py),
-- random erasing (`data.train.erase_prob`, pipeline/data/erasing.py),
-- progressive resizing (`data.train.progressive_start_crop`, pipeline/data/progressive.py): the
+- automatic augmentation (`data.train.auto_augment`, pipeline/data/augment/auto_augment.py),
+- random erasing (`data.train.erase_prob`, pipeline/data/augment/erasing.py),
+- progressive resizing (`data.train.progressive_start_crop`, pipeline/data/augment/progressive.py): the
   crop side of each batch, from its position in the run, enters the graph as the per-sample
   argument "out" (crop or resize size), so one pipeline serves every size.
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.auto_augment import AutoAugmentSpec, apply_auto_augment, draw_auto_augment
-from pipeline.data.erasing import ErasingSpec, draw_erasing, erase, erase_boxes
-from pipeline.data.progressive import ProgressiveResize
+from pipeline.data.augment.auto_augment import AutoAugmentSpec, apply_auto_augment, draw_auto_augment
+from pipeline.data.augment.erasing import ErasingSpec, draw_erasing, erase, erase_boxes
+from pipeline.data.augment.progressive import ProgressiveResize
 
 AUTO_AUGMENT_ARGS = ("aa_op", "aa_bin", "aa_sign")
 ERASE_ARGS = ("erase_anchor", "erase_shape")
