@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 
 from pipeline.constants import REPO_ROOT as REPO
 
