@@ -142,6 +142,11 @@ def assert_saved_config_loads_back(cfg: Config) -> None:
 
 @cases(2000)
 @given(st.lists(override(), min_size=1, max_size=4))
+@example(["name=2026-13-45"])  # found: YAML reads it as a date, and a date that is none raised ValueError
+@example(["name=2026-12-07T25:61:00"])  # found: the same for a time
+@example(["train.nesterov=!!bool maybe"])  # the same class, by hand: KeyError, AttributeError, RecursionError
+@example(["name=!!timestamp x"])
+@example(["train.tta_thresholds=" + "[" * 2000])
 def test_any_overrides_give_a_valid_config_or_one_line_naming_the_key(overrides):
     try:
         cfg = load_config(None, overrides)
