@@ -762,7 +762,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                                 if p.name != "sweep.yaml")
             raise ConfigError(f"config file {path}: not found (the shipped ones: {shipped})")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: cannot read it as UTF-8 text ({exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
         except YAML_ERRORS as exc:
             raise ConfigError(f"config file {path}: invalid YAML: {yaml_reason(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -186,6 +186,7 @@ def yaml_document(draw: st.DrawFn) -> str | bytes:
 
 @cases(400)
 @given(yaml_document())
+@example(b"\x80")  # found: UnicodeDecodeError
 def test_any_config_file_gives_a_valid_config_or_one_line_naming_the_key_or_file(document):
     path = SAVED / "fuzzed.yaml"
     path.write_bytes(document if isinstance(document, bytes) else document.encode("utf-8", "surrogatepass"))
