@@ -265,6 +265,10 @@ def damage(root: Path, change: tuple) -> None:
 
 @cases(150)
 @given(st.lists(shard_damage(), min_size=1, max_size=3), st.sampled_from([256.0, 0.0005]))
+@example([("class_map_labels", "train-000002", '{"": null}')], 256.0)  # found: KeyError 0
+@example([("class_map_labels", "train-000002", "[null]")], 256.0)  # found: TypeError from int(None)
+@example([("class_map_labels", "train-000000", "false")], 256.0)  # found: TypeError from len(False)
+@example([("class_map", '{"labels": [1]}')], 256.0)  # the same class, by hand: AttributeError
 def test_damaged_shards_list_and_read_or_stop_naming_the_file(shards, changes, max_member_mb):
     root = fresh("shards")
     shutil.copytree(shards, root, dirs_exist_ok=True)

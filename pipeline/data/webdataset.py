@@ -378,6 +378,8 @@ def list_split(shards: list[Path], class_map: dict,
 
 
 def read_class_map(folder: Path) -> dict:
+    """The class map beside the shards ({} when there is none), refused unless its classes are a list and its
+    labels map each shard to a list of integers."""
     path = folder / CLASS_MAP
     if not path.is_file():
         return {}
@@ -385,8 +387,11 @@ def read_class_map(folder: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable class map ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("classes", []), list):
-        raise DataError(f"{path}: expected {{\"classes\": [names...], \"labels\": {{shard: [labels...]}}}}")
+    labels = data.get("labels", {}) if isinstance(data, dict) else None
+    if not (isinstance(data, dict) and isinstance(data.get("classes", []), list) and isinstance(labels, dict)
+            and all(isinstance(v, list) and all(type(x) is int for x in v) for v in labels.values())):
+        raise DataError(f"{path}: expected {{\"classes\": [names...], \"labels\": {{shard: [labels...]}}}} with "
+                        "integer labels: write the shards again")
     return data
 
 
