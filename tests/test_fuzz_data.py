@@ -7,6 +7,7 @@ pickle that runs code. Cases per CI run: see each `@cases(n)`; tests/fuzz.py say
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import pickle
@@ -118,9 +119,25 @@ def write_tree(root: Path, files: list[tuple[str, str, bytes]]) -> Path:
     return root
 
 
+# Found: a progressive JPEG with the 0xFF of one of its markers zeroed; Pillow decodes it (libjpeg's "extraneous
+# bytes" warning), DALI's header parser refuses it with an opaque nvImageCodec failure.
+DALI_ONLY_REFUSES = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5"
+    "PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjL/wgAR"
+    "CAAJABEDASIAAhEBAxEB/8QAGAAAAwEBAAAAAAAAAAAAAAAAAAEEAgX/xAAWAQEBAQAAAAAAAAAAAAAAAAACAwUA2gAMAwEAAhADEAAAAdNx"
+    "yNJww6v/xAAcEAABAwUAAAAAAAAAAAAAAAAAAQIDFCEyQkT/2gAIAQEAAQUCat9aeUnw5D//xAAfEQAAAwkAAAAAAAAAAAAAAAAAARESExUi"
+    "MVGRwfD/2gAIAQMBAT8BbledRdiEFcsD/8QAHBEAAQMFAAAAAAAAAAAAAAAAEQAB8AITIWGR/9oACAECAQE/AaAGEwVc1Or/xAAhEAACAAMJ"
+    "AAAAAAAAAAAAAAAAAQIxUQMQEiEzYXHB8P/aAAgBAQAGPwKstjFE3PJGoy29QXHau//EAB8QAAIBBAIDAAAAAAAAAAAAAAERIQAxYbEQQXHR"
+    "8P/aAAgBAQABPyEyAskglsCIAMDq9NFAzmZsy2Ejd58/APdbGuev/9oADAMBAAIAAwAAABC/3//EABwRAQABBAMAAAAAAAAAAAAAAAEAESEx"
+    "kWHR8f/aAAgBAwEBPxBYKLrTQyzcQ74nje5//8QAGhEAAgMBAQAAAAAAAAAAAAAAAREAMVGRof/aAAgBAgEBPxA0BTIG3Y+FJ2wY2PY//8QA"
+    "GhABAQEAAwEAAAAAAAAAAAAAAREhABChMf/aAAgBAQABPxBNqKdnhR0CFXEawb4hgksTRoL9GBEDo54OR9fX/9k=")
+
+
 @cases(50)
 @given(FUZZED_FILES, st.sampled_from(["off", "error", "skip"]), st.sampled_from(["auto", "off"]),
        st.sampled_from([MAX_IMAGE_PIXELS, SMALL_LIMIT]), st.sampled_from(["reference", "random_resized_crop"]))
+@example([("train/ant", "0.jpg", DALI_ONLY_REFUSES)], "off", "auto", MAX_IMAGE_PIXELS, "reference")
+@example([("val/bee", "0.jpg", DALI_ONLY_REFUSES)], "error", "off", MAX_IMAGE_PIXELS, "random_resized_crop")
 def test_an_image_folder_with_bad_files_decodes_or_stops_naming_one(files, check_images, cache, max_pixels, kind):
     root = write_tree(fresh("tree"), files)
     cfg = data_config(root, check_images=check_images, cache=cache, max_pixels=max_pixels, kind=kind)
