@@ -215,6 +215,8 @@ def test_the_unedited_checkpoint_is_read_by_every_reader():
 
 @cases(300)
 @given(damages(), st.sampled_from(["resume", "weights"]))
+@example(Damage("edited", ((("format_version",), [torch.zeros(2, 2)], False),)), "weights")  # found: a 2-line message
+@example(Damage("edited", ((("format_version",), torch.zeros(0), False),)), "resume")  # RuntimeError, by hand
 def test_a_checkpoint_file_loads_or_is_refused_in_one_line_naming_it_and_runs_no_code(damage, reader):
     path = fresh("load") / "last.pt"
     digest = write(path, damage.data())
@@ -235,6 +237,11 @@ RUN_FILES = ("last.pt", "best.pt", "step-00000004.pt")
 @cases(150)
 @given(st.dictionaries(st.sampled_from(RUN_FILES), damages() | st.just(Damage("cut", (len(valid_file()),))),
                        min_size=1, max_size=3))
+@example({"last.pt": Damage("bytes", (b"",)), "best.pt": Damage("edited", ((("config",), None, False),))})  # found:
+# AttributeError in config_differences; and with counters or rank_states of another type, RuntimeError, IndexError
+@example({"last.pt": Damage("edited", ((("counters", "global_step"), torch.zeros(0), False),))})
+@example({"step-00000004.pt": Damage("edited", ((("rank_states",), [], False),))})
+@example({"last.pt": Damage("edited", ((("counters", "weight"), 1, False),))})
 def test_a_run_of_odd_checkpoints_resumes_from_one_that_works_or_is_refused_unchanged(files):
     run_dir = fresh("run")
     for name, damage in files.items():  # Damage("cut", (len(valid_file()),)): the valid file whole

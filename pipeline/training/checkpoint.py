@@ -30,7 +30,7 @@ import hashlib
 import logging
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,22 +101,72 @@ def load(path: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any
     except Exception as exc:  # truncated zip, bad pickle, disallowed global, ...
         raise UnloadableCheckpoint(path, f"unreadable or corrupt checkpoint ({type(exc).__name__}: "
                                          f"{' '.join(str(exc).split())})") from None
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+    if not isinstance(ckpt, dict) or not _is_int(ckpt.get("format_version")):
         raise UnloadableCheckpoint(path, "not a checkpoint of this project (" + (
-            "no format_version" if isinstance(ckpt, dict) else type(ckpt).__name__) + ")")
+            type(ckpt).__name__ if not isinstance(ckpt, dict) else "no format_version" if "format_version" not in ckpt
+            else f"its format_version is a {type(ckpt['format_version']).__name__}") + ")")
     if ckpt["format_version"] != FORMAT_VERSION:
         writer = (f"by git {ckpt['code_revision']}" if isinstance(ckpt.get("code_revision"), str)
                   else "by an earlier version of this code")
         raise UnloadableCheckpoint(path, f"written in checkpoint format {ckpt['format_version']} {writer}; this "
                                          f"code (git {git_revision()}) reads format {FORMAT_VERSION}", other_format=True)
     missing = [key for key in required if key not in ckpt]
-    if not missing and "counters" in required:
-        counters = ckpt["counters"]
-        missing = ([f"counters.{key}" for key in REQUIRED_COUNTERS if key not in counters]
-                   if isinstance(counters, dict) else ["counters"])
+    if not missing and "counters" in required and isinstance(ckpt["counters"], dict):
+        missing = [f"counters.{key}" for key in REQUIRED_COUNTERS if key not in ckpt["counters"]]
     if missing:
         raise UnloadableCheckpoint(path, "an incomplete checkpoint (no " + ", ".join(missing) + ")")
+    wrong = _wrong_entries(ckpt, required)
+    if wrong:
+        raise UnloadableCheckpoint(path, "a damaged checkpoint (" + "; ".join(wrong) + ")")
     return ckpt
+
+
+# What each entry a reader takes must be; a file whose entries are of other types is refused whole, not half-read.
+ENTRY_TYPES = {"model": dict, "optimizer": dict, "scheduler": dict, "counters": dict, "config": dict,
+               "world_size": int, "rank_states": list}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """isinstance, where a bool is no number and an int is a float too (as JSON and YAML write them)."""
+    if kind is int:
+        return _is_int(value)
+    if kind is float:
+        return _is_int(value) or isinstance(value, float)
+    return isinstance(value, kind)
+
+
+def _is_plain(value: Any) -> bool:
+    """Plain data, as Config.to_dict() gives: what config.yaml, W&B and the change records can hold."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _wrong_entries(ckpt: dict[str, Any], required: tuple[str, ...]) -> list[str]:
+    """'key is a T' for each required entry of another type than its readers take (counters field by field)."""
+    wrong = [f"{key} is a {type(ckpt[key]).__name__}" for key in required
+             if key in ENTRY_TYPES and not _is_a(ckpt[key], ENTRY_TYPES[key])]
+    if wrong:
+        return wrong
+    if "config" in required and not _is_plain(ckpt["config"]):
+        wrong.append("config holds values that are not plain data")
+    if "counters" in required:
+        kinds = {f.name: type(f.default if f.default is not MISSING else f.default_factory()) for f in fields(Counters)}
+        for name, value in ckpt["counters"].items():
+            if name not in kinds:
+                wrong.append(f"counters.{name} is not a counter of this version")
+            elif not _is_a(value, kinds[name]):
+                wrong.append(f"counters.{name} is a {type(value).__name__}")
+    if "rank_states" in required and (len(ckpt["rank_states"]) != ckpt["world_size"]
+                                      or not all(isinstance(r, dict) for r in ckpt["rank_states"])):
+        wrong.append(f"rank_states holds {len(ckpt['rank_states'])} entries for world_size {ckpt['world_size']}")
+    return wrong
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] = MUST_MATCH) -> list[str]:
