@@ -266,6 +266,11 @@ def test_a_run_of_odd_checkpoints_resumes_from_one_that_works_or_is_refused_unch
 
 @cases(150)
 @given(damages())
+@example(Damage("edited", ((("config", "model"), {}, False),)))  # found: KeyError 'num_classes'
+@example(Damage("edited", ((("config", "model", "num_classes"), "", False),)))  # found: ValueError from int('')
+@example(Damage("edited", ((("counters", "final"), True, False),)))  # found: TypeError in recorded_result
+@example(Damage("edited", ((("classes",), torch.ones(3, dtype=torch.int64), False),)))  # found: a tensor of names
+@example(Damage("edited", ((("model", "classifier.1.weight"), "x", False),)))  # by hand: weights not tensors
 def test_export_and_predict_read_a_checkpoint_or_refuse_it_in_one_line(damage):
     """What `pipeline.export` and `pipeline.predict` do with a checkpoint before any data: the weights, the
     config, the network built and run on a batch."""
@@ -278,12 +283,13 @@ def test_export_and_predict_read_a_checkpoint_or_refuse_it_in_one_line(damage):
         from_dict(source.config)  # export validates the run's config
         classifier = open_classifier(path)
         crop = classifier.transform.crop
-        logits = classifier.run(np.zeros((2, crop, crop, 3), np.uint8))
-        assert logits.shape == (2, len(classifier.classes))
+        if crop <= 256:  # a recorded crop of a million pixels a side is valid, and no batch to try here
+            logits = classifier.run(np.zeros((2, crop, crop, 3), np.uint8))
+            assert logits.shape == (2, len(classifier.classes))
         event("classifies")
     except UserError as exc:
         event(f"refused: {type(exc).__name__}")
-        assert_one_line(str(exc), [str(path), "model.", "data.", "eval.", "train."])
+        assert_one_line(str(exc), [str(path)])
     assert not MARKER.exists(), "reading the weights ran code"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 

@@ -274,6 +274,7 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
     Checkpoints written before these were recorded get them from their run's config, as that run
     read them: the eval transform from its `data` section, the class names by listing its data
     (the note says so; CheckpointError naming the file when that data is gone)."""
+    from pipeline.config import DataConfig
     from pipeline.data.sources import open_source
     from pipeline.data.transform import EvalTransform
 
@@ -289,19 +290,25 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise CheckpointError(f"{path}: no usable eval transform ({' '.join(str(exc).split())[:200]})") from None
     if "classes" in ckpt:
-        return ModelCard(ckpt["classes"], transform, ckpt.get("init_from")), notes
-    data = config.get("data", {})
-    if data.get("source") == "synthetic":
+        classes = ckpt["classes"]
+        if not (classes is None or isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise CheckpointError(f"{path}: its class names are a {type(classes).__name__}, not a list of names")
+        return ModelCard(classes, transform, ckpt.get("init_from")), notes
+    try:
+        data = DataConfig.model_validate(config.get("data", {}))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise CheckpointError(f"{path}: written before checkpoints recorded class names, and its config's data "
+                              f"section is not valid here ({' '.join(str(exc).split())[:200]})") from None
+    if data.source == "synthetic":
         return ModelCard(None, transform), notes
     try:
-        classes = open_source(data.get("source", "sample"), data.get("root", ""), data.get("train_split", "train"),
-                              data.get("eval_split", "auto"), False, data.get("eval_labels", ""),
-                              data.get("eval_label_map", ""))[0].classes
+        classes = open_source(data.source, data.root, data.train_split, data.eval_split, False, data.eval_labels,
+                              data.eval_label_map)[0].classes
     except UserError as exc:
         raise CheckpointError(f"{path}: written before checkpoints recorded class names, and its run's data is "
                               f"not readable here to list them ({exc})") from None
     notes.append(f"class names are not recorded in this checkpoint (written before they were): listed from its "
-                 f"run's data (data.source={data.get('source')}{', data.root=' + data['root'] if data.get('root') else ''})")
+                 f"run's data (data.source={data.source}{', data.root=' + data.root if data.root else ''})")
     return ModelCard(classes, transform), notes
 
 
