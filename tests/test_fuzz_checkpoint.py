@@ -266,6 +266,7 @@ def test_a_run_of_odd_checkpoints_resumes_from_one_that_works_or_is_refused_unch
 
 @cases(150)
 @given(damages())
+@example(Damage("edited", ((("config", "data"), None, False),)))  # found: a config error not naming the file
 @example(Damage("edited", ((("config", "model"), {}, False),)))  # found: KeyError 'num_classes'
 @example(Damage("edited", ((("config", "model", "num_classes"), "", False),)))  # found: ValueError from int('')
 @example(Damage("edited", ((("counters", "final"), True, False),)))  # found: TypeError in recorded_result
@@ -274,13 +275,11 @@ def test_a_run_of_odd_checkpoints_resumes_from_one_that_works_or_is_refused_unch
 def test_export_and_predict_read_a_checkpoint_or_refuse_it_in_one_line(damage):
     """What `pipeline.export` and `pipeline.predict` do with a checkpoint before any data: the weights, the
     config, the network built and run on a batch."""
-    from pipeline.config import from_dict
-
     path = fresh("weights") / "best.pt"
     digest = write(path, damage.data())
     try:
         source = read_weights(path, "ema")
-        from_dict(source.config)  # export validates the run's config
+        source.run_config()  # export reads the run's data and W&B settings
         classifier = open_classifier(path)
         crop = classifier.transform.crop
         if crop <= 256:  # a recorded crop of a million pixels a side is valid, and no batch to try here
@@ -313,12 +312,10 @@ def refused_in_one_line(proc: subprocess.CompletedProcess, prefix: str, path: Pa
 
 def refused_by_the_readers(damage: Damage) -> bool:
     """Whether read_weights or the config check refuses this file (in this process)."""
-    from pipeline.config import from_dict
-
     path = fresh("filter") / "best.pt"
     write(path, damage.data())
     try:
-        from_dict(read_weights(path, "ema").config)
+        read_weights(path, "ema").run_config()
     except UserError:
         return True
     return False

@@ -24,8 +24,9 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from models import build_model, list_models
+from pipeline.config import Config, from_dict
 from pipeline.data.transform import EvalTransform
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.training.checkpoint import WEIGHTS_KEYS, load, model_card
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP (and WeightEMA's `module`), torch.compile
@@ -87,6 +88,13 @@ class WeightsSource:
     @property
     def num_classes(self) -> int:
         return int(self.config["model"]["num_classes"])
+
+    def run_config(self) -> Config:
+        """The run's config, validated by this version's schema (export reads its data and W&B settings)."""
+        try:
+            return from_dict(self.config)
+        except ConfigError as exc:
+            raise CheckpointError(f"{self.path}: its run's config is not valid here ({exc})") from None
 
     def build_model(self) -> nn.Module:
         """The registry's network with these weights (strict), in eval mode, fp32, on the CPU."""
