@@ -272,6 +272,7 @@ def test_a_run_of_odd_checkpoints_resumes_from_one_that_works_or_is_refused_unch
 @example(Damage("edited", ((("counters", "final"), True, False),)))  # found: TypeError in recorded_result
 @example(Damage("edited", ((("classes",), torch.ones(3, dtype=torch.int64), False),)))  # found: a tensor of names
 @example(Damage("edited", ((("model", "classifier.1.weight"), "x", False),)))  # by hand: weights not tensors
+@example(Damage("edited", ((("eval_transform", "crop"), float("inf"), False),)))  # by hand: OverflowError
 def test_export_and_predict_read_a_checkpoint_or_refuse_it_in_one_line(damage):
     """What `pipeline.export` and `pipeline.predict` do with a checkpoint before any data: the weights, the
     config, the network built and run on a batch."""
