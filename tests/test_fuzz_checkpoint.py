@@ -43,6 +43,8 @@ MARKER = WORK / "a-pickle-ran"
 CONFIG = load_config(None, ["model.num_classes=3", "model.name=squeezenet1_1", "train.epochs=4",
                             "schedule.milestones=[]", "data.eval.size=24", "data.eval.crop=24"])
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+# torch.load's note on the protocol-4 pickles some cases are made of: they are refused or loaded all the same.
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
 
 @cache
@@ -213,7 +215,7 @@ def test_the_unedited_checkpoint_is_read_by_every_reader():
     assert open_classifier(path).classes == ["ant", "bee", "cat"]
 
 
-@cases(300)
+@cases(200)
 @given(damages(), st.sampled_from(["resume", "weights"]))
 @example(Damage("edited", ((("format_version",), [torch.zeros(2, 2)], False),)), "weights")  # found: a 2-line message
 @example(Damage("edited", ((("format_version",), torch.zeros(0), False),)), "resume")  # RuntimeError, by hand
@@ -234,7 +236,7 @@ def test_a_checkpoint_file_loads_or_is_refused_in_one_line_naming_it_and_runs_no
 RUN_FILES = ("last.pt", "best.pt", "step-00000004.pt")
 
 
-@cases(150)
+@cases(100)
 @given(st.dictionaries(st.sampled_from(RUN_FILES), damages() | st.just(Damage("cut", (len(valid_file()),))),
                        min_size=1, max_size=3))
 @example({"last.pt": Damage("bytes", (b"",)), "best.pt": Damage("edited", ((("config",), None, False),))})  # found:
@@ -264,7 +266,7 @@ def test_a_run_of_odd_checkpoints_resumes_from_one_that_works_or_is_refused_unch
     assert folder_digest(run_dir) == before
 
 
-@cases(150)
+@cases(100)
 @given(damages())
 @example(Damage("edited", ((("config", "data"), None, False),)))  # found: a config error not naming the file
 @example(Damage("edited", ((("config", "model"), {}, False),)))  # found: KeyError 'num_classes'
