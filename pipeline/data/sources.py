@@ -263,8 +263,8 @@ class _ArchiveTree:
                     if m.size > max_member_bytes:
                         raise member_too_large(f"{path}:{m.name}", m.size, max_member_bytes)
                     self.members[m.name] = tar.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"{path}: cannot read the archive ({exc})") from None
+        except (tarfile.TarError, OSError, EOFError) as exc:  # "r:*" names each method it tried, a line each
+            raise DataError(f"{path}: cannot read the archive ({' '.join(str(exc).split())})") from None
         # The tree may sit under a top-level folder (cifar10/train/...): find the split folders.
         self.splits: dict[str, dict[str, dict[str, bytes]]] = {}
         for name, data in self.members.items():
@@ -399,7 +399,7 @@ def load_cifar10(root: str | Path, download: bool = False, verify_checksums: boo
                                             verify_checksums)
             test_x, test_y = read_batches(tar, ["test_batch"], str(archive), verify_checksums)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{archive}: cannot read the archive ({exc})") from None
+        raise DataError(f"{archive}: cannot read the archive ({' '.join(str(exc).split())})") from None
 
     def as_set(x: np.ndarray, y: np.ndarray, split: str) -> ImageSet:
         names = [f"{archive}:{split}[{i}]" for i in range(len(y))]

@@ -159,7 +159,7 @@ def scan_tar(shard: Path) -> list[list[Member]]:
                 else:
                     samples[-1].append(member)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{shard}: cannot read the tar ({exc})") from None
+        raise DataError(f"{shard}: cannot read the tar ({' '.join(str(exc).split())})") from None
     return samples
 
 
