@@ -163,10 +163,24 @@ def _wrong_entries(ckpt: dict[str, Any], required: tuple[str, ...]) -> list[str]
                 wrong.append(f"counters.{name} is not a counter of this version")
             elif not _is_a(value, kinds[name]):
                 wrong.append(f"counters.{name} is a {type(value).__name__}")
-    if "rank_states" in required and (len(ckpt["rank_states"]) != ckpt["world_size"]
-                                      or not all(isinstance(r, dict) for r in ckpt["rank_states"])):
-        wrong.append(f"rank_states holds {len(ckpt['rank_states'])} entries for world_size {ckpt['world_size']}")
+    if "rank_states" in required:
+        states = ckpt["rank_states"]
+        if len(states) != ckpt["world_size"]:
+            wrong.append(f"rank_states holds {len(states)} entries for world_size {ckpt['world_size']}")
+        wrong += [f"rank_states[{rank}] is not a loader position and RNG state" for rank, state in enumerate(states)
+                  if not _is_rank_state(state)]
     return wrong
+
+
+def _is_rank_state(state: Any) -> bool:
+    """{} (nothing recorded), or what _payload gathers: the loader's position (None, or its epoch and step) and
+    the RNG states."""
+    if state == {}:
+        return True
+    if not isinstance(state, dict) or not isinstance(state.get("rng"), dict) or "loader" not in state:
+        return False
+    loader = state["loader"]
+    return loader is None or isinstance(loader, dict) and all(_is_int(loader.get(k)) for k in ("epoch", "step"))
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] = MUST_MATCH) -> list[str]:
@@ -396,7 +410,7 @@ class ResumePoint:
         """This rank's loader position and RNG, or None when the process count changed."""
         if self.ckpt["world_size"] != dist.world_size:
             return None
-        return self.ckpt["rank_states"][dist.rank]
+        return self.ckpt["rank_states"][dist.rank] or None  # {}: nothing recorded for this rank
 
     def loader_state(self, dist: DistInfo) -> dict[str, Any] | None:
         state = self.rank_state(dist)
