@@ -316,6 +316,8 @@ def damage(root: Path, change: tuple) -> None:
 @example([("class_map_labels", "train-000002", "[null]")], 256.0)  # found: TypeError from int(None)
 @example([("class_map_labels", "train-000000", "false")], 256.0)  # found: TypeError from len(False)
 @example([("class_map", '{"labels": [1]}')], 256.0)  # the same class, by hand: AttributeError
+@example([("drop_index", "val-000000"), ("drop_class_map",), ("random_tar", "val-000000", [], False)], 256.0)  # found
+# (explore): an evaluation shard holding no sample, with no classes.json: ValueError from max() of no labels
 def test_damaged_shards_list_and_read_or_stop_naming_the_file(shards, changes, max_member_mb):
     root = fresh("shards")
     shutil.copytree(shards, root, dirs_exist_ok=True)

@@ -469,6 +469,10 @@ def list_webdataset(root: str | Path, train_split: str, eval_split: str,
     check_record(base, class_map, (train_shards, eval_shards))
     train, val = (ShardSplit(*list_split(split.shards, class_map, max_member_bytes))
                   for split in (train_shards, eval_shards))
+    for split, selected in ((train, train_shards), (val, eval_shards)):
+        if not len(split.labels):
+            shown = ", ".join(map(str, selected.shards[:3])) + (", ..." if len(selected.shards) > 3 else "")
+            raise DataError(f"{shown}: no samples in these shards")
     classes = [str(c) for c in class_map.get("classes", [])]
     if not classes:
         classes = [str(i) for i in range(int(max(train.labels.max(), val.labels.max())) + 1)]
