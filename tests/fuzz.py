@@ -12,10 +12,13 @@ fix, so that it stays covered.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import os
+import shutil
 import struct
+import tempfile
 import zlib
 from functools import cache
 from pathlib import Path
@@ -37,6 +40,22 @@ def assert_one_line(message: str, names: list[str] | tuple[str, ...]) -> None:
     """An error a user reads: one line that names at least one of `names` (the key or file at fault)."""
     assert message and "\n" not in message and "Traceback" not in message, message
     assert any(name in message for name in names), f"names none of {names[:8]}...: {message}"
+
+
+class Scratch:
+    """A module's folder in the temp dir (removed at exit) that hands out one folder per case: the next case's
+    removes the last one's, so thousands of cases (3 MB checkpoints among them) never pile up."""
+
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self.current: Path | None = None
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+
+    def case(self, name: str) -> Path:
+        if self.current is not None:
+            shutil.rmtree(self.current, ignore_errors=True)
+        self.current = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        return self.current
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

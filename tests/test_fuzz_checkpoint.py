@@ -16,7 +16,6 @@ import io
 import pickle
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -29,7 +28,7 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from conftest import REPO, encode_image, smooth_image
-from fuzz import assert_one_line, cases, code_running_pickles, folder_digest
+from fuzz import Scratch, assert_one_line, cases, code_running_pickles, folder_digest
 from models import build_model
 from pipeline.config import load_config
 from pipeline.deploy.source import open_classifier
@@ -38,7 +37,8 @@ from pipeline.errors import CheckpointError, UserError
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.weights import WEIGHTS_KEYS, read_weights
 
-WORK = Path(tempfile.mkdtemp(prefix="fuzz-checkpoint-"))
+SCRATCH = Scratch("fuzz-checkpoint-")
+WORK = SCRATCH.root
 MARKER = WORK / "a-pickle-ran"
 CONFIG = load_config(None, ["model.num_classes=3", "model.name=squeezenet1_1", "train.epochs=4",
                             "schedule.milestones=[]", "data.eval.size=24", "data.eval.crop=24"])
@@ -206,8 +206,7 @@ def write(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fresh(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=WORK))
+fresh = SCRATCH.case
 
 
 def test_the_unedited_checkpoint_is_read_by_every_reader():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from conftest import REPO, write_imagefolder
-from fuzz import ODD_YAML, assert_one_line, cases, render
+from fuzz import ODD_YAML, Scratch, assert_one_line, cases, render
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError, UserError
 
@@ -138,7 +137,7 @@ def given_keys(overrides: list[str]) -> list[str]:
     return [k for k in keys if k] + [k.rsplit(".", 1)[0] for k in keys if "." in k] + list(KEY_NAMES) + ["override "]
 
 
-SAVED = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
+SAVED = Scratch("fuzz-config-").root
 
 
 def assert_saved_config_loads_back(cfg: Config) -> None:
@@ -260,7 +259,7 @@ def test_python_m_pipeline_config_exits_0_or_2_with_one_line(overrides):
 
 
 # --resolve lists the data: the sources, each on a tiny set or a bad root (never the network: no download).
-RESOLVE = Path(tempfile.mkdtemp(prefix="fuzz-resolve-"))
+RESOLVE = Scratch("fuzz-resolve-").root
 ROOTS = {"tree": str(RESOLVE / "tree"), "bad-tree": str(RESOLVE / "bad-tree"),
          "file": str(RESOLVE / "not-an-archive.tar"), "missing": str(RESOLVE / "missing"), "empty": ""}
 

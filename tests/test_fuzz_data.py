@@ -13,7 +13,6 @@ import json
 import pickle
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import encode_image, smooth_image, write_cifar_archive, write_imagefolder
-from fuzz import IMAGE_NAME, assert_one_line, cases, code_running_pickles, image_bytes, valid_images
+from fuzz import IMAGE_NAME, Scratch, assert_one_line, cases, code_running_pickles, image_bytes, valid_images
 from pipeline.config import DataConfig
 from pipeline.constants import MAX_IMAGE_PIXELS
 from pipeline.data import build_loader, load_image_sets
@@ -33,7 +32,8 @@ from pipeline.data.shards import write_shards
 from pipeline.data.webdataset import CLASS_MAP, INCOMPLETE, list_webdataset
 from pipeline.errors import BadImageError, UserError
 
-WORK = Path(tempfile.mkdtemp(prefix="fuzz-data-"))
+SCRATCH = Scratch("fuzz-data-")
+WORK = SCRATCH.root
 # Pillow's notes on the damaged files it reads anyway: what each case must do is checked below.
 pytestmark = pytest.mark.filterwarnings("ignore:Tag data larger than file:UserWarning",
                                         "ignore::PIL.Image.DecompressionBombWarning")
@@ -41,9 +41,7 @@ SMALL_LIMIT = 300  # pixels: data.max_pixels below the valid test images' 24 x 2
 DATA_KEYS = ["data.max_pixels", "data.max_member_mb", "data.check_images", "train.global_batch_size"]
 
 
-def fresh(name: str) -> Path:
-    """A new empty folder for one case (cases run in one process; each gets its own)."""
-    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=WORK))
+fresh = SCRATCH.case  # a new empty folder for each case (the last case's is removed)
 
 
 def good_jpeg(seed: int) -> bytes:
