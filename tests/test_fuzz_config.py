@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from conftest import REPO, write_imagefolder
 from fuzz import ODD_YAML, Scratch, assert_one_line, cases, render
+from runs import run_env
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError, UserError
 
@@ -147,7 +148,7 @@ def assert_saved_config_loads_back(cfg: Config) -> None:
     assert load_config(path) == cfg
 
 
-@cases(800)
+@cases(600)
 @given(st.lists(override(), min_size=1, max_size=4))
 @example(["name=2026-13-45"])  # found: YAML reads it as a date, and a date that is none raised ValueError
 @example(["name=2026-12-07T25:61:00"])  # found: the same for a time
@@ -245,12 +246,12 @@ def assert_exit_0_or_one_line_and_2(proc: subprocess.CompletedProcess, prefix: s
         assert lines and lines[-1].startswith(prefix), proc.stderr[-3000:]
 
 
-@cases(3)
+@cases(2)
 @given(st.lists(override(), min_size=1, max_size=3).filter(printable))
 @example(["train.epochs=2", "schedule.milestones=[1]"])  # valid: exit 0, the config on stdout
 def test_python_m_pipeline_config_exits_0_or_2_with_one_line(overrides):
     proc = subprocess.run([*PYTHON, "-m", "pipeline.config", *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=run_env())
     assert_exit_0_or_one_line_and_2(proc, "config error: ")
     if proc.returncode == 0:
         assert isinstance(yaml.safe_load(proc.stdout), dict)
@@ -303,11 +304,11 @@ def test_resolve_in_process_gives_the_resolved_config_or_one_line(data_roots, ov
     assert isinstance(yaml.safe_load(text), dict)
 
 
-@cases(2)
+@cases(1)
 @given(resolve_overrides().filter(printable))
 def test_train_dist_resolve_exits_0_or_2_with_one_line(data_roots, overrides):
     proc = subprocess.run([*PYTHON, "train_dist.py", *overrides, "--resolve"], cwd=REPO, capture_output=True,
-                          text=True, timeout=180)
+                          text=True, timeout=180, env=run_env())
     assert_exit_0_or_one_line_and_2(proc, "")
     if proc.returncode == 2:
         assert proc.stderr.strip().splitlines()[-1].split(":", 1)[0] in ("config error", "error"), proc.stderr

@@ -35,7 +35,7 @@ from pipeline.errors import BadImageError, UserError
 SCRATCH = Scratch("fuzz-data-")
 WORK = SCRATCH.root
 # Pillow's notes on the damaged files it reads anyway: what each case must do is checked below.
-pytestmark = pytest.mark.filterwarnings("ignore:Tag data larger than file:UserWarning",
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin",
                                         "ignore::PIL.Image.DecompressionBombWarning")
 SMALL_LIMIT = 300  # pixels: data.max_pixels below the valid test images' 24 x 24, so the limit is met too
 DATA_KEYS = ["data.max_pixels", "data.max_member_mb", "data.check_images", "train.global_batch_size"]
