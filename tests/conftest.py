@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from pipeline.constants import REPO_ROOT as REPO  # noqa: E402
 SHARED_CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -19,6 +21,18 @@ SHARED_CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # Keep W&B and the console quiet and offline in every test process.
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
+
+# Hypothesis, for the bad-input properties (tests/test_fuzz_*.py; tests/fuzz.py says how many cases each runs).
+# ci (the default): the same cases every run (derandomized: a fixed seed per property), no example
+# database, no deadline (a shared machine's timing is not the property). explore
+# (HYPOTHESIS_PROFILE=explore): tests/fuzz.py's EXPLORE_FACTOR times as many cases, new ones every run, and
+# the failures found kept in .hypothesis/ (git-ignored) and replayed first next time.
+_FUZZ_SETTINGS = dict(deadline=None, print_blob=True,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", derandomize=True, database=None, **_FUZZ_SETTINGS)
+settings.register_profile("explore", derandomize=False, **_FUZZ_SETTINGS,
+                          database=DirectoryBasedExampleDatabase(str(REPO / ".hypothesis" / "examples")))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -175,10 +176,28 @@ def check_consistency(cfg: Config) -> None:
         raise ConfigError("train.init_from: eval.only evaluates a checkpoint and trains nothing; evaluate the source "
                           f"itself (checkpoint.resume={cfg.train.init_from})")
     _check_time_budget(cfg.train)
+    _check_home_directories(cfg)
     name = cfg.logging.run_name
     if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")):
         raise ConfigError(f"logging.run_name: {name!r} must be a plain directory name (it may not leave runs_dir; "
                           "e.g. logging.run_name=my-run)")
+
+
+# Keys that name a file or folder: a leading ~ or ~user means a home directory, which must exist.
+PATH_KEYS = ("data.root", "data.eval_labels", "data.eval_label_map", "logging.runs_dir", "train.init_from",
+             "checkpoint.resume")
+
+
+def _check_home_directories(cfg: Config) -> None:
+    """`~nobody/data` would fail deep in the data or run code (Path.expanduser raises RuntimeError): name the key."""
+    for key in PATH_KEYS:
+        section, field = key.split(".")
+        value = getattr(getattr(cfg, section), field)
+        try:
+            Path(value).expanduser()
+        except RuntimeError:
+            raise ConfigError(f"{key}: {value!r} starts with a home directory that does not exist here "
+                              f"({value.split('/')[0]}; give the full path)") from None
 
 
 def duration_seconds(text: str) -> float:

@@ -26,6 +26,17 @@ from pipeline.files import atomic_write_text
 from pipeline.sources import DATA_KEYS
 
 
+# What yaml.safe_load raises on bad input: its own errors, and its constructors' on a scalar that matches a
+# type's pattern but is no such value (a date 2026-13-45, `!!int abc`, `!!bool maybe`), or on deep nesting.
+YAML_ERRORS = (yaml.YAMLError, ValueError, KeyError, AttributeError, RecursionError)
+
+
+def yaml_reason(exc: BaseException) -> str:
+    """A YAML error in one line: PyYAML's (with its position) or the constructor's complaint."""
+    reason = " ".join(str(exc).split())
+    return reason if isinstance(exc, yaml.YAMLError) else f"{type(exc).__name__}: {reason}"
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["optim.lr=0.2", "schedule.milestones=[10,20]"]` -> nested dict; values parsed as YAML scalars."""
     tree: dict[str, Any] = {}
@@ -36,8 +47,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r}: expected key.sub=value (e.g. train.epochs=5)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{key}: cannot parse value {raw!r} as YAML ({' '.join(str(exc).split())}; quote "
+        except YAML_ERRORS as exc:
+            raise ConfigError(f"{key}: cannot parse value {raw!r} as YAML ({yaml_reason(exc)}; quote "
                               "the value, or write lists as [a,b])") from None
         node = tree
         parts = key.split(".")
@@ -96,9 +107,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                                 if p.name != "sweep.yaml")
             raise ConfigError(f"config file {path}: not found (the shipped ones: {shipped})")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: cannot read it as UTF-8 text ({exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except YAML_ERRORS as exc:
+            raise ConfigError(f"config file {path}: invalid YAML: {yaml_reason(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
         values = loaded or {}

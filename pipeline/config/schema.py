@@ -30,13 +30,15 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _yaml_off(cls, values: Any) -> Any:
-        """YAML reads a bare `off` as false (YAML 1.1): `logging.progress=off` and `cache: off` mean "off"."""
+        """YAML reads a bare `off` as false (YAML 1.1): `logging.progress=off`, `cache: off` and
+        `train.time_budget=off` (a text key whose default is off) mean "off"."""
         if not isinstance(values, dict):
             return values
         fixed = dict(values)
         for name, value in values.items():
             field = cls.model_fields.get(name)
-            if isinstance(value, bool) and not value and field is not None and "off" in _choices(field.annotation):
+            if (isinstance(value, bool) and not value and field is not None
+                    and ("off" in _choices(field.annotation) or field.default == "off")):
                 fixed[name] = "off"
         return fixed
 

@@ -107,10 +107,12 @@ def parse_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 32, 32, 3) uint8, labels (N,) int64) from one batch's pickle, or a DataError naming it."""
     try:
         batch = BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{where}: refusing to unpickle it: {exc} (a damaged or tampered file)") from None
+    except pickle.UnpicklingError as exc:  # pickle's own messages may run over several lines
+        raise DataError(f"{where}: refusing to unpickle it: {' '.join(str(exc).split())} (a damaged or tampered "
+                        "file)") from None
     except Exception as exc:  # a damaged pickle can raise almost anything
-        raise DataError(f"{where}: unreadable CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{where}: unreadable CIFAR-10 batch ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         keys = ", ".join(sorted(map(repr, batch))) if isinstance(batch, dict) else f"a {type(batch).__name__}"
         raise DataError(f"{where}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels'; got {keys})")

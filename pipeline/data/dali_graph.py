@@ -258,6 +258,31 @@ def refuse_too_large(data: Any, max_pixels: int) -> Any:
     return data
 
 
+def decoder_refusals(samples: list[np.ndarray]) -> list[int]:
+    """The positions of the encoded images in `samples` that DALI's CPU decoder refuses, each tried alone
+    (its header parse, then the decode): the file behind an opaque decode failure of a batch that Pillow,
+    more lenient with damaged data, decodes (DaliLoader.diagnose)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def decode_one():
+        data = fn.external_source(name="encoded")
+        return fn.peek_image_shape(data), fn.decoders.image(data, output_type=types.RGB, device="cpu")
+
+    refused, pipe = [], None
+    for position, sample in enumerate(samples):
+        if pipe is None:
+            pipe = decode_one()
+            pipe.build()
+        pipe.feed_input("encoded", [sample])
+        try:
+            pipe.run()
+        except RuntimeError:
+            refused.append(position)
+            pipe = None  # a failed run leaves the pipeline unusable
+    return refused
+
+
 def _resize_filter(spec: Any, arg: dict[str, Any]) -> Any:
     from nvidia.dali import types
 

@@ -29,7 +29,7 @@ import torch
 
 from pipeline.data.crops import CropSource, CropSpec
 from pipeline.data.dali_graph import (AugmentSpec, ChannelStats, DecoderOptions, GraphSettings, build_crop_pipeline,
-                                      build_pipeline, draw_augmentation)
+                                      build_pipeline, decoder_refusals, draw_augmentation)
 from pipeline.data.images import REMOVE_OR_SKIP, find_bad_images, undecodable_error
 from pipeline.data.augment.progressive import SideSchedule
 from pipeline.data.readers import ReaderSamples, batch_reader
@@ -315,16 +315,23 @@ class DaliLoader:
         DALI reports a bad file as an opaque codec failure and invalidates the pipeline. The
         files of the last few batches are re-read and decoded with Pillow (after their header sizes
         are checked against the pixel limit, which the graph refused them for): the ones that fail
-        are named. If all of them decode, the failure was not the data's (CUDA, memory, the codec
-        library, DALI itself) and DALI's own error is raised with its full message.
+        are named. Pillow decodes some damaged files that DALI's decoder refuses: when Pillow decodes
+        them all, each is tried alone with DALI's CPU decoder, and the ones it refuses are named. If
+        all of them decode, the failure was not the data's (CUDA, memory, the codec library, DALI
+        itself) and DALI's own error is raised with its full message.
         """
         if not self.images.is_encoded:
             return exc
         candidates = sorted({int(i) for idx in self.recent for i in idx})
         bad = find_bad_images(candidates, self.images.read_encoded, self.images.names, max_pixels=self.max_pixels)
-        if not bad:
+        if bad:
+            return undecodable_error([msg for _, msg in bad], REMOVE_OR_SKIP)
+        refused = decoder_refusals([self.images.read_encoded(i) for i in candidates])
+        if not refused:
             return exc
-        return undecodable_error([msg for _, msg in bad], REMOVE_OR_SKIP)
+        return undecodable_error([f"{self.images.names[candidates[at]]}: cannot decode (damaged: DALI's image decoder "
+                                  "refuses it, though Pillow reads it)" for at in refused],
+                                 " (remove or replace them: data.check_images decodes with Pillow, which reads them)")
 
     def state_dict(self) -> dict[str, Any]:
         """The consumer's position (epoch, batches of it handed out), to restore this loader exactly.

@@ -122,6 +122,8 @@ def scan_image_set(images: ImageSet, mode: str, max_pixels: int = MAX_IMAGE_PIXE
     if mode == "error":
         raise undecodable_error([msg for _, msg in bad])
     keep = np.setdiff1d(np.arange(len(images)), [i for i, _ in bad])
+    if not len(keep):  # nothing to train or evaluate on: say why, rather than fail on an empty set later
+        raise undecodable_error([msg for _, msg in bad], " (data.check_images=skip would leave none of this split)")
     log.warning("data.check_images=skip: left out %d undecodable file(s), e.g. %s", len(bad), bad[0][1])
     return images.subset(keep)
 

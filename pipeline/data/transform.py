@@ -57,7 +57,7 @@ class EvalTransform:
             transform = cls(int(values["size"]), int(values["crop"]), str(values["interpolation"]),
                             str(values["normalize"]), tuple(float(v) for v in values["mean"]),
                             tuple(float(v) for v in values["std"]), float(values["std_eps"]))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
             raise ValueError(f"malformed values ({exc})") from None
         if (transform.interpolation not in INTERPOLATIONS or transform.normalize not in NORMALIZATIONS
                 or len(transform.mean) != 3 or len(transform.std) != 3 or not 0 < transform.crop <= transform.size):

@@ -159,7 +159,7 @@ def scan_tar(shard: Path) -> list[list[Member]]:
                 else:
                     samples[-1].append(member)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{shard}: cannot read the tar ({exc})") from None
+        raise DataError(f"{shard}: cannot read the tar ({' '.join(str(exc).split())})") from None
     return samples
 
 
@@ -383,6 +383,8 @@ def list_split(shards: list[Path], class_map: dict,
 
 
 def read_class_map(folder: Path) -> dict:
+    """The class map beside the shards ({} when there is none), refused unless its classes are a list and its
+    labels map each shard to a list of integers."""
     path = folder / CLASS_MAP
     if not path.is_file():
         return {}
@@ -390,8 +392,11 @@ def read_class_map(folder: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable class map ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("classes", []), list):
-        raise DataError(f"{path}: expected {{\"classes\": [names...], \"labels\": {{shard: [labels...]}}}}")
+    labels = data.get("labels", {}) if isinstance(data, dict) else None
+    if not (isinstance(data, dict) and isinstance(data.get("classes", []), list) and isinstance(labels, dict)
+            and all(isinstance(v, list) and all(type(x) is int for x in v) for v in labels.values())):
+        raise DataError(f"{path}: expected {{\"classes\": [names...], \"labels\": {{shard: [labels...]}}}} with "
+                        "integer labels: write the shards again")
     return data
 
 
@@ -469,6 +474,10 @@ def list_webdataset(root: str | Path, train_split: str, eval_split: str,
     check_record(base, class_map, (train_shards, eval_shards))
     train, val = (ShardSplit(*list_split(split.shards, class_map, max_member_bytes))
                   for split in (train_shards, eval_shards))
+    for split, selected in ((train, train_shards), (val, eval_shards)):
+        if not len(split.labels):
+            shown = ", ".join(map(str, selected.shards[:3])) + (", ..." if len(selected.shards) > 3 else "")
+            raise DataError(f"{shown}: no samples in these shards")
     classes = [str(c) for c in class_map.get("classes", [])]
     if not classes:
         classes = [str(i) for i in range(int(max(train.labels.max(), val.labels.max())) + 1)]

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import from_dict
 from pipeline.data.loader import load_image_sets
 from pipeline.data.sources import ImageSet
 from pipeline.deploy.graph import OPSET, DeployedModel, export_onnx, exportable, metadata_props
@@ -157,7 +156,7 @@ def export(args: argparse.Namespace) -> int:
     for note in source.notes:
         log.info("%s: %s", model_path.name, note)
     out = args.out or model_path.parent / "export"
-    cfg = from_dict(source.config)
+    cfg = source.run_config()
     train_set, val_set = load_image_sets(cfg.data)
     if args.int8:
         check_calibration(cfg.data, train_set, args.calibration)

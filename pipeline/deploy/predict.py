@@ -86,7 +86,7 @@ def tar_images(path: Path) -> ImageSet:
                     names.append(f"{path}:{member.name}")
                     data.append(np.frombuffer(tar.extractfile(member).read(), np.uint8))
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read the tar file ({exc})") from None
+        raise DataError(f"{path}: cannot read the tar file ({' '.join(str(exc).split())})") from None
     if not names:
         raise DataError(f"{path}: no image members in this tar file")
     return ImageSet(names=names, labels=np.zeros(len(names), np.int64), classes=[], encoded=data)

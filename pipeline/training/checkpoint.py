@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,22 +101,86 @@ def load(path: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any
     except Exception as exc:  # truncated zip, bad pickle, disallowed global, ...
         raise UnloadableCheckpoint(path, f"unreadable or corrupt checkpoint ({type(exc).__name__}: "
                                          f"{' '.join(str(exc).split())})") from None
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+    if not isinstance(ckpt, dict) or not _is_int(ckpt.get("format_version")):
         raise UnloadableCheckpoint(path, "not a checkpoint of this project (" + (
-            "no format_version" if isinstance(ckpt, dict) else type(ckpt).__name__) + ")")
+            type(ckpt).__name__ if not isinstance(ckpt, dict) else "no format_version" if "format_version" not in ckpt
+            else f"its format_version is a {type(ckpt['format_version']).__name__}") + ")")
     if ckpt["format_version"] != FORMAT_VERSION:
         writer = (f"by git {ckpt['code_revision']}" if isinstance(ckpt.get("code_revision"), str)
                   else "by an earlier version of this code")
         raise UnloadableCheckpoint(path, f"written in checkpoint format {ckpt['format_version']} {writer}; this "
                                          f"code (git {git_revision()}) reads format {FORMAT_VERSION}", other_format=True)
     missing = [key for key in required if key not in ckpt]
-    if not missing and "counters" in required:
-        counters = ckpt["counters"]
-        missing = ([f"counters.{key}" for key in REQUIRED_COUNTERS if key not in counters]
-                   if isinstance(counters, dict) else ["counters"])
+    if not missing and "counters" in required and isinstance(ckpt["counters"], dict):
+        missing = [f"counters.{key}" for key in REQUIRED_COUNTERS if key not in ckpt["counters"]]
     if missing:
         raise UnloadableCheckpoint(path, "an incomplete checkpoint (no " + ", ".join(missing) + ")")
+    wrong = _wrong_entries(ckpt, required)
+    if wrong:
+        raise UnloadableCheckpoint(path, "a damaged checkpoint (" + "; ".join(wrong) + ")")
     return ckpt
+
+
+# What each entry a reader takes must be; a file whose entries are of other types is refused whole, not half-read.
+ENTRY_TYPES = {"model": dict, "optimizer": dict, "scheduler": dict, "counters": dict, "config": dict,
+               "world_size": int, "rank_states": list}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """isinstance, where a bool is no number and an int is a float too (as JSON and YAML write them)."""
+    if kind is int:
+        return _is_int(value)
+    if kind is float:
+        return _is_int(value) or isinstance(value, float)
+    return isinstance(value, kind)
+
+
+def _is_plain(value: Any) -> bool:
+    """Plain data, as Config.to_dict() gives: what config.yaml, W&B and the change records can hold."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _wrong_entries(ckpt: dict[str, Any], required: tuple[str, ...]) -> list[str]:
+    """'key is a T' for each required entry of another type than its readers take (counters field by field)."""
+    wrong = [f"{key} is a {type(ckpt[key]).__name__}" for key in required
+             if key in ENTRY_TYPES and not _is_a(ckpt[key], ENTRY_TYPES[key])]
+    if wrong:
+        return wrong
+    if "config" in required and not _is_plain(ckpt["config"]):
+        wrong.append("config holds values that are not plain data")
+    if "counters" in required:
+        kinds = {f.name: type(f.default if f.default is not MISSING else f.default_factory()) for f in fields(Counters)}
+        for name, value in ckpt["counters"].items():
+            if name not in kinds:
+                wrong.append(f"counters.{name} is not a counter of this version")
+            elif not _is_a(value, kinds[name]):
+                wrong.append(f"counters.{name} is a {type(value).__name__}")
+    if "rank_states" in required:
+        states = ckpt["rank_states"]
+        if len(states) != ckpt["world_size"]:
+            wrong.append(f"rank_states holds {len(states)} entries for world_size {ckpt['world_size']}")
+        wrong += [f"rank_states[{rank}] is not a loader position and RNG state" for rank, state in enumerate(states)
+                  if not _is_rank_state(state)]
+    return wrong
+
+
+def _is_rank_state(state: Any) -> bool:
+    """{} (nothing recorded), or what _payload gathers: the loader's position (None, or its epoch and step) and
+    the RNG states."""
+    if state == {}:
+        return True
+    if not isinstance(state, dict) or not isinstance(state.get("rng"), dict) or "loader" not in state:
+        return False
+    loader = state["loader"]
+    return loader is None or isinstance(loader, dict) and all(_is_int(loader.get(k)) for k in ("epoch", "step"))
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] = MUST_MATCH) -> list[str]:
@@ -224,7 +288,8 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
     Checkpoints written before these were recorded get them from their run's config, as that run
     read them: the eval transform from its `data` section, the class names by listing its data
     (the note says so; CheckpointError naming the file when that data is gone)."""
-    from pipeline.data.sources import open_source
+    from pipeline.config import DataConfig
+    from pipeline.data.sources import open_images
     from pipeline.data.transform import EvalTransform
 
     notes: list[str] = []
@@ -239,19 +304,24 @@ def model_card(ckpt: dict[str, Any], path: Path) -> tuple[ModelCard, list[str]]:
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise CheckpointError(f"{path}: no usable eval transform ({' '.join(str(exc).split())[:200]})") from None
     if "classes" in ckpt:
-        return ModelCard(ckpt["classes"], transform, ckpt.get("init_from")), notes
-    data = config.get("data", {})
-    if data.get("source") == "synthetic":
+        classes = ckpt["classes"]
+        if not (classes is None or isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise CheckpointError(f"{path}: its class names are a {type(classes).__name__}, not a list of names")
+        return ModelCard(classes, transform, ckpt.get("init_from")), notes
+    try:
+        data = DataConfig.model_validate(config.get("data", {}))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise CheckpointError(f"{path}: written before checkpoints recorded class names, and its config's data "
+                              f"section is not valid here ({' '.join(str(exc).split())[:200]})") from None
+    if data.source == "synthetic":
         return ModelCard(None, transform), notes
     try:
-        classes = open_source(data.get("source", "sample"), data.get("root", ""), data.get("train_split", "train"),
-                              data.get("eval_split", "auto"), False, data.get("eval_labels", ""),
-                              data.get("eval_label_map", ""))[0].classes
+        classes = open_images(data.model_copy(update={"download": False}))[0].classes
     except UserError as exc:
         raise CheckpointError(f"{path}: written before checkpoints recorded class names, and its run's data is "
                               f"not readable here to list them ({exc})") from None
     notes.append(f"class names are not recorded in this checkpoint (written before they were): listed from its "
-                 f"run's data (data.source={data.get('source')}{', data.root=' + data['root'] if data.get('root') else ''})")
+                 f"run's data (data.source={data.source}{', data.root=' + data.root if data.root else ''})")
     return ModelCard(classes, transform), notes
 
 
@@ -289,7 +359,7 @@ class ResumePoint:
         """This rank's loader position and RNG, or None when the process count changed."""
         if self.ckpt["world_size"] != dist.world_size:
             return None
-        return self.ckpt["rank_states"][dist.rank]
+        return self.ckpt["rank_states"][dist.rank] or None  # {}: nothing recorded for this rank
 
     def loader_state(self, dist: DistInfo) -> dict[str, Any] | None:
         state = self.rank_state(dist)

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from models import build_model, list_models
+from pipeline.config import Config, from_dict
 from pipeline.data.transform import EvalTransform
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.training.checkpoint import WEIGHTS_KEYS, load, model_card
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP (and WeightEMA's `module`), torch.compile
@@ -87,6 +89,13 @@ class WeightsSource:
     def num_classes(self) -> int:
         return int(self.config["model"]["num_classes"])
 
+    def run_config(self) -> Config:
+        """The run's config, validated by this version's schema (export reads its data and W&B settings)."""
+        try:
+            return from_dict(self.config)
+        except ConfigError as exc:
+            raise CheckpointError(f"{self.path}: its run's config is not valid here ({exc})") from None
+
     def build_model(self) -> nn.Module:
         """The registry's network with these weights (strict), in eval mode, fp32, on the CPU."""
         name = self.model_name
@@ -109,13 +118,20 @@ def headline_weights(config: dict[str, Any], has_ema: bool) -> str:
 
 
 def recorded_result(ckpt: dict[str, Any], weights: str, headline: str) -> dict[str, float]:
-    """The evaluation on record when the checkpoint was written, for `weights` ({} when none was made)."""
-    final = (ckpt.get("counters") or {}).get("final") or {}
+    """The evaluation on record when the checkpoint was written, for `weights` ({} when none was made, or when
+    what is recorded is not numbers)."""
+    counters = ckpt.get("counters") if isinstance(ckpt.get("counters"), dict) else {}
+    final = counters.get("final") if isinstance(counters.get("final"), dict) else {}
     prefix = "val/" if weights == headline else f"val_{weights}/"
-    if f"{prefix}top1" not in final:
+    recorded = {"top1": final.get(f"{prefix}top1"), "top5": final.get(f"{prefix}top5", float("nan")),
+                "epoch": final.get("epoch", -1), "step": counters.get("global_step", -1)}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded.values()):
         return {}
-    return {"top1": final[f"{prefix}top1"], "top5": final.get(f"{prefix}top5", float("nan")),
-            "epoch": final.get("epoch", -1), "step": (ckpt.get("counters") or {}).get("global_step", -1)}
+    return recorded
+
+
+def _is_state_dict(state: Any) -> bool:
+    return isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
 def read_weights(path: Path, weights: str = "ema") -> WeightsSource:
@@ -124,6 +140,12 @@ def read_weights(path: Path, weights: str = "ema") -> WeightsSource:
     config = ckpt.get("config")
     if not isinstance(config, dict) or "model" not in config or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: not a model checkpoint of this project (no model weights or config)")
+    model = config["model"]
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("num_classes"), int)
+            and not isinstance(model["num_classes"], bool) and model["num_classes"] > 1
+            and isinstance(model.get("dropout", 0.5), (int, float)) and not isinstance(model.get("dropout"), bool)):
+        raise CheckpointError(f"{path}: its config's model section is not a network of this project (expected "
+                              "model.name, a model.num_classes above 1 and model.dropout)")
     notes: list[str] = []
     has_ema = isinstance(ckpt.get("ema"), dict)
     if weights == "ema" and not has_ema:
@@ -133,6 +155,8 @@ def read_weights(path: Path, weights: str = "ema") -> WeightsSource:
         state = {k: v for k, v in ckpt["ema"].items() if k != "n_averaged"}  # WeightEMA: module.* and a counter
     else:
         state = ckpt["model"]
+    if not _is_state_dict(state):
+        raise CheckpointError(f"{path}: its {weights} weights are not a state dict (names -> tensors)")
     card, card_notes = model_card(ckpt, path)
     classes = card.classes or [str(i) for i in range(int(config["model"]["num_classes"]))]
     if card.classes is None:

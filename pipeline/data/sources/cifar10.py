@@ -56,7 +56,7 @@ def load_cifar10(root: str | Path, download: bool = False, verify_checksums: boo
                                             verify_checksums)
             test_x, test_y = read_batches(tar, ["test_batch"], str(archive), verify_checksums)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{archive}: cannot read the archive ({exc})") from None
+        raise DataError(f"{archive}: cannot read the archive ({' '.join(str(exc).split())})") from None
 
     def as_set(x: np.ndarray, y: np.ndarray, split: str) -> ImageSet:
         names = [f"{archive}:{split}[{i}]" for i in range(len(y))]

@@ -238,7 +238,7 @@ class _ArchiveTree:
                         raise member_too_large(f"{path}:{m.name}", m.size, max_member_bytes)
                     self.members[m.name] = tar.extractfile(m).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"{path}: cannot read the archive ({exc})") from None
+            raise DataError(f"{path}: cannot read the archive ({' '.join(str(exc).split())})") from None
         # The tree may sit under a top-level folder (cifar10/train/...): find the split folders.
         self.splits: dict[str, dict[str, dict[str, bytes]]] = {}
         for name, data in self.members.items():
