@@ -25,6 +25,6 @@ Packages, in the order their imports go (each imports only from those above it):
 
 `data/` and the root know nothing of training or run records; `runs/` knows nothing of the loop
 (what it needs of the checkpoint counters is a protocol); `training/` uses `data/` and `runs/`;
-`deploy/` uses `training/` (a checkpoint's weights); `bench/` and `tools/` sit on top. tests/test_layout.py checks these directions and that no module
+`deploy/` uses `training/` (a checkpoint's weights); `bench/` and `tools/` sit on top. tests/unit/test_layout.py checks these directions and that no module
 imports another's `_private` names.
 """

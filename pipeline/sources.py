@@ -16,7 +16,7 @@ Adding a source (an HDF5 file, say):
    is when it needs one;
 3. regenerate docs/configuration.md (`python -m pipeline.config --docs`) and add a line to the
    table of sources in docs/data.md.
-tests/test_data.py checks that every row has its module and every module its row.
+tests/unit/test_sources.py checks that every row has its module and every module its row.
 """
 
 from __future__ import annotations

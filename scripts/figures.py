@@ -6,7 +6,7 @@
 Each entry of docs/figures.yaml is one row: what was measured, the figure as quoted, the command, the
 machine, the git revision and the date, and what a clone lacks to reproduce it. The table lies
 between the `<!-- figures: begin -->` and `<!-- figures: end -->` lines of README.md.
-tests/test_docs.py runs the check, and checks docs/training.md's quickstart figures against the
+tests/unit/test_docs.py runs the check, and checks docs/training.md's quickstart figures against the
 same entry.
 """
 

@@ -7,7 +7,7 @@ in order, from the repository root, with bash (a line ending in a backslash cont
 next). `--skip` leaves out commands CI has run already (`.ci/run` passes `scripts/test.sh`).
 Blocks that need a GPU, several nodes or SLURM are marked `<!-- ci: not on a CPU -->` instead, and
 templates with a placeholder `<!-- ci: not run: ... -->` saying where their runnable form is;
-tests/test_docs.py fails when a README block with a command is marked neither way, so a new
+tests/unit/test_docs.py fails when a README block with a command is marked neither way, so a new
 command cannot escape the check. Exit status: 0 when every command exited 0, else 1 (the failed
 command and its output tail are printed).
 """

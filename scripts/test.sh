@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: sets up the environment on first use, then runs the whole suite on the CPU.
 #
-#   scripts/test.sh                 # everything (CI runs this)
-#   scripts/test.sh --fast          # the inner loop: skips tests marked slow (those that start processes)
+#   scripts/test.sh                 # everything (CI runs this): tests/unit, tests/e2e, tests/fuzz
+#   scripts/test.sh tests/unit      # the inner loop: in one process, no training run (about a minute)
+#   scripts/test.sh --fast          # skips tests marked slow (those that start processes)
 #   scripts/test.sh -k config -x    # extra arguments go to pytest
 #   scripts/test.sh -n 0 -s         # in one process (for -s, pdb); TEST_WORKERS=auto on a bigger machine
 #

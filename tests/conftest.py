@@ -16,6 +16,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from pipeline.constants import REPO_ROOT as REPO  # noqa: E402
+
+# Fixtures the unit and e2e tests of one topic share (tests/support/; tests/ is on sys.path as this file's folder).
+pytest_plugins = ["support.data", "support.deploy", "support.download", "support.resume", "support.shards"]
 SHARED_CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 # Keep W&B and the console quiet and offline in every test process.
@@ -35,7 +38,14 @@ settings.register_profile("explore", derandomize=False, **_FUZZ_SETTINGS,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+TIERS = ("unit", "e2e", "fuzz")  # tests/<tier>/: a test's folder is its tier, and its marker (`pytest -m unit`)
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.path)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_data = pytest.mark.skip(reason=f"needs {SHARED_CIFAR_JPEG} (absent on this machine)")
     for item in items:

@@ -4,7 +4,7 @@ Every property says how many cases it runs per CI run (`cases(n)`): the ci profi
 runs exactly those, the same ones every time; HYPOTHESIS_PROFILE=explore runs EXPLORE_FACTOR times as
 many, new ones each run:
 
-    HYPOTHESIS_PROFILE=explore .venv/bin/python -m pytest -n 0 tests/test_fuzz_config.py
+    HYPOTHESIS_PROFILE=explore .venv/bin/python -m pytest -n 0 tests/fuzz/test_fuzz_config.py
 
 A failure prints the smallest case Hypothesis found; add it to the property as an `@example` with the
 fix, so that it stays covered.

@@ -71,3 +71,11 @@ def assert_same_tensors(a, b, what: str = "") -> None:
             assert_same_tensors(x, y, f"{what}[{i}]")
     else:
         assert a == b, f"{what}: {a!r} != {b!r}"
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """The environment for ./launch.sh, with the virtualenv that runs the tests (already set up)."""
+    venv = Path(sys.prefix)
+    assert (venv / ".installed-from").is_file(), (
+        f"{venv} was not made by scripts/setup_env.sh; run the tests with scripts/test.sh")
+    return run_env({"VENV": str(venv), **extra})

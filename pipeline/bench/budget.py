@@ -16,7 +16,7 @@ itself (`time/budget_used_s`); the plans it made (how many; steps and measured s
 and of the last) and the end the last one predicted; the final top-1. results.json (in --out,
 default bench-results/budget-<time>/) also holds every plan and the run's budget lines (plans,
 warnings, the end line). Targets: within 5% of the budget on a quiet machine, within 10% when the
-machine's speed halves mid-run. A benchmark, not a test (tests/test_budget.py checks the planning
+machine's speed halves mid-run. A benchmark, not a test (tests/unit/test_budget_plan.py checks the planning
 with a fake clock).
 """
 

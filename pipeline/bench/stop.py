@@ -13,7 +13,7 @@ times the exit:
                over before the directory is read, which is reported)
 The exit status must be 75 (a checkpoint written, or none needed). Also reported: the run's seconds
 per training step (from metrics.jsonl), so a stop time reads as "steps". A benchmark, not a test: the
-figures go to docs/fault-tolerance.md with the command and the machine; tests/test_integrity.py checks
+figures go to docs/fault-tolerance.md with the command and the machine; tests/e2e/test_stops.py checks
 what each stop leaves behind.
 """
 

@@ -4,7 +4,7 @@
     format_errors(exc.errors(), Config)      # pydantic's errors -> one "key: what is wrong (got x)" per key
 
 Each rule names the key to change and, where one exists, a value that passes
-(tests/test_config.py checks that the suggested override is accepted).
+(tests/unit/test_config.py checks that the suggested override is accepted).
 """
 
 from __future__ import annotations

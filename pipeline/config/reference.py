@@ -1,6 +1,6 @@
 """The configuration reference, generated from the schema: docs/configuration.md and the Markdown table.
 
-    python -m pipeline.config --docs         # rewrite docs/configuration.md (tests/test_docs.py checks it is current)
+    python -m pipeline.config --docs         # rewrite docs/configuration.md (tests/unit/test_docs.py checks it is current)
     python -m pipeline.config --markdown     # the table of every key alone
 
 One row per leaf key: its dotted name, type (with bounds), default and the field's one-line meaning.
@@ -75,7 +75,7 @@ _PAGE_INTRO = """\
 # Configuration reference
 
 <!-- Generated from the schema in pipeline/config/schema.py by `python -m pipeline.config --docs`; edit the
-schema, not this page (tests/test_docs.py fails when the two differ). -->
+schema, not this page (tests/unit/test_docs.py fails when the two differ). -->
 
 Every entry point takes the same arguments: an optional YAML file, then `key.sub=value` overrides.
 

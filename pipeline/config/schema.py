@@ -86,7 +86,7 @@ def _section(section: type[BaseModel], doc: str, on_resume: OnResume | None = No
 # --------------------------------------------------------------------------------------- model
 
 
-# The networks of the model registry (models/__init__.py; tests/test_models.py checks that the two agree):
+# The networks of the model registry (models/__init__.py; tests/unit/test_models.py checks that the two agree):
 # the schema is where docs/configuration.md, docs/training.md and `bench model --help` read them from.
 ModelName = Literal["squeezenet_bypass", "squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass", "resnet50"]
 MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
@@ -183,7 +183,7 @@ class DataConfig(Section):
     verify_checksums: bool = _f(True, "cifar10: check each batch against the official archive's MD5 before reading "
                                 "it; false for an archive you made (scripts/make_cifar_archive.py), still read by "
                                 "an unpickler that cannot run code", on_resume=OnResume.FREE)
-    # Free on resume: how the loader runs, not what it yields (decoding once gives the same batches, test_data.py).
+    # Free on resume: how the loader runs, not what it yields (decoding once gives the same batches, tests/unit/test_loader.py).
     device: Literal["auto", "gpu", "cpu"] = _f("auto", "where DALI augments: auto = gpu when CUDA is available",
                                                on_resume=OnResume.FREE)
     num_threads: int = _f(2, "DALI CPU worker threads per pipeline (ranks x threads <= cores per node)", gt=0,

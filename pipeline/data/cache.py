@@ -10,7 +10,7 @@ image of both splits has the same size and the decoded splits fit `data.cache_ma
 decoded once, by the same DALI CPU decoder the CPU graph uses, into one uint8 (N, H, W, 3) array
 per split; training then takes the arrays path (on a GPU trainer: resident on the GPU, gathered
 there). Batches are the same as decoding every step (the same decoder, the same plan and draws:
-tests/test_data.py checks it), and sharding, exact resume and exactly-once evaluation are the
+tests/unit/test_loader.py checks it), and sharding, exact resume and exactly-once evaluation are the
 arrays path's, which are the same as the files'.
 
 What is not cached: already decoded sets (the CIFAR-10 python archive), images of different sizes

@@ -24,7 +24,7 @@ pace, so a slowdown is believed at once (a late one leaves no time to wait for a
 the fixed costs ahead (evaluations, checkpoints, closing the run: the measured ones, scaled from
 the pace they were measured at) at the median of the last `RECENT` windows', so one slow window
 on a shared machine does not make the final evaluation look several times longer and end the
-run early. Simulated (tests/test_budget.py, test_a_short_slow_spell_does_not_end_the_run_early):
+run early. Simulated (tests/unit/test_budget_plan.py, test_a_short_slow_spell_does_not_end_the_run_early):
 a machine 3x slower for 15 s, then 12x slower for 20 s of a 2-minute run ended it at 0.77x its
 budget with every cost at the last window's pace, at 0.97x with the fixed costs at the median;
 the price: a quickstart whose speed halves 100 s in learns of its slower evaluation a window
@@ -36,7 +36,7 @@ the budget at the planned pace (`REPLAN_SHARE`, recorded with each plan). Epoch 
 do for the quickstart (an epoch is ~5% of a 2-minute budget), but an ImageNet epoch can be a large
 share of a budget: a simulated run whose epoch is half its budget and whose machine halves its
 speed 60% in (in its last epoch) ends at 1.34x its budget re-planning at epoch ends only, at
-0.98x with the step points (tests/test_budget.py,
+0.98x with the step points (tests/unit/test_budget_plan.py,
 test_long_epochs_need_re_plan_points_within_the_epoch). Short epochs are gathered into one
 window so a fast GPU run does not re-plan (a broadcast, the arithmetic) every second. Points are a
 function of the recorded state: every rank stops at the same ones, rank 0 decides, and a resumed

@@ -16,7 +16,7 @@ functions of the config's `data` section:
     webdataset.py    tar shards (their format: pipeline/data/webdataset.py)
     synthetic.py     no images: the loader makes them on the device
 
-A new source is a new module here and a new row there (pipeline/sources.py says how; tests/test_data.py
+A new source is a new module here and a new row there (pipeline/sources.py says how; tests/unit/test_sources.py
 checks that every row has its module and every module its row).
 """
 
