@@ -4,7 +4,8 @@
     export_onnx(module, path, metadata)            # one self-contained .onnx (no .data side file)
     meta = read_metadata(path)                     # OnnxMetadata: classes, eval transform, provenance
 
-Export traps this module closes, each with a regression test (tests/unit/test_export.py):
+Export traps this module closes, each with a regression test (tests/e2e/test_export_graph.py,
+tests/unit/test_export.py):
 - torch 2.14's exporter (`dynamo=True`) writes the weights to a separate `.data` file unless told
   `external_data=False`; a model copied without it has no weights. Here: one file.
 - A network exported in training mode keeps Dropout and batch-statistics BatchNorm; here it is a copy
