@@ -45,6 +45,7 @@ from pipeline.data.sources import ImageSet
 from pipeline.deploy.graph import OPSET, DeployedModel, export_onnx, exportable, metadata_props
 from pipeline.deploy.runtime import (accuracy, eval_images, latency, open_session, session_runner, torch_runner)
 from pipeline.deploy.source import resolve_model_path
+from pipeline.entry import print_user_error
 from pipeline.errors import DataError, ExitCode, UserError
 from pipeline.files import atomic_write_text, fsync_dir, temporary_name
 from pipeline.runs.envinfo import cpu_model, environment
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return export(args)
     except UserError as exc:
-        print(f"export error: {exc}", file=sys.stderr)
+        print_user_error(exc, "export error")
         return int(ExitCode.BAD_INPUT)
     except GateFailed as exc:
         print(f"export failed: {exc}", file=sys.stderr)

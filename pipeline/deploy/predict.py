@@ -30,6 +30,7 @@ from pipeline.data.images import IMAGE_EXTENSIONS, find_bad_images
 from pipeline.data.sources import ImageSet
 from pipeline.deploy.runtime import eval_images
 from pipeline.deploy.source import Classifier, open_classifier, resolve_model_path
+from pipeline.entry import print_user_error
 from pipeline.errors import DataError, ExitCode, UserError
 
 log = logging.getLogger("pipeline")
@@ -170,5 +171,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return predict(args)
     except UserError as exc:
-        print(f"predict error: {exc}", file=sys.stderr)
+        print_user_error(exc, "predict error")
         return int(ExitCode.BAD_INPUT)
